@@ -1,0 +1,129 @@
+"""Check definitions: one model per kind, validated, with defaults resolved from the settings."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+HTTP_METHODS = Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"]
+
+
+def http_url(value: str) -> str:
+    """Accept an absolute http(s) URL with a host; return it without a trailing slash."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials (user:password@)")
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"has an invalid port: {exc}") from None
+    return value.rstrip("/")
+
+
+class _Check(BaseModel):
+    """What every check has; `interval` and `timeout` fall back to SIDECAR_INTERVAL/TIMEOUT."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    target: str
+    interval: float | None = Field(default=None, ge=0.01, le=86400)
+    timeout: float | None = Field(default=None, gt=0, le=600)
+    jitter: float = Field(default=0.1, ge=0, le=0.5)
+    critical: bool = True
+    failures_before_fail: int = Field(default=2, ge=1, le=100)
+    successes_before_pass: int = Field(default=1, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _timeout_fits_interval(self) -> _Check:
+        if self.interval is not None and self.timeout is not None and self.timeout > self.interval:
+            raise ValueError(f"timeout ({self.timeout:g}s) exceeds interval ({self.interval:g}s)")
+        return self
+
+    @property
+    def every(self) -> float:
+        """The interval in seconds (resolved)."""
+        assert self.interval is not None, "unresolved check"
+        return self.interval
+
+    @property
+    def limit(self) -> float:
+        """The timeout in seconds (resolved)."""
+        assert self.timeout is not None, "unresolved check"
+        return self.timeout
+
+
+class _UrlCheck(_Check):
+    @field_validator("target")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return http_url(value)
+
+
+class ConvexCheck(_UrlCheck):
+    """`GET {target}/version` plus one query through Convex's function runtime."""
+
+    kind: Literal["convex"] = "convex"
+
+
+class MastraCheck(_UrlCheck):
+    """`GET {target}/health`, and `GET {target}/api/agents` when agents are expected."""
+
+    kind: Literal["mastra"] = "mastra"
+    expect_agents: tuple[str, ...] = ()
+
+
+class HttpCheck(_UrlCheck):
+    """Any URL: method, expected statuses (default: any 2xx), optional body regex."""
+
+    kind: Literal["http"] = "http"
+    method: HTTP_METHODS = "GET"
+    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = ()
+    body_regex: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"is not a valid regular expression: {exc}") from None
+        return value
+
+
+class TcpCheck(_Check):
+    """Connect to `host:port`."""
+
+    kind: Literal["tcp"] = "tcp"
+
+    @field_validator("target")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port with a port from 1 to 65535")
+        return value
+
+    @property
+    def host(self) -> str:
+        """The host part, without IPv6 brackets."""
+        return self.target.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """The port part."""
+        return int(self.target.rpartition(":")[2])
+
+
+Check = Annotated[
+    ConvexCheck | MastraCheck | HttpCheck | TcpCheck,
+    Field(discriminator="kind"),
+]

@@ -1,0 +1,123 @@
+"""Start real servers as subprocesses on free loopback ports; stop them by their own PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Proc:
+    """A started subprocess, its base URL and where its output goes."""
+
+    popen: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM the process group we started, then SIGKILL after `timeout`."""
+        return stop_process(self.popen, timeout)
+
+
+def stop_process(popen: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Stop a process started with `start_new_session=True` by its own PID (and group)."""
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(5)
+    return popen.returncode
+
+
+def wait_http(url: str, *, timeout: float, popen: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `url` until it answers any HTTP status, the process dies, or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen is not None and popen.poll() is not None:
+            raise RuntimeError(f"process exited with {popen.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    port: int,
+    ready_path: str,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+    timeout: float = 30.0,
+) -> Proc:
+    """Start `argv` in its own session, wait until `ready_path` answers on `port`."""
+    full_env = {**os.environ, **(env or {})}
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + ready_path, timeout=timeout, popen=popen)
+    except BaseException:
+        stop_process(popen)
+        raise RuntimeError(f"{argv[0]} did not start:\n{log.read_text(errors='replace')}")
+    return Proc(popen=popen, url=url, log=log)
+
+
+@contextlib.contextmanager
+def running(
+    argv: Sequence[str], *, port: int, ready_path: str, log: Path, **kwargs: object
+) -> Iterator[Proc]:
+    """`start` for the duration of a block."""
+    proc = start(argv, port=port, ready_path=ready_path, log=log, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def convex_local_argv() -> list[str]:
+    """The command that runs dev/convex-local (what `npm start` runs, without npm's overhead)."""
+    return [str(ROOT / "node_modules" / ".bin" / "tsx"), str(ROOT / "dev/convex-local/server.ts")]
+
+
+def mastra_argv() -> list[str]:
+    """The command that runs the real Mastra server in dev/mastra."""
+    return ["npm", "start", "--silent", "--prefix", str(ROOT / "dev/mastra")]
