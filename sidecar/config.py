@@ -44,13 +44,11 @@ class Settings(BaseSettings):
         extra="forbid", frozen=True, case_sensitive=False, validate_by_name=False
     )
 
-    convex_url: str | None = Field(
-        None, validation_alias=_env("CONVEX_URL", "NEXT_PUBLIC_CONVEX_URL")
-    )
+    convex_url: str = Field(validation_alias=_env("CONVEX_URL", "NEXT_PUBLIC_CONVEX_URL"))
     mastra_url: str | None = Field(
         None, validation_alias=_env("MASTRA_URL", "NEXT_PUBLIC_MASTRA_URL")
     )
-    secret: SecretStr | None = Field(None, validation_alias=_env("HEALTH_SIDECAR_SECRET"))
+    secret: SecretStr = Field(validation_alias=_env("HEALTH_SIDECAR_SECRET"))
     app_url: str | None = Field(None, validation_alias=_env("SIDECAR_APP_URL"))
     host: str = Field("0.0.0.0", min_length=1, validation_alias=_env("SIDECAR_HOST"))
     port: int = Field(8099, ge=1, le=65535, validation_alias=_env("SIDECAR_PORT"))
@@ -93,10 +91,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.convex_url is None:
-            raise ValueError("CONVEX_URL (or NEXT_PUBLIC_CONVEX_URL) must be set")
-        if self.secret is None:
-            raise ValueError("HEALTH_SIDECAR_SECRET must be set: results are kept in Convex")
         if self.timeout > self.interval:
             raise ValueError(
                 f"SIDECAR_TIMEOUT ({self.timeout:g}s) exceeds SIDECAR_INTERVAL ({self.interval:g}s)"
@@ -116,9 +110,7 @@ class Settings(BaseSettings):
     def resolved_checks(self) -> tuple[Check, ...]:
         """The checks to run: the built-ins, then the file's; a file check with a built-in's
         name replaces it. Interval and timeout defaults are filled in."""
-        builtin: list[Check] = []
-        if self.convex_url:
-            builtin.append(ConvexCheck(name="convex", target=self.convex_url))
+        builtin: list[Check] = [ConvexCheck(name="convex", target=self.convex_url)]
         if self.mastra_url:
             builtin.append(MastraCheck(name="mastra", target=self.mastra_url))
         if self.app_url:

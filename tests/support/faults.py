@@ -195,3 +195,44 @@ def _head(status: int, content_type: str, length: int) -> bytes:
         f"HTTP/1.1 {status} Fault\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {length}\r\n\r\n"
     ).encode()
+
+
+def redirect(location: str, status: int = 302) -> Behaviour:
+    """Answer a redirect to `location` (absolute or relative)."""
+
+    async def behaviour(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            f"HTTP/1.1 {status} Fault\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        await writer.drain()
+
+    return behaviour
+
+
+def sequence(*behaviours: Behaviour) -> Behaviour:
+    """Answer the n-th request with the n-th behaviour; the last one answers the rest."""
+    answered = 0
+
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        answered += 1
+        await behaviours[min(answered, len(behaviours)) - 1](reader, writer)
+
+    return behaviour
+
+
+class MeteredHugeBody:
+    """`huge_body` that counts the bytes the client let it send (`sent`)."""
+
+    def __init__(self, size: int = 200 * 1024 * 1024) -> None:
+        self.size = size
+        self.sent = 0
+
+    async def __call__(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(200, "application/json", self.size))
+        chunk = b" " * 65536
+        while self.sent < self.size:
+            piece = chunk[: self.size - self.sent]
+            writer.write(piece)
+            await writer.drain()
+            self.sent += len(piece)

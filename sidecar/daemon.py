@@ -1,0 +1,61 @@
+"""The daemon's lifecycle: listen, run, drain on SIGTERM, exit 0; a second signal exits at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+from aiohttp import web
+
+from sidecar import logs
+from sidecar.app import build_app
+from sidecar.config import Settings
+from sidecar.server import MONITOR
+
+
+async def serve(settings: Settings) -> int:
+    """Run until a signal; returns the exit status."""
+    log = logs.get("daemon")
+    started = time.monotonic()
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    await site.start()
+    log.info(
+        "listening",
+        host=settings.host,
+        port=settings.port,
+        checks=[c.name for c in settings.resolved_checks()],
+        duration=round((time.monotonic() - started) * 1000, 1),
+    )
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
+            force.set()
+            return
+        app[MONITOR].drain()
+        log.info(
+            "draining",
+            signal=signal.Signals(signum).name,
+            drain_seconds=settings.drain_seconds,
+        )
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stop.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(force.wait(), timeout=settings.drain_seconds)
+    finally:
+        await runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,136 @@
+"""Prometheus metrics on a per-app registry: event counters, and gauges read from the Snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sidecar.snapshot import Snapshot
+from sidecar.store.health import STATUSES
+
+CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STORE_OPS = ("report", "instance")
+STORE_RESULTS = (
+    "ok",
+    "unauthorized",
+    "function_error",
+    "request_rejected",
+    "unavailable",
+    "bad_response",
+)
+
+
+class Metrics:
+    """Every `sidecar_*` metric of one daemon. Labels are bounded to the configured checks."""
+
+    def __init__(
+        self,
+        *,
+        checks: Sequence[str],
+        version: str,
+        snapshot: Callable[[], Snapshot],
+        live: Callable[[], bool],
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.check_runs = Counter(
+            "sidecar_check_runs", "Probe runs by result.", ["check", "result"], registry=reg
+        )
+        self.check_duration = Histogram(
+            "sidecar_check_duration_seconds",
+            "Probe duration.",
+            ["check"],
+            buckets=CHECK_BUCKETS,
+            registry=reg,
+        )
+        self.check_transitions = Counter(
+            "sidecar_check_transitions",
+            "Status changes by new status.",
+            ["check", "to"],
+            registry=reg,
+        )
+        self.check_crashes = Counter(
+            "sidecar_check_crashes",
+            "Check loops that crashed and were restarted.",
+            ["check"],
+            registry=reg,
+        )
+        self.store_requests = Counter(
+            "sidecar_store_requests",
+            "Convex store calls by result.",
+            ["op", "result"],
+            registry=reg,
+        )
+        self.store_duration = Histogram(
+            "sidecar_store_request_duration_seconds",
+            "Convex store call duration.",
+            ["op"],
+            buckets=CHECK_BUCKETS,
+            registry=reg,
+        )
+        build = Gauge("sidecar_build_info", "Build information.", ["version"], registry=reg)
+        build.labels(version=version).set(1)
+        for name in checks:
+            self.check_duration.labels(check=name)
+            self.check_crashes.labels(check=name)
+            for result in ("pass", "warn", "fail"):
+                self.check_runs.labels(check=name, result=result)
+        for op in STORE_OPS:
+            self.store_duration.labels(op=op)
+            for result in STORE_RESULTS:
+                self.store_requests.labels(op=op, result=result)
+        reg.register(SnapshotCollector(snapshot, live))
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+
+
+class SnapshotCollector(Collector):
+    """Gauges computed from the Snapshot at scrape time, so they can never disagree with it."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], live: Callable[[], bool]) -> None:
+        self._snapshot = snapshot
+        self._live = live
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """Yield the check and readiness gauges of the current Snapshot."""
+        snap = self._snapshot()
+        up = GaugeMetricFamily("sidecar_check_up", "1 when the check passes.", labels=["check"])
+        status = GaugeMetricFamily(
+            "sidecar_check_status", "1 for the check's current status.", labels=["check", "status"]
+        )
+        last = GaugeMetricFamily(
+            "sidecar_check_last_success_timestamp_seconds",
+            "When the check last passed (0: never).",
+            labels=["check"],
+        )
+        failures = GaugeMetricFamily(
+            "sidecar_check_consecutive_failures", "Failures in a row.", labels=["check"]
+        )
+        for state in snap.states:
+            current = snap.statuses[state.name]
+            up.add_metric([state.name], 1.0 if current in ("pass", "warn") else 0.0)
+            for value in sorted(STATUSES):
+                status.add_metric([state.name, value], 1.0 if value == current else 0.0)
+            last.add_metric([state.name], state.last_success_at or 0.0)
+            failures.add_metric([state.name], float(state.consecutive_failures))
+        yield up
+        yield status
+        yield last
+        yield failures
+        yield GaugeMetricFamily(
+            "sidecar_ready", "1 when /ready answers 200.", value=float(snap.ready)
+        )
+        yield GaugeMetricFamily(
+            "sidecar_live", "1 when /live answers 200.", value=float(self._live())
+        )
+        yield GaugeMetricFamily("sidecar_draining", "1 while draining.", value=float(snap.draining))

@@ -1,0 +1,126 @@
+"""The Monitor owns the served Snapshot: every event builds a new one, and changes are logged."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+
+from sidecar import logs
+from sidecar.checks import Check
+from sidecar.metrics import Metrics
+from sidecar.probes.result import CheckResult
+from sidecar.snapshot import Snapshot, StoreState
+from sidecar.state import CheckState
+
+HEARTBEAT_MAX_AGE = 5.0
+
+
+class Monitor:
+    """Turns probe results, store outcomes, heartbeats and the drain into Snapshots.
+
+    The Snapshot is the daemon's only in-memory state; handlers read `snapshot` and nothing
+    else. `changed` is set whenever a probe result arrives, for the store reporter.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance: str,
+        version: str,
+        checks: Sequence[Check],
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._monotonic = monotonic
+        self._log = logs.get("monitor")
+        self.changed = asyncio.Event()
+        self.snapshot = Snapshot(
+            instance=instance,
+            version=version,
+            states=tuple(CheckState(check=c) for c in checks),
+            built_at=clock(),
+            heartbeat=monotonic(),
+        )
+        self.metrics = Metrics(
+            checks=[c.name for c in checks],
+            version=version,
+            snapshot=lambda: self.snapshot,
+            live=self.live,
+        )
+
+    def live(self) -> bool:
+        """True while the scheduler's heartbeat is fresh."""
+        return self._monotonic() - self.snapshot.heartbeat <= HEARTBEAT_MAX_AGE
+
+    def record(self, name: str, result: CheckResult) -> None:
+        """Take one probe result for check `name`."""
+        self.metrics.check_runs.labels(check=name, result=result.status).inc()
+        self.metrics.check_duration.labels(check=name).observe(result.latency)
+        states = tuple(s.observe(result) if s.name == name else s for s in self.snapshot.states)
+        self._publish(replace(self.snapshot, states=states, built_at=self._clock()))
+        self.changed.set()
+
+    def restore(self, states: Iterable[CheckState]) -> None:
+        """Take states restored from Convex at start (the warm start); a check that already has
+        a result of this process keeps it."""
+        restored = {s.name: s for s in states}
+        merged = tuple(
+            restored.get(s.name, s) if s.result is None else s for s in self.snapshot.states
+        )
+        self._publish(replace(self.snapshot, states=merged, built_at=self._clock()))
+
+    def heartbeat(self) -> None:
+        """The scheduler is alive: refresh the heartbeat (and let stale results turn unknown)."""
+        self._publish(replace(self.snapshot, heartbeat=self._monotonic(), built_at=self._clock()))
+
+    def set_store(self, store: StoreState) -> None:
+        """Record how the last store call went; log only when that changes."""
+        if store == self.snapshot.store:
+            return
+        before = self.snapshot.store
+        if store.status != before.status or store.kind != before.kind:
+            log = self._log.info if store.status == "ok" else self._log.warning
+            log(
+                "store recovered" if store.status == "ok" else "store failing",
+                component="store",
+                check="store",
+                error=store.kind,
+                output=store.message,
+            )
+        self._publish(replace(self.snapshot, store=store, built_at=self._clock()))
+
+    def drain(self) -> None:
+        """Start draining: `/ready` answers 503 from now on."""
+        self._publish(replace(self.snapshot, draining=True, built_at=self._clock()))
+
+    def _publish(self, new: Snapshot) -> None:
+        old = self.snapshot
+        self.snapshot = new
+        if old.ready != new.ready:
+            self._log.info(
+                "ready" if new.ready else "not ready", ready=new.ready, reasons=list(new.reasons)
+            )
+        for state in new.states:
+            before, after = old.statuses[state.name], new.statuses[state.name]
+            if before == after:
+                continue
+            self.metrics.check_transitions.labels(check=state.name, to=after).inc()
+            result = state.result
+            fields = {
+                "check": state.name,
+                "from": before,
+                "to": after,
+                "critical": state.check.critical,
+                "output": "" if result is None else result.output,
+            }
+            if result is not None:
+                fields["duration"] = round(result.latency * 1000, 1)
+            log = (
+                self._log.warning
+                if after in ("fail", "unknown") and before != "unknown"
+                else self._log.info
+            )
+            log(f"check {state.name} is {after}", **fields)

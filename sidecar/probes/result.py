@@ -1,0 +1,38 @@
+"""What a probe returns: a verdict, a short output, how long it took and when."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+Verdict = Literal["pass", "warn", "fail"]
+MAX_OUTPUT = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One probe run. `latency` is in seconds; `observed_at` is wall-clock epoch seconds."""
+
+    status: Verdict
+    output: str
+    latency: float
+    observed_at: float
+
+
+class Stopwatch:
+    """Times one probe run and builds its result."""
+
+    def __init__(self) -> None:
+        self._wall = time.time()
+        self._start = time.monotonic()
+
+    def result(self, status: Verdict, output: str) -> CheckResult:
+        """The result of the run, timed from the stopwatch's creation."""
+        text = output if len(output) <= MAX_OUTPUT else output[: MAX_OUTPUT - 3] + "..."
+        return CheckResult(
+            status=status,
+            output=text,
+            latency=time.monotonic() - self._start,
+            observed_at=self._wall,
+        )

@@ -1,0 +1,96 @@
+"""Runs every check on its own interval, concurrently, and keeps the heartbeat.
+
+Each check has its own task: a hung dependency delays nothing else. A supervisor restarts a
+check task that crashed (logged and counted) and beats the heartbeat that `/live` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiohttp
+
+from sidecar import logs
+from sidecar.checks import Check
+from sidecar.monitor import Monitor
+from sidecar.probes import run_probe
+from sidecar.probes.result import CheckResult, Stopwatch
+
+Probe = Callable[[aiohttp.ClientSession, Check], Awaitable[CheckResult]]
+TICK = 1.0
+# A probe enforces its own timeout; this is the scheduler's backstop if one ever does not.
+BACKSTOP_GRACE = 1.0
+
+
+class Scheduler:
+    """Starts one loop per check and supervises them until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        monitor: Monitor,
+        session: aiohttp.ClientSession,
+        checks: Sequence[Check],
+        probe: Probe = run_probe,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._monitor = monitor
+        self._session = session
+        self._checks = {c.name: c for c in checks}
+        self._probe = probe
+        self._rng = rng or random.Random()
+        self._log = logs.get("scheduler")
+
+    async def run(self) -> None:
+        """Run until cancelled; cancelling stops every check loop before returning."""
+        tasks = {name: self._start(name) for name in self._checks}
+        try:
+            while True:
+                self._monitor.heartbeat()
+                for name, task in list(tasks.items()):
+                    if task.done():
+                        tasks[name] = self._restart(name, task)
+                await asyncio.sleep(TICK)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    def _start(self, name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(self._loop(self._checks[name]), name=f"check:{name}")
+
+    def _restart(self, name: str, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        error = None if task.cancelled() else task.exception()
+        self._monitor.metrics.check_crashes.labels(check=name).inc()
+        self._log.error(
+            "check loop crashed; restarting",
+            check=name,
+            error=repr(error)[:300],
+            exc_info=error,
+        )
+        return self._start(name)
+
+    async def _loop(self, check: Check) -> None:
+        """Probe `check` forever: at once, then every interval (with jitter, without drift)."""
+        next_at = time.monotonic()
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += self._spacing(check)
+            self._monitor.record(check.name, await self._run(check))
+            # A probe slower than its interval does not make the next ones pile up.
+            next_at = max(next_at, time.monotonic())
+
+    async def _run(self, check: Check) -> CheckResult:
+        watch = Stopwatch()
+        try:
+            async with asyncio.timeout(check.limit + BACKSTOP_GRACE):
+                return await self._probe(self._session, check)
+        except TimeoutError:
+            return watch.result("fail", f"timeout after {check.limit:g}s (scheduler backstop)")
+
+    def _spacing(self, check: Check) -> float:
+        jitter = check.every * check.jitter
+        return check.every + self._rng.uniform(-jitter, jitter)

@@ -1,0 +1,111 @@
+"""HTTP endpoints. Handlers only read the current Snapshot: no I/O, no checks inline."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from sidecar.monitor import Monitor
+from sidecar.snapshot import dumps
+
+MONITOR = web.AppKey("monitor", Monitor)
+TOKEN = web.AppKey("details_token", str)
+JSON = "application/json"
+HEALTH_JSON = "application/health+json"
+NO_STORE = "no-store"
+TRUE_VALUES = frozenset({"", "1", "true", "yes", "on"})
+FALSE_VALUES = frozenset({"0", "false", "no", "off"})
+LIVE_OK = dumps({"live": True})
+LIVE_STUCK = dumps({"live": False, "reasons": ["scheduler heartbeat is stale"]})
+
+
+def _json(body: bytes, ok: bool, content_type: str = JSON) -> web.Response:
+    return web.Response(body=body, status=200 if ok else 503, content_type=content_type)
+
+
+async def live(request: web.Request) -> web.Response:
+    """200 while the scheduler heartbeat is fresh; never depends on a dependency."""
+    ok = request.app[MONITOR].live()
+    return _json(LIVE_OK if ok else LIVE_STUCK, ok)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """200 when every critical check passes and the daemon is not draining."""
+    snap = request.app[MONITOR].snapshot
+    return _json(snap.ready_body, snap.ready)
+
+
+async def health(request: web.Request) -> web.Response:
+    """The seed's `/health` JSON; details with `?verbose` (loopback or token)."""
+    snap = request.app[MONITOR].snapshot
+    verbose = _flag(request, "verbose")
+    if verbose and not _may_see_details(request):
+        raise web.HTTPForbidden(
+            text='{"error":"details need a loopback caller or the details token"}',
+            content_type=JSON,
+        )
+    if HEALTH_JSON in request.headers.get("Accept", ""):
+        doc = snap.health_json_document(details=verbose)
+        return _json(dumps(doc), snap.health_ok, HEALTH_JSON)
+    if verbose:
+        return _json(dumps(snap.health_document(details=True)), snap.health_ok)
+    return _json(snap.health_body, snap.health_ok)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    values = request.query.getall(name, [])
+    if not values:
+        return False
+    value = values[-1].strip().lower()
+    if value in TRUE_VALUES:
+        return True
+    if value in FALSE_VALUES:
+        return False
+    raise web.HTTPBadRequest(
+        text=dumps({"error": f"{name} must be one of 1, true, 0, false"}).decode(),
+        content_type=JSON,
+    )
+
+
+def _may_see_details(request: web.Request) -> bool:
+    token = request.app[TOKEN]
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if given and hmac.compare_digest(given.encode(), token.encode()):
+            return True
+    return _is_loopback(request.remote)
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+async def _no_store(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Cache-Control"] = NO_STORE
+
+
+def create_app(monitor: Monitor, *, details_token: str = "") -> web.Application:
+    """The endpoints of DESIGN.md with their aliases; GET and HEAD only (405 otherwise)."""
+    app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
+    app[MONITOR] = monitor
+    app[TOKEN] = details_token
+    app.on_response_prepare.append(_no_store)
+    metrics = make_aiohttp_handler(monitor.metrics.registry)
+    routes = {
+        live: ("/live", "/livez"),
+        ready: ("/ready", "/readyz", "/api/ready"),
+        health: ("/health", "/healthz", "/api/health"),
+        metrics: ("/metrics",),
+    }
+    for handler, paths in routes.items():
+        for path in paths:
+            app.router.add_get(path, handler)
+    return app

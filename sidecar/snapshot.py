@@ -1,0 +1,158 @@
+"""The Snapshot: everything the endpoints serve, immutable, with its plain bodies pre-rendered."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sidecar.state import CheckState
+from sidecar.store.health import Status
+
+HealthStatus = Literal["ok", "degraded", "error"]
+StoreStatus = Literal["ok", "error", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    """How the last exchange with Convex went (`kind` is a StoreError kind when it failed)."""
+
+    status: StoreStatus = "unknown"
+    kind: str | None = None
+    message: str = ""
+
+
+def iso(epoch: float) -> str:
+    """An ISO-8601 UTC timestamp with milliseconds, like JavaScript's `toISOString()`."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON bytes (the same text Uptime Kuma's keyword monitor matches on)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the daemon knows at one moment. Replaced whole, never mutated; handlers only read."""
+
+    instance: str
+    version: str
+    states: tuple[CheckState, ...]
+    built_at: float
+    heartbeat: float
+    store: StoreState = StoreState()
+    draining: bool = False
+    statuses: Mapping[str, Status] = field(init=False)
+    ready: bool = field(init=False)
+    reasons: tuple[str, ...] = field(init=False)
+    health: HealthStatus = field(init=False)
+    ready_body: bytes = field(init=False)
+    health_body: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        statuses = {s.name: s.effective_status(self.built_at) for s in self.states}
+        reasons = ["draining"] if self.draining else []
+        reasons += [
+            f"{s.name} is {statuses[s.name]}"
+            for s in self.states
+            if s.check.critical and statuses[s.name] not in ("pass", "warn")
+        ]
+        if not self.states:
+            reasons.append("no checks configured")
+        critical_fail = any(s.check.critical and statuses[s.name] == "fail" for s in self.states)
+        all_ok = all(v == "pass" for v in statuses.values()) and self.store.status != "error"
+        health: HealthStatus = "error" if critical_fail else "ok" if all_ok else "degraded"
+        setattr_ = object.__setattr__
+        setattr_(self, "statuses", statuses)
+        setattr_(self, "ready", not reasons)
+        setattr_(self, "reasons", tuple(reasons))
+        setattr_(self, "health", health)
+        setattr_(self, "ready_body", dumps(self.ready_document()))
+        setattr_(self, "health_body", dumps(self.health_document(details=False)))
+
+    @property
+    def health_ok(self) -> bool:
+        """`/health` answers 200 unless a critical check fails."""
+        return self.health != "error"
+
+    def ready_document(self) -> dict[str, Any]:
+        """The body of `/ready`: `{"ready": true}` or `{"ready": false, "reasons": [...]}`."""
+        if self.ready:
+            return {"ready": True}
+        return {"ready": False, "reasons": list(self.reasons)}
+
+    def health_document(self, *, details: bool) -> dict[str, Any]:
+        """The seed's `/health` shape; per-check details only when `details` is true."""
+        services = {name: _service(status) for name, status in self.statuses.items()}
+        services["store"] = "error" if self.store.status == "error" else "ok"
+        doc: dict[str, Any] = {
+            "status": self.health,
+            "timestamp": iso(self.built_at),
+            "services": services,
+        }
+        if details:
+            doc["instance"] = self.instance
+            doc["version"] = self.version
+            doc["ready"] = self.ready
+            doc["draining"] = self.draining
+            doc["checks"] = {s.name: self._details(s) for s in self.states}
+            doc["store"] = {
+                "status": self.store.status,
+                "error": self.store.kind,
+                "output": self.store.message,
+            }
+        return doc
+
+    def health_json_document(self, *, details: bool) -> dict[str, Any]:
+        """The IETF health-check format (`application/health+json`)."""
+        checks: dict[str, list[dict[str, Any]]] = {}
+        for state in self.states:
+            entry: dict[str, Any] = {
+                "componentId": state.name,
+                "componentType": state.check.kind,
+                "status": _ietf(self.statuses[state.name]),
+                "affectsServiceHealth": state.check.critical,
+            }
+            if state.result is not None:
+                entry["observedValue"] = round(state.result.latency * 1000, 3)
+                entry["observedUnit"] = "ms"
+                entry["time"] = iso(state.result.observed_at)
+                if details and state.result.output:
+                    entry["output"] = state.result.output
+            checks[f"{state.name}:responseTime"] = [entry]
+        status = {"ok": "pass", "degraded": "warn", "error": "fail"}[self.health]
+        doc: dict[str, Any] = {
+            "status": status,
+            "version": self.version,
+            "serviceId": self.instance,
+            "description": "health-sidecar",
+            "checks": checks,
+        }
+        if not self.ready:
+            doc["notes"] = list(self.reasons)
+        return doc
+
+    def _details(self, state: CheckState) -> dict[str, Any]:
+        result = state.result
+        return {
+            "status": self.statuses[state.name],
+            "kind": state.check.kind,
+            "critical": state.check.critical,
+            "latency_ms": None if result is None else round(result.latency * 1000, 3),
+            "observed_at": None if result is None else iso(result.observed_at),
+            "last_success": None if state.last_success_at is None else iso(state.last_success_at),
+            "consecutive_failures": state.consecutive_failures,
+            "consecutive_successes": state.consecutive_successes,
+            "output": "" if result is None else result.output,
+        }
+
+
+def _service(status: Status) -> str:
+    return {"pass": "ok", "warn": "ok", "fail": "error", "unknown": "unknown"}[status]
+
+
+def _ietf(status: Status) -> str:
+    return {"pass": "pass", "warn": "warn", "fail": "fail", "unknown": "warn"}[status]

@@ -1,0 +1,66 @@
+"""Per-check state and its hysteresis: thresholds damp flapping, stale results turn unknown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from sidecar.checks import Check
+from sidecar.probes.result import CheckResult
+from sidecar.store.health import Status
+
+STALE_INTERVALS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class CheckState:
+    """Where one check stands: its evaluated status and the evidence behind it."""
+
+    check: Check
+    status: Status = "unknown"
+    result: CheckResult | None = None
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_success_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The check's name."""
+        return self.check.name
+
+    def observe(self, result: CheckResult) -> CheckState:
+        """The state after one more probe result.
+
+        From `unknown` the first result decides at once. Between `pass` and `fail`, a change
+        needs `failures_before_fail` failures or `successes_before_pass` successes in a row.
+        """
+        ok = result.status != "fail"
+        failures = 0 if ok else self.consecutive_failures + 1
+        successes = self.consecutive_successes + 1 if ok else 0
+        if self.status == "unknown":
+            status: Status = result.status
+        elif ok:
+            promoted = self.status != "fail" or successes >= self.check.successes_before_pass
+            status = result.status if promoted else "fail"
+        else:
+            demoted = self.status == "fail" or failures >= self.check.failures_before_fail
+            status = "fail" if demoted else self.status
+        return replace(
+            self,
+            status=status,
+            result=result,
+            consecutive_failures=failures,
+            consecutive_successes=successes,
+            last_success_at=result.observed_at if ok else self.last_success_at,
+        )
+
+    def is_stale(self, now: float) -> bool:
+        """True when there is no result, or the last one finished more than two intervals ago
+        (plus the timeout the probe now in flight may still take)."""
+        if self.result is None:
+            return True
+        finished = self.result.observed_at + self.result.latency
+        return now - finished > STALE_INTERVALS * self.check.every + self.check.limit
+
+    def effective_status(self, now: float) -> Status:
+        """The status to serve: `unknown` once the last result has gone stale."""
+        return "unknown" if self.is_stale(now) else self.status

@@ -1,0 +1,284 @@
+"""The endpoints serve the Snapshot: status codes, bodies, aliases, methods, details."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+from unittest import mock
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, make_mocked_request
+
+from sidecar.checks import ConvexCheck, HttpCheck, MastraCheck
+from sidecar.monitor import Monitor
+from sidecar.probes.result import CheckResult
+from sidecar.server import create_app, health
+from sidecar.snapshot import StoreState
+
+TOKEN = "details-token-0123456789"
+ClientFactory = Callable[[web.Application], Coroutine[Any, Any, TestClient[Any, Any]]]
+
+
+def make_monitor(*, app_critical: bool = True) -> Monitor:
+    checks = [
+        ConvexCheck(name="convex", target="http://127.0.0.1:1", interval=10, timeout=2),
+        MastraCheck(name="mastra", target="http://127.0.0.1:2", interval=10, timeout=2),
+        HttpCheck(
+            name="app",
+            target="http://127.0.0.1:3",
+            interval=10,
+            timeout=2,
+            critical=app_critical,
+            failures_before_fail=1,
+        ),
+    ]
+    return Monitor(instance="test-1", version="0.0.0", checks=checks)
+
+
+def feed(monitor: Monitor, **statuses: str) -> None:
+    for name, status in statuses.items():
+        monitor.record(
+            name,
+            CheckResult(
+                status=status, output=f"{name} {status}", latency=0.012, observed_at=time.time()
+            ),  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+async def served(aiohttp_client: ClientFactory) -> tuple[Monitor, TestClient[Any, Any]]:
+    monitor = make_monitor()
+    return monitor, await aiohttp_client(create_app(monitor, details_token=TOKEN))
+
+
+async def get_json(client: TestClient[Any, Any], path: str, **kw: Any) -> tuple[int, Any]:
+    resp = await client.get(path, **kw)
+    assert resp.headers["Cache-Control"] == "no-store"
+    return resp.status, json.loads(await resp.read())
+
+
+async def test_before_first_round_not_ready(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """No result yet: live, not ready (every check unknown), health 200 but not ok."""
+    _, client = served
+    assert (await client.get("/live")).status == 200
+    status, body = await get_json(client, "/ready")
+    assert status == 503
+    assert body["ready"] is False
+    assert "convex is unknown" in body["reasons"]
+    status, body = await get_json(client, "/health")
+    assert status == 200
+    assert body["services"]["convex"] == "unknown"
+
+
+async def test_all_pass_ready_and_seed_shape(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """Every check passes: /ready 200 {"ready": true}, /health in the seed's exact shape."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="pass", app="pass")
+    assert await get_json(client, "/ready") == (200, {"ready": True})
+    status, body = await get_json(client, "/health")
+    assert status == 200
+    assert set(body) == {"status", "timestamp", "services"}
+    assert body["status"] == "ok"
+    assert body["timestamp"].endswith("Z")
+    assert body["services"] == {"convex": "ok", "mastra": "ok", "app": "ok", "store": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/live", "live"),
+        ("/livez", "live"),
+        ("/ready", "ready"),
+        ("/readyz", "ready"),
+        ("/api/ready", "ready"),
+        ("/health", "health"),
+        ("/healthz", "health"),
+        ("/api/health", "health"),
+    ],
+)
+async def test_aliases(served: tuple[Monitor, TestClient[Any, Any]], path: str, kind: str) -> None:
+    """Every alias answers like its endpoint."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="fail", app="pass")
+    expected = {"live": 200, "ready": 503, "health": 503}[kind]
+    assert (await client.get(path)).status == expected
+
+
+async def test_critical_failure(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """Mastra fails: /health 503 "error" with services.mastra "error"; /ready 503; /live 200."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="fail", app="pass")
+    status, body = await get_json(client, "/health")
+    assert (status, body["status"], body["services"]["mastra"]) == (503, "error", "error")
+    status, body = await get_json(client, "/ready")
+    assert status == 503
+    assert body == {"ready": False, "reasons": ["mastra is fail"]}
+    assert (await client.get("/live")).status == 200
+
+
+async def test_noncritical_failure_is_degraded(aiohttp_client: ClientFactory) -> None:
+    """A non-critical check fails: /health 200 "degraded", still ready."""
+    monitor = make_monitor(app_critical=False)
+    client = await aiohttp_client(create_app(monitor))
+    feed(monitor, convex="pass", mastra="pass", app="fail")
+    status, body = await get_json(client, "/health")
+    assert (status, body["status"], body["services"]["app"]) == (200, "degraded", "error")
+    assert (await client.get("/ready")).status == 200
+
+
+async def test_store_error_degrades_but_keeps_ready(
+    served: tuple[Monitor, TestClient[Any, Any]],
+) -> None:
+    """The store is non-critical: its failure shows as services.store "error", 200, ready."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="pass", app="pass")
+    monitor.set_store(StoreState(status="error", kind="unauthorized", message="nope"))
+    status, body = await get_json(client, "/health")
+    assert (status, body["status"], body["services"]["store"]) == (200, "degraded", "error")
+    assert (await client.get("/ready")).status == 200
+
+
+async def test_draining(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """Draining: /ready 503 with reason "draining"; /health and /live unchanged."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="pass", app="pass")
+    monitor.drain()
+    status, body = await get_json(client, "/ready")
+    assert (status, body["reasons"]) == (503, ["draining"])
+    assert (await client.get("/health")).status == 200
+    assert (await client.get("/live")).status == 200
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_other_methods_405(served: tuple[Monitor, TestClient[Any, Any]], method: str) -> None:
+    """Only GET and HEAD."""
+    _, client = served
+    for path in ("/live", "/ready", "/health", "/metrics"):
+        resp = await client.request(method, path)
+        assert resp.status == 405
+        assert "GET" in resp.headers["Allow"]
+
+
+async def test_head(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """HEAD answers the status without a body."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="pass", app="pass")
+    resp = await client.head("/ready")
+    assert resp.status == 200
+    assert await resp.read() == b""
+
+
+async def test_verbose_from_loopback(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """?verbose from loopback adds per-check details, the flat fields stay."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="fail", app="pass")
+    status, body = await get_json(client, "/health?verbose")
+    assert status == 503
+    assert body["services"]["mastra"] == "error"
+    mastra = body["checks"]["mastra"]
+    assert mastra["status"] == "fail"
+    assert mastra["output"] == "mastra fail"
+    assert mastra["consecutive_failures"] == 1
+    assert mastra["latency_ms"] == pytest.approx(12.0)
+
+
+@pytest.mark.parametrize("value", ["", "1", "true", "yes"])
+async def test_verbose_values(served: tuple[Monitor, TestClient[Any, Any]], value: str) -> None:
+    """Accepted spellings of verbose."""
+    _, client = served
+    _, body = await get_json(client, f"/health?verbose={value}")
+    assert "checks" in body
+
+
+async def test_verbose_false_and_invalid(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """verbose=0 means no details; a nonsense value is a 400 with a clear error."""
+    _, client = served
+    _, body = await get_json(client, "/health?verbose=0")
+    assert "checks" not in body
+    status, body = await get_json(client, "/health?verbose=maybe")
+    assert status == 400
+    assert "verbose" in body["error"]
+
+
+async def test_unknown_query_parameters_are_ignored(
+    served: tuple[Monitor, TestClient[Any, Any]],
+) -> None:
+    """Unknown parameters change nothing."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="pass", app="pass")
+    status, body = await get_json(client, "/ready?foo=bar&x")
+    assert (status, body) == (200, {"ready": True})
+
+
+def remote_request(path: str, peer: str, headers: dict[str, str] | None = None) -> web.Request:
+    """A request as if from `peer` (the test client itself is always loopback)."""
+    monitor = make_monitor()
+    feed(monitor, convex="pass", mastra="pass", app="pass")
+    app = create_app(monitor, details_token=TOKEN)
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda key, default=None: (
+        (peer, 40000) if key == "peername" else default
+    )
+    return make_mocked_request("GET", path, headers=headers or {}, app=app, transport=transport)
+
+
+async def test_verbose_refused_to_remote_without_token() -> None:
+    """A caller outside loopback gets no details without the token (403), but the plain
+    /health still works."""
+    with pytest.raises(web.HTTPForbidden):
+        await health(remote_request("/health?verbose", "10.1.2.3"))
+    plain = await health(remote_request("/health", "10.1.2.3"))
+    assert b"checks" not in plain.body  # type: ignore[operator]
+
+
+async def test_verbose_to_remote_with_token() -> None:
+    """The right bearer token opens details to any caller; a wrong one does not."""
+    ok = await health(
+        remote_request("/health?verbose", "10.1.2.3", {"Authorization": f"Bearer {TOKEN}"})
+    )
+    assert b'"checks"' in ok.body  # type: ignore[operator]
+    with pytest.raises(web.HTTPForbidden):
+        await health(
+            remote_request("/health?verbose", "10.1.2.3", {"Authorization": "Bearer wrong"})
+        )
+
+
+async def test_health_json_format(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """Accept: application/health+json gives the IETF format with its content type."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="fail", app="pass")
+    resp = await client.get("/health", headers={"Accept": "application/health+json"})
+    assert resp.status == 503
+    assert resp.content_type == "application/health+json"
+    body = json.loads(await resp.read())
+    assert body["status"] == "fail"
+    assert body["checks"]["mastra:responseTime"][0]["status"] == "fail"
+    assert body["checks"]["convex:responseTime"][0]["observedUnit"] == "ms"
+
+
+async def test_metrics(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """/metrics has the check gauges of the current Snapshot and the counters."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="fail", app="pass")
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Cache-Control"] == "no-store"
+    text = await resp.text()
+    assert 'sidecar_check_up{check="mastra"} 0.0' in text
+    assert 'sidecar_check_up{check="convex"} 1.0' in text
+    assert 'sidecar_check_status{check="mastra",status="fail"} 1.0' in text
+    assert 'sidecar_check_runs_total{check="mastra",result="fail"} 1.0' in text
+    assert "sidecar_ready 0.0" in text
+    assert 'sidecar_build_info{version="0.0.0"} 1.0' in text
+
+
+async def test_metrics_openmetrics(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
+    """Prometheus' OpenMetrics-first Accept header gets OpenMetrics."""
+    _, client = served
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    resp = await client.get("/metrics", headers={"Accept": accept})
+    assert resp.content_type == "application/openmetrics-text"
+    assert (await resp.text()).endswith("# EOF\n")

@@ -1,0 +1,85 @@
+"""Hysteresis and staleness of one check's state."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.checks import HttpCheck
+from sidecar.probes.result import CheckResult
+from sidecar.state import CheckState
+
+T0 = 1_800_000_000.0
+
+
+def check(fails: int = 2, passes: int = 2) -> HttpCheck:
+    return HttpCheck(
+        name="app",
+        target="http://127.0.0.1:1",
+        interval=10,
+        timeout=2,
+        failures_before_fail=fails,
+        successes_before_pass=passes,
+    )
+
+
+def result(status: str, at: float = T0) -> CheckResult:
+    return CheckResult(status=status, output=status, latency=0.01, observed_at=at)  # type: ignore[arg-type]
+
+
+def run(state: CheckState, statuses: str) -> list[str]:
+    """Feed results given as letters (p, f, w); return the status after each."""
+    seen = []
+    for letter in statuses:
+        state = state.observe(result({"p": "pass", "f": "fail", "w": "warn"}[letter]))
+        seen.append(state.status)
+    return seen
+
+
+def test_first_result_decides_at_once() -> None:
+    """From unknown, one result is enough either way."""
+    assert run(CheckState(check=check()), "p") == ["pass"]
+    assert run(CheckState(check=check()), "f") == ["fail"]
+
+
+def test_failures_before_fail_damps_a_single_failure() -> None:
+    """A passing check needs two failures in a row to turn fail; a pass in between resets."""
+    assert run(CheckState(check=check()), "pfpff") == ["pass", "pass", "pass", "pass", "fail"]
+
+
+def test_successes_before_pass_damps_recovery() -> None:
+    """A failing check needs two passes in a row to recover."""
+    assert run(CheckState(check=check()), "fpfpp") == ["fail", "fail", "fail", "fail", "pass"]
+
+
+def test_thresholds_of_one_follow_every_result() -> None:
+    """With both thresholds at 1 the status follows each result."""
+    assert run(CheckState(check=check(1, 1)), "pfpf") == ["pass", "fail", "pass", "fail"]
+
+
+def test_warn_counts_as_success() -> None:
+    """A warn result keeps a check up and is shown as warn."""
+    assert run(CheckState(check=check()), "pwp") == ["pass", "warn", "pass"]
+
+
+def test_counters_and_last_success() -> None:
+    """Consecutive counters and last success follow the results."""
+    state = CheckState(check=check())
+    state = state.observe(result("pass", T0)).observe(result("fail", T0 + 10))
+    state = state.observe(result("fail", T0 + 20))
+    assert (state.consecutive_failures, state.consecutive_successes) == (2, 0)
+    assert state.last_success_at == T0
+
+
+@pytest.mark.parametrize(
+    ("age", "expected"),
+    [(0, "pass"), (21.9, "pass"), (22.5, "unknown"), (1000, "unknown")],
+)
+def test_stale_after_two_intervals_plus_timeout(age: float, expected: str) -> None:
+    """A result older than 2 intervals (+ the timeout of a probe in flight) turns unknown."""
+    state = CheckState(check=check()).observe(result("pass", T0))
+    assert state.effective_status(T0 + 0.01 + age) == expected
+
+
+def test_no_result_is_unknown() -> None:
+    """Before its first run a check is unknown."""
+    assert CheckState(check=check()).effective_status(T0) == "unknown"
