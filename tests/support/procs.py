@@ -95,9 +95,9 @@ def start(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + ready_path, timeout=timeout, popen=popen)
-    except BaseException:
+    except BaseException as exc:
         stop_process(popen)
-        raise RuntimeError(f"{argv[0]} did not start:\n{log.read_text(errors='replace')}")
+        raise RuntimeError(f"{argv[0]} did not start:\n{log.read_text(errors='replace')}") from exc
     return Proc(popen=popen, url=url, log=log)
 
 
@@ -119,5 +119,14 @@ def convex_local_argv() -> list[str]:
 
 
 def mastra_argv() -> list[str]:
-    """The command that runs the real Mastra server in dev/mastra."""
-    return ["npm", "start", "--silent", "--prefix", str(ROOT / "dev/mastra")]
+    """The command that runs the real Mastra server in dev/mastra (what `npm start` runs)."""
+    return ["node", str(ROOT / "dev/mastra/server.mjs")]
+
+
+@contextlib.contextmanager
+def mastra(log: Path, port: int | None = None) -> Iterator[Proc]:
+    """A real Mastra server on 127.0.0.1 (a free port unless given) for a block."""
+    port = port or free_port()
+    env = {"PORT": str(port), "MASTRA_TELEMETRY_DISABLED": "1"}
+    with running(mastra_argv(), port=port, ready_path="/health", log=log, env=env) as proc:
+        yield proc

@@ -1,0 +1,309 @@
+"""The whole daemon as a subprocess, against dev/convex-local and the real Mastra server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import SECRET
+from tests.support import faults, procs
+from tests.support.daemon import get, log_lines, metric, metrics_text, start_daemon, wait_for
+
+INTERVAL = 1.0
+TIMEOUT = 0.5
+
+
+@pytest.fixture
+def mastra(tmp_path: Path) -> Iterator[procs.Proc]:
+    with procs.mastra(tmp_path / "mastra.log") as proc:
+        yield proc
+
+
+@pytest.fixture
+async def app_server() -> AsyncIterator[faults.FaultServer]:
+    """The app container beside the sidecar: answers 200 until told otherwise."""
+    async with faults.fault_server(faults.respond(200, b'{"ok":true}')) as server:
+        yield server
+
+
+def daemon_env(convex: procs.Proc, mastra_url: str, instance: str, **extra: str) -> dict[str, str]:
+    return {
+        "CONVEX_URL": convex.url,
+        "MASTRA_URL": mastra_url,
+        "HEALTH_SIDECAR_SECRET": SECRET,
+        "SIDECAR_INSTANCE": instance,
+        "SIDECAR_INTERVAL": str(INTERVAL),
+        "SIDECAR_TIMEOUT": str(TIMEOUT),
+        "SIDECAR_DRAIN_SECONDS": "1",
+        **extra,
+    }
+
+
+async def instance_rows(convex: procs.Proc, instance: str) -> list[dict[str, object]]:
+    """What Convex holds for `instance`, read with the official function."""
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            f"{convex.url}/api/query",
+            json={
+                "path": "health:instance",
+                "args": {"secret": SECRET, "now": time.time() * 1000, "instance": instance},
+                "format": "json",
+            },
+        )
+        body = await resp.json()
+    assert body["status"] == "success", body
+    rows: list[dict[str, object]] = body["value"]
+    return rows
+
+
+async def test_ready_after_first_round_and_rows_in_convex(
+    convex_local: procs.Proc,
+    mastra: procs.Proc,
+    app_server: faults.FaultServer,
+    tmp_path: Path,
+) -> None:
+    """Convex, Mastra and the app answer: ready after the first round, every row in Convex,
+    and every log line is JSON with the scaling guide's fields."""
+    env = daemon_env(convex_local, mastra.url, "it-ready", SIDECAR_APP_URL=app_server.url)
+    daemon = start_daemon(env, tmp_path / "daemon.log")
+    try:
+        await wait_for(daemon.url + "/ready", 200, within=5)
+        status, body = await get(daemon.url + "/health")
+        assert status == 200
+        assert body["services"] == {"convex": "ok", "mastra": "ok", "app": "ok", "store": "ok"}
+        deadline = time.monotonic() + 5
+        rows: list[dict[str, object]] = []
+        while time.monotonic() < deadline and len(rows) < 3:
+            rows = await instance_rows(convex_local, "it-ready")
+            await asyncio.sleep(0.1)
+        assert sorted(str(r["check"]) for r in rows) == ["app", "convex", "mastra"]
+        assert all(r["status"] == "pass" for r in rows)
+    finally:
+        assert daemon.stop() == 0
+    lines = log_lines(daemon)
+    assert lines, "the daemon logged nothing"
+    for line in lines:
+        assert {"timestamp", "level", "component", "message", "containerId"} <= set(line)
+        assert line["containerId"] == "it-ready"
+    assert any(line["message"] == "ready" for line in lines)
+
+
+async def test_mastra_outage_and_recovery(
+    convex_local: procs.Proc, app_server: faults.FaultServer, tmp_path: Path
+) -> None:
+    """Mastra stops: /health 503 with services.mastra "error" and /ready 503 within
+    (thresholds x interval) + timeout, /live stays 200; Mastra back: ready again."""
+    port = procs.free_port()
+    mastra_url = f"http://127.0.0.1:{port}"
+    env = daemon_env(convex_local, mastra_url, "it-mastra", SIDECAR_APP_URL=app_server.url)
+    mastra_env = {"PORT": str(port), "MASTRA_TELEMETRY_DISABLED": "1"}
+    mastra = procs.start(
+        procs.mastra_argv(),
+        port=port,
+        ready_path="/health",
+        log=tmp_path / "m1.log",
+        env=mastra_env,
+    )
+    daemon = start_daemon(env, tmp_path / "daemon.log")
+    try:
+        await wait_for(daemon.url + "/ready", 200, within=5)
+        mastra.stop()
+        # Default thresholds: two failures in a row, each within interval (+jitter) + timeout.
+        budget = 2 * INTERVAL * 1.1 + TIMEOUT + 0.5
+        took = await wait_for(daemon.url + "/ready", 503, within=budget + 1)
+        assert took <= budget
+        status, body = await get(daemon.url + "/health")
+        assert (status, body["services"]["mastra"], body["status"]) == (503, "error", "error")
+        assert (await get(daemon.url + "/live"))[0] == 200
+        mastra = procs.start(
+            procs.mastra_argv(),
+            port=port,
+            ready_path="/health",
+            log=tmp_path / "m2.log",
+            env=mastra_env,
+        )
+        await wait_for(daemon.url + "/ready", 200, within=INTERVAL * 1.1 + TIMEOUT + 0.5)
+        assert (await get(daemon.url + "/health"))[1]["services"]["mastra"] == "ok"
+    finally:
+        mastra.stop()
+        assert daemon.stop() == 0
+    changes = [line for line in log_lines(daemon) if line.get("check") == "mastra"]
+    assert [line["to"] for line in changes] == ["pass", "fail", "pass"]
+
+
+async def test_warm_start_from_convex(convex_local: procs.Proc, tmp_path: Path) -> None:
+    """A restarted daemon restores its fresh passing Mastra result from Convex and is ready
+    before its own first Mastra probe has finished (that one hangs)."""
+    with procs.mastra(tmp_path / "mastra.log") as mastra:
+        env = daemon_env(
+            convex_local, mastra.url, "it-warm", SIDECAR_INTERVAL="5", SIDECAR_TIMEOUT="3"
+        )
+        first = start_daemon(env, tmp_path / "first.log")
+        try:
+            await wait_for(first.url + "/ready", 200, within=5)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if len(await instance_rows(convex_local, "it-warm")) == 2:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            first.stop()
+    async with faults.fault_server(faults.hang()) as hung:
+        env = daemon_env(
+            convex_local, hung.url, "it-warm", SIDECAR_INTERVAL="5", SIDECAR_TIMEOUT="3"
+        )
+        second = start_daemon(env, tmp_path / "second.log")
+        try:
+            took = await wait_for(second.url + "/ready", 200, within=2.5)
+            assert took < 2.5  # the hung probe cannot have finished: it takes 3 s
+            await wait_for(second.url + "/ready", 503, within=5 * 2 + 3 + 2)
+        finally:
+            second.stop()
+    assert any(line["message"] == "warm start" for line in log_lines(second))
+
+
+async def test_stale_results_never_warm_start(convex_local: procs.Proc, tmp_path: Path) -> None:
+    """A passing row older than two intervals does not make a new daemon ready."""
+    async with aiohttp.ClientSession() as session:
+        old = (time.time() - 60) * 1000
+        row = {
+            "check": "mastra",
+            "status": "pass",
+            "observedAt": old,
+            "latencyMs": 1,
+            "output": "",
+            "consecutiveFailures": 0,
+            "consecutiveSuccesses": 5,
+            "lastSuccessAt": old,
+        }
+        resp = await session.post(
+            f"{convex_local.url}/api/mutation",
+            json={
+                "path": "health:report",
+                "args": {
+                    "secret": SECRET,
+                    "now": time.time() * 1000,
+                    "instance": "it-stale",
+                    "ttlSeconds": 300,
+                    "results": [row],
+                },
+                "format": "json",
+            },
+        )
+        assert (await resp.json())["status"] == "success"
+    async with faults.fault_server(faults.hang()) as hung:
+        env = daemon_env(
+            convex_local, hung.url, "it-stale", SIDECAR_INTERVAL="5", SIDECAR_TIMEOUT="3"
+        )
+        daemon = start_daemon(env, tmp_path / "daemon.log")
+        try:
+            await asyncio.sleep(1.5)
+            status, body = await get(daemon.url + "/ready")
+            assert status == 503
+            assert "mastra is unknown" in body["reasons"]
+        finally:
+            daemon.stop()
+
+
+async def test_sigterm_timeline(
+    convex_local: procs.Proc, mastra: procs.Proc, tmp_path: Path
+) -> None:
+    """SIGTERM: /ready 503 at once, /live and /health keep serving for the drain period,
+    then exit 0."""
+    env = daemon_env(convex_local, mastra.url, "it-drain", SIDECAR_DRAIN_SECONDS="2")
+    daemon = start_daemon(env, tmp_path / "daemon.log")
+    await wait_for(daemon.url + "/ready", 200, within=5)
+    sent = time.monotonic()
+    os.kill(daemon.popen.pid, signal.SIGTERM)
+    assert await wait_for(daemon.url + "/ready", 503, within=1) < 0.5
+    while time.monotonic() - sent < 1.5:
+        assert (await get(daemon.url + "/live"))[0] == 200
+        assert (await get(daemon.url + "/health"))[0] == 200
+        await asyncio.sleep(0.1)
+    code = daemon.popen.wait(timeout=5)
+    elapsed = time.monotonic() - sent
+    assert code == 0
+    assert 2.0 <= elapsed < 4.0
+
+
+async def test_second_signal_exits_at_once(
+    convex_local: procs.Proc, mastra: procs.Proc, tmp_path: Path
+) -> None:
+    """A second signal during the drain ends the process at once."""
+    env = daemon_env(convex_local, mastra.url, "it-force", SIDECAR_DRAIN_SECONDS="30")
+    daemon = start_daemon(env, tmp_path / "daemon.log")
+    os.kill(daemon.popen.pid, signal.SIGTERM)
+    await wait_for(daemon.url + "/ready", 503, within=1)
+    sent = time.monotonic()
+    os.kill(daemon.popen.pid, signal.SIGINT)
+    try:
+        code = daemon.popen.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        daemon.stop()
+        raise
+    assert code == 0
+    assert time.monotonic() - sent < 2
+
+
+async def test_hung_dependency_leaves_endpoints_fast(
+    convex_local: procs.Proc, tmp_path: Path
+) -> None:
+    """Mastra accepts and never answers: every endpoint still answers in milliseconds."""
+    async with faults.fault_server(faults.hang()) as hung:
+        env = daemon_env(convex_local, hung.url, "it-hung", SIDECAR_TIMEOUT="0.9")
+        daemon = start_daemon(env, tmp_path / "daemon.log")
+        try:
+            async with aiohttp.ClientSession() as session:
+                worst = 0.0
+                for _ in range(50):
+                    for path in ("/live", "/ready", "/health", "/metrics"):
+                        started = time.monotonic()
+                        async with session.get(daemon.url + path) as resp:
+                            await resp.read()
+                        worst = max(worst, time.monotonic() - started)
+                    await asyncio.sleep(0.02)
+            assert worst < 0.25, f"slowest answer {worst * 1000:.1f} ms"
+            assert hung.requests >= 1
+        finally:
+            daemon.stop()
+
+
+async def test_wrong_secret_store_warns_probing_goes_on(
+    convex_local: procs.Proc, mastra: procs.Proc, tmp_path: Path
+) -> None:
+    """A wrong secret: services.store "error" (200, degraded, still ready), one log line,
+    and probing goes on."""
+    env = daemon_env(
+        convex_local, mastra.url, "it-secret", HEALTH_SIDECAR_SECRET="wrong-secret-0123456789"
+    )
+    daemon = start_daemon(env, tmp_path / "daemon.log")
+    try:
+        await wait_for(daemon.url + "/ready", 200, within=5)
+        deadline = time.monotonic() + 5
+        body: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            status, body = await get(daemon.url + "/health")
+            if body["services"]["store"] == "error":  # type: ignore[index]
+                break
+            await asyncio.sleep(0.1)
+        assert (status, body["status"]) == (200, "degraded")
+        await asyncio.sleep(2.5 * INTERVAL)
+        text = await metrics_text(daemon.url)
+        runs = metric(text, 'sidecar_check_runs_total{check="mastra",result="pass"}')
+        refused = metric(text, 'sidecar_store_requests_total{op="report",result="unauthorized"}')
+        assert runs >= 3
+        assert refused >= 2
+    finally:
+        daemon.stop()
+    failing = [line for line in log_lines(daemon) if line["message"] == "store failing"]
+    assert len(failing) == 1
+    assert failing[0]["error"] == "unauthorized"
+    assert await instance_rows(convex_local, "it-secret") == []
