@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -307,3 +308,27 @@ async def test_wrong_secret_store_warns_probing_goes_on(
     assert len(failing) == 1
     assert failing[0]["error"] == "unauthorized"
     assert await instance_rows(convex_local, "it-secret") == []
+
+
+async def test_metrics_are_promtool_clean(
+    convex_local: procs.Proc, mastra: procs.Proc, tmp_path: Path
+) -> None:
+    """The real /metrics page, with a passing and a failing check, passes
+    `promtool check metrics` without a single lint message."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: `make test` installs Debian's prometheus package"
+    env = daemon_env(convex_local, mastra.url, "it-promtool", SIDECAR_APP_URL=faults.refused_url())
+    daemon = start_daemon(env, tmp_path / "daemon.log")
+    try:
+        await wait_for(daemon.url + "/health", 503, within=5)
+        text = await metrics_text(daemon.url)
+    finally:
+        daemon.stop()
+    assert 'sidecar_check_up{check="app"} 0.0' in text
+    assert 'sidecar_check_up{check="mastra"} 1.0' in text
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+    )
+    assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+    assert lint.stdout.decode().strip() == ""
+    assert lint.stderr.decode().strip() == ""

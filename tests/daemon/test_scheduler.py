@@ -1,0 +1,118 @@
+"""The scheduler: first round at once, concurrency, supervision of crashed loops, heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from sidecar.checks import Check, HttpCheck
+from sidecar.monitor import Monitor
+from sidecar.probes.result import CheckResult, Stopwatch
+from sidecar.scheduler import Scheduler
+from tests.support import faults
+
+
+def http(name: str, url: str, interval: float = 0.2, timeout: float = 0.15) -> HttpCheck:
+    return HttpCheck(name=name, target=url, interval=interval, timeout=timeout, jitter=0)
+
+
+@contextlib.asynccontextmanager
+async def scheduling(monitor: Monitor, checks: list[Check], **kw: object) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession() as session:
+        scheduler = Scheduler(monitor=monitor, session=session, checks=checks, **kw)  # type: ignore[arg-type]
+        task = asyncio.create_task(scheduler.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def runs(monitor: Monitor, check: str, result: str) -> float:
+    value = monitor.metrics.registry.get_sample_value(
+        "sidecar_check_runs_total", {"check": check, "result": result}
+    )
+    return value or 0.0
+
+
+async def test_first_round_at_once_and_one_hung_check_delays_nothing() -> None:
+    """A good and a hung check: the good one passes within milliseconds of the start and
+    keeps its pace while the hung one times out each round."""
+    async with (
+        faults.fault_server(faults.respond(200, b"ok")) as good,
+        faults.fault_server(faults.hang()) as hung,
+    ):
+        checks: list[Check] = [http("good", good.url), http("hung", hung.url)]
+        monitor = Monitor(instance="t", version="0", checks=checks)
+        async with scheduling(monitor, checks):
+            started = time.monotonic()
+            async with asyncio.timeout(1):
+                while monitor.snapshot.statuses["good"] != "pass":
+                    await monitor.changed.wait()
+                    monitor.changed.clear()
+            assert time.monotonic() - started < 0.1
+            await asyncio.sleep(1.05)
+        assert runs(monitor, "good", "pass") >= 5
+        assert runs(monitor, "hung", "fail") >= 4
+        assert monitor.snapshot.statuses["hung"] == "fail"
+
+
+async def test_crashed_loop_is_logged_counted_and_restarted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A probe that raises (a bug) crashes its loop: the supervisor counts it, logs it and
+    starts the loop again, and the other check never notices."""
+    calls = {"boom": 0}
+
+    async def probe(session: aiohttp.ClientSession, check: Check) -> CheckResult:
+        if check.name == "boom":
+            calls["boom"] += 1
+            raise RuntimeError("probe bug")
+        return Stopwatch().result("pass", "fine")
+
+    checks: list[Check] = [http("boom", "http://127.0.0.1:9"), http("fine", "http://127.0.0.1:9")]
+    monitor = Monitor(instance="t", version="0", checks=checks)
+    async with scheduling(monitor, checks, probe=probe):
+        await asyncio.sleep(2.3)
+    crashes = monitor.metrics.registry.get_sample_value(
+        "sidecar_check_crashes_total", {"check": "boom"}
+    )
+    assert crashes is not None
+    assert crashes >= 2
+    assert calls["boom"] >= 3
+    assert runs(monitor, "fine", "pass") >= 10
+    assert "check loop crashed; restarting" in capsys.readouterr().out
+
+
+async def test_scheduler_backstop_bounds_a_probe_that_ignores_its_timeout() -> None:
+    """A probe that never returns is cut off by the scheduler's backstop and counted as fail."""
+
+    async def probe(session: aiohttp.ClientSession, check: Check) -> CheckResult:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    checks: list[Check] = [http("stuck", "http://127.0.0.1:9", interval=2, timeout=0.1)]
+    monitor = Monitor(instance="t", version="0", checks=checks)
+    async with scheduling(monitor, checks, probe=probe):
+        await asyncio.sleep(1.3)
+    assert monitor.snapshot.statuses["stuck"] == "fail"
+
+
+async def test_heartbeat_drives_live() -> None:
+    """/live follows the heartbeat: fresh while the scheduler runs, stale once it stops."""
+    now = [1000.0]
+    checks: list[Check] = [http("a", "http://127.0.0.1:9")]
+    monitor = Monitor(instance="t", version="0", checks=checks, monotonic=lambda: now[0])
+    assert monitor.live()
+    now[0] += 4.9
+    assert monitor.live()
+    now[0] += 0.2
+    assert not monitor.live()
+    monitor.heartbeat()
+    assert monitor.live()
