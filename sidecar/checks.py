@@ -6,10 +6,19 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 HTTP_METHODS = Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"]
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
+MASK = "**********"  # what pydantic's SecretStr prints
 
 
 def http_url(value: str) -> str:
@@ -97,6 +106,21 @@ class HttpCheck(_UrlCheck):
             except re.error as exc:
                 raise ValueError(f"is not a valid regular expression: {exc}") from None
         return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"the value of {name!r} contains a line break or NUL")
+        return value
+
+    @field_serializer("headers")
+    def _mask_headers(self, value: dict[str, str]) -> dict[str, str]:
+        """Header values often carry tokens: dumps (`health-sidecar config`) show names only."""
+        return dict.fromkeys(value, MASK)
 
 
 class TcpCheck(_Check):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -13,15 +14,24 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from sidecar.checks import Check, ConvexCheck, HttpCheck, MastraCheck, http_url
 
 CONFIG_ENV = "SIDECAR_CONFIG"
+KINDS = ("convex", "mastra", "http", "tcp")
+RESERVED_NAMES = {"store": "/health reports the Convex store's status as services.store"}
 
 
 class ConfigError(Exception):
@@ -41,7 +51,11 @@ class Settings(BaseSettings):
     uses the field names (`port`, `interval`, `[[checks]]`...)."""
 
     model_config = SettingsConfigDict(
-        extra="forbid", frozen=True, case_sensitive=False, validate_by_name=False
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+        validate_by_name=False,
+        env_ignore_empty=True,  # `SIDECAR_PORT=` (compose's empty default) means unset
     )
 
     convex_url: str = Field(validation_alias=_env("CONVEX_URL", "NEXT_PUBLIC_CONVEX_URL"))
@@ -89,22 +103,56 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters")
         return value
 
+    @field_validator("checks", mode="wrap")
+    @classmethod
+    def _label_check_errors(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Tag each check's errors with the check's name and kind, for `describe`."""
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            raise ValidationError.from_exception_data(
+                exc.title, [_labelled(error, value) for error in exc.errors(include_url=False)]
+            ) from None
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        problems: list[InitErrorDetails] = []
         if self.timeout > self.interval:
-            raise ValueError(
-                f"SIDECAR_TIMEOUT ({self.timeout:g}s) exceeds SIDECAR_INTERVAL ({self.interval:g}s)"
+            problems.append(
+                _problem(
+                    ("SIDECAR_TIMEOUT",),
+                    f"{self.timeout:g}s exceeds SIDECAR_INTERVAL ({self.interval:g}s)",
+                )
             )
-        names = [c.name for c in self.checks]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"checks: duplicate check names {dupes}")
-        longest = max((c.interval or self.interval for c in self.resolved_checks()), default=0)
+        first: dict[str, int] = {}
+        for index, check in enumerate(self.checks):
+            loc = ("checks", index, "name")
+            label = f"{check.name}, {check.kind}"
+            if check.name in RESERVED_NAMES:
+                why = RESERVED_NAMES[check.name]
+                problems.append(_problem(loc, f"{check.name!r} is reserved: {why}", label))
+            elif check.name in first:
+                where = f"checks[{first[check.name]}]"
+                problems.append(_problem(loc, f"duplicate check name (also {where})", label))
+            first.setdefault(check.name, index)
+            late = check.interval is None and (check.timeout or 0) > self.interval
+            if late:
+                message = (
+                    f"{check.timeout:g}s exceeds the check's interval "
+                    f"(SIDECAR_INTERVAL, {self.interval:g}s)"
+                )
+                problems.append(_problem(("checks", index, "timeout"), message, label))
+        longest = max((c.every for c in self.resolved_checks()), default=0)
         if self.store_ttl < 2 * longest:
-            raise ValueError(
-                f"SIDECAR_STORE_TTL ({self.store_ttl:g}s) must be at least twice the longest "
-                f"check interval ({longest:g}s)"
+            problems.append(
+                _problem(
+                    ("SIDECAR_STORE_TTL",),
+                    f"{self.store_ttl:g}s must be at least twice the longest check interval "
+                    f"({longest:g}s): older results count as stale",
+                )
             )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
     def resolved_checks(self) -> tuple[Check, ...]:
@@ -143,7 +191,9 @@ class TomlSource(PydanticBaseSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
-        self._data = _read_toml(os.environ.get(CONFIG_ENV))
+        # Looked up case-insensitively, like every other setting.
+        path = next((v for k, v in os.environ.items() if k.upper() == CONFIG_ENV), None)
+        self._data = _read_toml(path)
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         """Unused: `__call__` maps the whole file at once."""
@@ -151,11 +201,23 @@ class TomlSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         fields = self.settings_cls.model_fields
+        env_names = {
+            str(choice): name
+            for name, field in fields.items()
+            if isinstance(field.validation_alias, AliasChoices)
+            for choice in field.validation_alias.choices
+        }
         out: dict[str, Any] = {}
         for key, value in self._data.items():
             field = fields.get(key)
             alias = field.validation_alias if field is not None else None
-            if isinstance(alias, AliasChoices) and key != "config_file":
+            if key == "config_file" or key in env_names:
+                name = env_names.get(key, key)
+                hint = "" if name == "config_file" else f"; the file spells it {name!r}"
+                raise ConfigError(
+                    _invalid([f"{CONFIG_ENV}: key {key!r} cannot be set in the file{hint}"])
+                )
+            if isinstance(alias, AliasChoices):
                 out[str(alias.choices[0])] = value
             else:
                 out[key] = value  # unknown key: extra="forbid" names it
@@ -167,11 +229,11 @@ def _read_toml(path: str | None) -> dict[str, Any]:
         return {}
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"{CONFIG_ENV}: {path} does not exist or is not a file")
+        raise ConfigError(_invalid([f"{CONFIG_ENV}: {path} does not exist or is not a file"]))
     try:
         return tomllib.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{CONFIG_ENV}: {path} is not valid TOML: {exc}") from None
+        raise ConfigError(_invalid([f"{CONFIG_ENV}: {path} is not valid TOML: {exc}"])) from None
 
 
 def load_settings() -> Settings:
@@ -181,21 +243,103 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from None
+    except SettingsError as exc:  # a complex value (SIDECAR_CHECKS) that is not JSON
+        raise ConfigError(_undecodable(exc)) from None
 
 
 def describe(exc: ValidationError) -> str:
-    """One line per problem: `FIELD: problem`, naming the environment variable where one exists."""
-    names: dict[str, str] = {}
+    """One line per problem: `FIELD: problem`, naming the environment variable of a top-level
+    field (`SIDECAR_PORT (port): ...`) and a check by index, name and kind
+    (`checks[0] (payments, http).body_regex: ...`)."""
+    fields = _field_names()
+    return _invalid(
+        [_line(error, fields) for error in exc.errors(include_url=False, include_input=False)]
+    )
+
+
+def _invalid(lines: list[str]) -> str:
+    return "invalid configuration:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _field_names() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every spelling of a field (lower case) -> (field name, its environment names)."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
     for name, field in Settings.model_fields.items():
         alias = field.validation_alias
-        choices = alias.choices if isinstance(alias, AliasChoices) else []
-        for choice in [name, *choices]:
-            names[str(choice).lower()] = f"{choices[0]} ({name})" if choices else name
-    lines = []
-    for error in exc.errors(include_url=False, include_input=False):
-        loc = [str(part) for part in error["loc"]]
-        head = names.get(loc[0].lower(), loc[0]) if loc else "settings"
-        where = ".".join([head, *loc[1:]])
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {message}" if loc else message)
-    return "invalid configuration:\n" + "\n".join(f"  {line}" for line in lines)
+        choices = tuple(str(c) for c in alias.choices) if isinstance(alias, AliasChoices) else ()
+        for spelling in (name, *choices):
+            out[spelling.lower()] = (name, choices)
+    return out
+
+
+def _line(error: ErrorDetails, fields: dict[str, tuple[str, tuple[str, ...]]]) -> str:
+    loc = list(error["loc"])
+    ctx = error.get("ctx") or {}
+    message = str(ctx.get("problem", error["msg"])).removeprefix("Value error, ")
+    kind = error["type"]
+    if not loc:
+        return message
+    name, env = fields.get(str(loc[0]).lower(), (str(loc[0]), ()))
+    rest = loc[1:]
+    if name == "checks" and rest and isinstance(rest[0], int):
+        label = ctx.get("check")
+        head = f"checks[{rest[0]}]" + (f" ({label})" if label else "")
+        rest = rest[1:]
+        if rest and rest[0] in KINDS:  # the discriminator's tag: already in the label
+            rest = rest[1:]
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            rest = [*rest, "kind"]
+            message = f"must be one of {', '.join(KINDS)}"
+    else:
+        head = f"{env[0]} ({name})" if env else name
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "tuple_type" and name == "checks" and not rest:
+        message = "must be a list of checks ([[checks]] tables, or a JSON list)"
+    elif kind == "missing" and not rest and len(env) > 1:
+        message = f"required: set {' or '.join(env)}"
+    elif kind == "missing":
+        message = "required"
+    path = head + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
+    return f"{path}: {message}"
+
+
+def _labelled(error: ErrorDetails, checks: Any) -> InitErrorDetails:
+    """`error` (inside the checks list) with its check's `name, kind` in the context."""
+    ctx: dict[str, Any] = {**error.get("ctx", {}), "problem": error["msg"]}
+    index = error["loc"][0] if error["loc"] else None
+    if isinstance(index, int) and isinstance(checks, list | tuple) and index < len(checks):
+        raw = checks[index]
+        if isinstance(raw, dict):
+            parts = [raw.get("name"), raw.get("kind")]
+            label = ", ".join(_printable(p[:60]) for p in parts if isinstance(p, str) and p)
+            if label:
+                ctx["check"] = label
+    return InitErrorDetails(
+        type=PydanticCustomError(error["type"], "{problem}", ctx),
+        loc=error["loc"],
+        input=error.get("input"),
+    )
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _problem(
+    loc: tuple[str | int, ...], message: str, check: str | None = None
+) -> InitErrorDetails:
+    ctx = {"problem": message} if check is None else {"problem": message, "check": check}
+    return InitErrorDetails(
+        type=PydanticCustomError("invalid_setting", "{problem}", ctx), loc=loc, input=None
+    )
+
+
+def _undecodable(exc: SettingsError) -> str:
+    """`SIDECAR_CHECKS (checks): is not valid JSON` from pydantic-settings' parse error."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    name = match.group(1) if match else "settings"
+    env = _field_names().get(name, (name, ()))[1]
+    head = f"{env[0]} ({name})" if env else name
+    cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+    return _invalid([f"{head}: is not valid JSON{cause}"])

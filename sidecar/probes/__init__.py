@@ -1,0 +1,26 @@
+"""Probes: one small async function per check kind, picked by kind; none of them raises."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import aiohttp
+
+from sidecar.checks import Check
+from sidecar.probes import convex, http, mastra, tcp
+from sidecar.probes.result import CheckResult
+
+__all__ = ["PROBES", "CheckResult", "run_probe"]
+
+PROBES: Final[Mapping[str, Callable[[aiohttp.ClientSession, Any], Awaitable[CheckResult]]]] = {
+    "convex": convex.probe,
+    "mastra": mastra.probe,
+    "http": http.probe,
+    "tcp": tcp.probe,
+}
+
+
+async def run_probe(session: aiohttp.ClientSession, check: Check) -> CheckResult:
+    """Run the probe of the check's kind; always a result, never an exception."""
+    return await PROBES[check.kind](session, check)

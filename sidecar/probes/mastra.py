@@ -1,0 +1,49 @@
+"""mastra: `GET /health` says success; expected agents are listed by `GET /api/agents`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from sidecar.checks import MastraCheck
+from sidecar.probes.common import MAX_BODY, Outcome, ProbeFailed, fetch, guarded
+from sidecar.probes.result import CheckResult
+
+
+async def probe(session: aiohttp.ClientSession, check: MastraCheck) -> CheckResult:
+    """Pass on `200 {"success": true}` from /health and every expected agent registered."""
+    return await guarded(check.limit, _probe(session, check))
+
+
+async def _probe(session: aiohttp.ClientSession, check: MastraCheck) -> Outcome:
+    health = await _json(session, f"{check.target}/health", "health")
+    if health.get("success") is not True:
+        return "fail", "health: success is not true"
+    if not check.expect_agents:
+        return "pass", "health: success"
+    # Mastra answers {"<agent id>": {"id": ..., "name": ...}, ...}; partial=true leaves out
+    # the tools' JSON schemas.
+    agents = await _json(session, f"{check.target}/api/agents?partial=true", "agents")
+    known = set(agents) | {a.get("id") for a in agents.values() if isinstance(a, dict)}
+    missing = [name for name in check.expect_agents if name not in known]
+    if missing:
+        return "fail", f"health: success; missing agents: {', '.join(missing)}"
+    return "pass", f"health: success; agents: {', '.join(check.expect_agents)}"
+
+
+async def _json(session: aiohttp.ClientSession, url: str, label: str) -> dict[str, Any]:
+    """The JSON object a GET of `url` answers with 200, or a failure named by `label`."""
+    resp = await fetch(session, "GET", url)
+    if resp.status != 200:
+        raise ProbeFailed(f"{label}: HTTP {resp.status}")
+    if resp.truncated:
+        raise ProbeFailed(f"{label}: body over {MAX_BODY // 1024} KiB")
+    try:
+        payload = json.loads(resp.body)
+    except ValueError:
+        raise ProbeFailed(f"{label}: body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise ProbeFailed(f"{label}: JSON is not an object")
+    return payload

@@ -1,0 +1,98 @@
+"""The mastra probe against the real Mastra server of dev/mastra, and against answers a real
+Mastra never gives."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from tests.probes.helpers import probe_within
+from tests.support import faults
+from tests.support.procs import Proc
+
+
+async def test_real_mastra_passes(session: aiohttp.ClientSession, mastra_local: Proc) -> None:
+    """A running Mastra answers /health with 200 {"success": true}."""
+    result = await probe_within(session, "mastra", mastra_local.url)
+    assert (result.status, result.output) == ("pass", "health: success")
+
+
+async def test_real_mastra_expected_agent_present(
+    session: aiohttp.ClientSession, mastra_local: Proc
+) -> None:
+    """The one agent dev/mastra registers ("assistant") is found in /api/agents."""
+    result = await probe_within(session, "mastra", mastra_local.url, expect_agents=("assistant",))
+    assert (result.status, result.output) == ("pass", "health: success; agents: assistant")
+
+
+async def test_real_mastra_expected_agents_missing(
+    session: aiohttp.ClientSession, mastra_local: Proc
+) -> None:
+    """Agents that are not registered fail the check, named in the output."""
+    result = await probe_within(
+        session, "mastra", mastra_local.url, expect_agents=("ghost", "assistant", "phantom")
+    )
+    assert result.status == "fail"
+    assert result.output == "health: success; missing agents: ghost, phantom"
+
+
+async def test_agents_matched_by_id_field(session: aiohttp.ClientSession) -> None:
+    """An agent registered under another key is found by its `id` as well."""
+    agents = b'{"support": {"id": "support-agent", "name": "Support"}}'
+    behaviour = faults.sequence(
+        faults.respond(200, b'{"success":true}'), faults.respond(200, agents)
+    )
+    async with faults.fault_server(behaviour) as server:
+        result = await probe_within(
+            session, "mastra", server.url, expect_agents=("support", "support-agent")
+        )
+    assert result.status == "pass", result.output
+
+
+@pytest.mark.parametrize(
+    ("body", "output"),
+    [
+        (b'{"success":false}', "health: success is not true"),
+        (b'{"success":"true"}', "health: success is not true"),
+        (b'{"status":"ok"}', "health: success is not true"),
+        (b"<html>Welcome to Mastra</html>", "health: body is not JSON"),
+        (b"[true]", "health: JSON is not an object"),
+    ],
+)
+async def test_health_body_must_say_success(
+    session: aiohttp.ClientSession, body: bytes, output: str
+) -> None:
+    """200 alone is not enough: the JSON must say `"success": true`."""
+    async with faults.fault_server(faults.respond(200, body)) as server:
+        result = await probe_within(session, "mastra", server.url)
+    assert (result.status, result.output) == ("fail", output)
+
+
+async def test_agents_endpoint_refusing_fails(session: aiohttp.ClientSession) -> None:
+    """Healthy, but /api/agents answers 401 (Mastra auth on): the agents cannot be checked."""
+    behaviour = faults.sequence(
+        faults.respond(200, b'{"success":true}'), faults.respond(401, b"{}")
+    )
+    async with faults.fault_server(behaviour) as server:
+        result = await probe_within(session, "mastra", server.url, expect_agents=("assistant",))
+        assert server.requests == 2
+    assert (result.status, result.output) == ("fail", "agents: HTTP 401")
+
+
+async def test_agents_not_asked_for_when_none_expected(session: aiohttp.ClientSession) -> None:
+    """Without `expect_agents` the probe makes exactly one request."""
+    async with faults.fault_server(faults.respond(200, b'{"success":true}')) as server:
+        result = await probe_within(session, "mastra", server.url)
+        assert server.requests == 1
+    assert result.status == "pass"
+
+
+async def test_same_host_redirect_followed(session: aiohttp.ClientSession) -> None:
+    """Mastra behind a proxy that redirects /health on the same origin."""
+    behaviour = faults.sequence(
+        faults.redirect("/mastra/health", 308), faults.respond(200, b'{"success":true}')
+    )
+    async with faults.fault_server(behaviour) as server:
+        result = await probe_within(session, "mastra", server.url)
+        assert server.requests == 2
+    assert (result.status, result.output) == ("pass", "health: success")
