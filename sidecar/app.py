@@ -28,7 +28,8 @@ def build_app(settings: Settings) -> web.Application:
     async def background(app: web.Application) -> AsyncIterator[None]:
         probe_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True, limit=0),
-            headers={"User-Agent": f"health-sidecar/{__version__}"},
+            # Uncompressed answers: the 64 KiB read bound then bounds memory too.
+            headers={"User-Agent": f"health-sidecar/{__version__}", "Accept-Encoding": "identity"},
         )
         store_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True, limit=10),

@@ -60,8 +60,10 @@ async def fetch(
     url: str,
     *,
     headers: Mapping[str, str] | None = None,
+    max_body: int = MAX_BODY,
 ) -> Response:
-    """Request `url`, following at most 5 redirects that stay on its scheme, host and port."""
+    """Request `url`, following at most 5 redirects that stay on its scheme, host and port;
+    read at most `max_body` bytes of the answer."""
     current = URL(url)
     for _ in range(MAX_REDIRECTS + 1):
         async with session.request(
@@ -69,7 +71,7 @@ async def fetch(
         ) as resp:
             location = resp.headers.get(aiohttp.hdrs.LOCATION)
             if resp.status not in _REDIRECTS or location is None:
-                body, truncated = await read_bounded(resp)
+                body, truncated = await read_bounded(resp, max_body)
                 return Response(resp.status, body, truncated)
             current = _same_origin(current, location)
         if resp.status in (301, 302, 303) and method != "HEAD":
@@ -77,16 +79,18 @@ async def fetch(
     raise ProbeFailed(f"more than {MAX_REDIRECTS} redirects")
 
 
-async def read_bounded(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-    """Read at most `MAX_BODY` bytes; (body, True) and the connection closed if there was more."""
+async def read_bounded(
+    resp: aiohttp.ClientResponse, max_body: int = MAX_BODY
+) -> tuple[bytes, bool]:
+    """Read at most `max_body` bytes; (body, True) and the connection closed if there was more."""
     body = bytearray()
-    while len(body) <= MAX_BODY:
-        chunk = await resp.content.read(MAX_BODY + 1 - len(body))
+    while len(body) <= max_body:
+        chunk = await resp.content.read(max_body + 1 - len(body))
         if not chunk:
             return bytes(body), False
         body += chunk
     resp.close()  # drop the connection instead of draining the rest
-    return bytes(body[:MAX_BODY]), True
+    return bytes(body[:max_body]), True
 
 
 def _same_origin(current: URL, location: str) -> URL:

@@ -117,6 +117,6 @@ def _parse_json(path: str, status: int, raw: bytes) -> dict[str, Any]:
 
 
 def _describe(exc: BaseException) -> str:
-    """A short, secret-free description of a transport error."""
-    text = str(exc) or type(exc).__name__
+    """A short, one-line description of a transport error."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return text if len(text) <= 200 else text[:197] + "..."

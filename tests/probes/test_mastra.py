@@ -3,6 +3,8 @@ Mastra never gives."""
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 import pytest
 
@@ -96,3 +98,21 @@ async def test_same_host_redirect_followed(session: aiohttp.ClientSession) -> No
         result = await probe_within(session, "mastra", server.url)
         assert server.requests == 2
     assert (result.status, result.output) == ("pass", "health: success")
+
+
+async def test_large_agent_listing_is_read_within_its_own_bound(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Many agents with long instructions make /api/agents larger than 64 KiB: still read
+    (up to 1 MiB); a listing beyond that fails with its bound named."""
+    big = {f"agent_{i}": {"id": f"agent_{i}", "instructions": "x" * 2000} for i in range(100)}
+    health = faults.respond(200, b'{"success":true}')
+    listing = json.dumps(big).encode()
+    assert 64 * 1024 < len(listing) < 1024 * 1024
+    async with faults.fault_server(faults.sequence(health, faults.respond(200, listing))) as s:
+        result = await probe_within(session, "mastra", s.url, expect_agents=("agent_99",))
+    assert result.status == "pass", result.output
+    huge = json.dumps({"a": {"id": "a", "instructions": "x" * (1024 * 1024)}}).encode()
+    async with faults.fault_server(faults.sequence(health, faults.respond(200, huge))) as s:
+        result = await probe_within(session, "mastra", s.url, expect_agents=("a",))
+    assert (result.status, result.output) == ("fail", "agents: body over 1024 KiB")

@@ -57,8 +57,8 @@ class FaultServer:
                 await self.behaviour(reader, writer)
                 if writer.is_closing():
                     break
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the peer went away, or the server is stopping
         finally:
             self._handlers.discard(task)
             writer.close()
@@ -166,7 +166,7 @@ def slow_body(delay: float, size: int = 1024) -> Behaviour:
 
     async def behaviour(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(_head(200, "application/json", size))
-        for _ in range(size):
+        for _byte in range(size):
             writer.write(b" ")
             await writer.drain()
             await asyncio.sleep(delay)
