@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := caddy prometheus
+DEBS := caddy prometheus wrk
 
 .PHONY: test lint typecheck vitest pytest demo deps debs clean
 
