@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: the local Convex stand-in and the real Mastra server."""
+"""Fixtures shared by every test: dev/convex-local and the real Mastra server of dev/mastra."""
 
 from __future__ import annotations
 
@@ -24,5 +24,19 @@ def convex_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Pro
         ready_path="/version",
         log=log,
         env={"PORT": str(port), "HEALTH_SIDECAR_SECRET": SECRET},
+    ) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def mastra_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
+    """The real Mastra server of dev/mastra (one agent, "assistant") on a free port."""
+    port = procs.free_port()
+    with procs.running(
+        procs.mastra_argv(),
+        port=port,
+        ready_path="/health",
+        log=tmp_path_factory.mktemp("mastra") / "out.log",
+        env={"PORT": str(port), "MASTRA_TELEMETRY_DISABLED": "1"},
     ) as proc:
         yield proc

@@ -1,4 +1,4 @@
-"""Fixtures for the probe tests: a client session and the real Mastra server."""
+"""Fixtures for the probe tests: a client session and a port whose accept queue is full."""
 
 from __future__ import annotations
 
@@ -8,27 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from tests.support import procs
-
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-@pytest.fixture(scope="session")
-def mastra_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
-    """The real Mastra server of dev/mastra (one agent, "assistant") on a free port."""
-    port = procs.free_port()
-    with procs.running(
-        procs.mastra_argv(),
-        port=port,
-        ready_path="/health",
-        log=tmp_path_factory.mktemp("mastra") / "out.log",
-        env={"PORT": str(port), "MASTRA_TELEMETRY_DISABLED": "1"},
-    ) as proc:
-        yield proc
 
 
 @pytest.fixture
