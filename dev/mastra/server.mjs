@@ -8,18 +8,20 @@
 // Must be set before Mastra is imported: no anonymous usage telemetry, no network.
 process.env.MASTRA_TELEMETRY_DISABLED = "1";
 
-const { Mastra } = await import("@mastra/core/mastra");
-const { Agent } = await import("@mastra/core/agent");
-const { InMemoryStore } = await import("@mastra/core/storage");
-const { createNodeServer } = await import("@mastra/deployer/server");
-
+// 127.0.0.1 only: without server.host Mastra binds every interface.
 const host = "127.0.0.1";
-const rawPort = process.env.PORT ?? "4111";
+const rawPort = process.env.PORT || "4111";
 const port = Number(rawPort);
+// PORT=0 picks a free port; the "listening" line below shows which.
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   console.error(`mastra-local: invalid PORT ${JSON.stringify(rawPort)}`);
   process.exit(2);
 }
+
+const { Mastra } = await import("@mastra/core/mastra");
+const { Agent } = await import("@mastra/core/agent");
+const { InMemoryStore } = await import("@mastra/core/storage");
+const { createNodeServer } = await import("@mastra/deployer/server");
 
 const assistant = new Agent({
   id: "assistant",
@@ -34,7 +36,20 @@ const mastra = new Mastra({
   // Explicit in-memory storage: nothing is written to disk, and no
   // "No `storage` configured" warning on stderr.
   storage: new InMemoryStore({ id: "mastra-local" }),
-  server: { host, port },
+  // drainTimeout: on SIGINT/SIGTERM, wait at most 1 s for in-flight requests
+  // (Mastra's default is 5 s) before force-closing connections and exiting 0.
+  server: { host, port, drainTimeout: 1000 },
+});
+
+// A taken port surfaces as an uncaught 'error' event of the HTTP server; say so in
+// one line instead of a stack trace. Anything else uncaught: print it, exit 1.
+process.on("uncaughtException", (err) => {
+  if (err?.code === "EADDRINUSE") {
+    console.error(`mastra-local: cannot listen on ${host}:${port}: address already in use`);
+  } else {
+    console.error(err);
+  }
+  process.exit(1);
 });
 
 // createNodeServer installs SIGINT/SIGTERM handlers that close the server,
