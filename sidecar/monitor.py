@@ -118,9 +118,5 @@ class Monitor:
             }
             if result is not None:
                 fields["duration"] = round(result.latency * 1000, 1)
-            log = (
-                self._log.warning
-                if after in ("fail", "unknown") and before != "unknown"
-                else self._log.info
-            )
+            log = self._log.warning if after in ("fail", "unknown") else self._log.info
             log(f"check {state.name} is {after}", **fields)
