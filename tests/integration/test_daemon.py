@@ -105,14 +105,7 @@ async def test_mastra_outage_and_recovery(
     port = procs.free_port()
     mastra_url = f"http://127.0.0.1:{port}"
     env = daemon_env(convex_local, mastra_url, "it-mastra", SIDECAR_APP_URL=app_server.url)
-    mastra_env = {"PORT": str(port), "MASTRA_TELEMETRY_DISABLED": "1"}
-    mastra = procs.start(
-        procs.mastra_argv(),
-        port=port,
-        ready_path="/health",
-        log=tmp_path / "m1.log",
-        env=mastra_env,
-    )
+    mastra = procs.start_mastra(tmp_path / "m1.log", port)
     daemon = start_daemon(env, tmp_path / "daemon.log")
     try:
         await wait_for(daemon.url + "/ready", 200, within=5)
@@ -124,13 +117,7 @@ async def test_mastra_outage_and_recovery(
         status, body = await get(daemon.url + "/health")
         assert (status, body["services"]["mastra"], body["status"]) == (503, "error", "error")
         assert (await get(daemon.url + "/live"))[0] == 200
-        mastra = procs.start(
-            procs.mastra_argv(),
-            port=port,
-            ready_path="/health",
-            log=tmp_path / "m2.log",
-            env=mastra_env,
-        )
+        mastra = procs.start_mastra(tmp_path / "m2.log", port)
         await wait_for(daemon.url + "/ready", 200, within=INTERVAL * 1.1 + TIMEOUT + 0.5)
         assert (await get(daemon.url + "/health"))[1]["services"]["mastra"] == "ok"
     finally:

@@ -123,10 +123,18 @@ def mastra_argv() -> list[str]:
     return ["node", str(ROOT / "dev/mastra/server.mjs")]
 
 
-@contextlib.contextmanager
-def mastra(log: Path, port: int | None = None) -> Iterator[Proc]:
-    """A real Mastra server on 127.0.0.1 (a free port unless given) for a block."""
+def start_mastra(log: Path, port: int | None = None) -> Proc:
+    """Start a real Mastra server on 127.0.0.1 (a free port unless given)."""
     port = port or free_port()
     env = {"PORT": str(port), "MASTRA_TELEMETRY_DISABLED": "1"}
-    with running(mastra_argv(), port=port, ready_path="/health", log=log, env=env) as proc:
+    return start(mastra_argv(), port=port, ready_path="/health", log=log, env=env)
+
+
+@contextlib.contextmanager
+def mastra(log: Path, port: int | None = None) -> Iterator[Proc]:
+    """`start_mastra` for the duration of a block."""
+    proc = start_mastra(log, port)
+    try:
         yield proc
+    finally:
+        proc.stop()
