@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     field_serializer,
     field_validator,
     model_validator,
@@ -76,9 +77,12 @@ class _UrlCheck(_Check):
 
 
 class ConvexCheck(_UrlCheck):
-    """`GET {target}/version` plus one query through Convex's function runtime."""
+    """`GET {target}/version` plus one query through Convex's function runtime. With the
+    deployment's secret the query succeeds; without it, the refusal still proves the runtime
+    runs (but shows as an error in that deployment's logs)."""
 
     kind: Literal["convex"] = "convex"
+    secret: SecretStr | None = Field(default=None, exclude=True)
 
 
 class MastraCheck(_UrlCheck):

@@ -170,7 +170,14 @@ class Settings(BaseSettings):
     def _fill(self, check: Check) -> Check:
         interval = check.interval if check.interval is not None else self.interval
         timeout = check.timeout if check.timeout is not None else min(self.timeout, interval)
-        return check.model_copy(update={"interval": interval, "timeout": timeout})
+        update: dict[str, Any] = {"interval": interval, "timeout": timeout}
+        if (
+            isinstance(check, ConvexCheck)
+            and check.secret is None
+            and check.target == self.convex_url
+        ):
+            update["secret"] = self.secret  # the store's own deployment: query it properly
+        return check.model_copy(update=update)
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,7 @@ from sidecar.probes.result import CheckResult
 from sidecar.store.client import ConvexClient
 from sidecar.store.errors import FunctionError, RequestRejected, StoreError, Unauthorized
 
-# The probe does not hold the secret: the runtime refusing it still proves the runtime runs.
+# Without the deployment's secret the runtime refuses the query: that still proves it runs.
 _ANSWERED = (Unauthorized, FunctionError, RequestRejected)
 
 
@@ -50,7 +50,8 @@ async def _version(session: aiohttp.ClientSession, check: ConvexCheck) -> str:
 
 async def _runtime(session: aiohttp.ClientSession, check: ConvexCheck) -> str:
     client = ConvexClient(session, url=check.target, timeout=check.limit)
-    args = {"secret": "", "now": time.time() * 1000, "instance": "health-sidecar-probe"}
+    secret = check.secret.get_secret_value() if check.secret else ""
+    args = {"secret": secret, "now": time.time() * 1000, "instance": "health-sidecar-probe"}
     try:
         await client.query("health:instance", args)
     except _ANSWERED as exc:

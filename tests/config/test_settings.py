@@ -307,3 +307,14 @@ def test_a_relative_check_timeout_counts_against_the_default_interval(
         load_settings()
     clean_env.setenv("SIDECAR_INTERVAL", "20")
     assert by_name(load_settings())["slow"].limit == 15.0
+
+
+def test_builtin_convex_check_carries_the_store_secret(clean_env: pytest.MonkeyPatch) -> None:
+    """The built-in convex check queries the store's deployment with its secret (so the probe
+    is not refused and logs no error there); the secret never shows in its dump."""
+    seed_env(clean_env)
+    convex = by_name(load_settings())["convex"]
+    assert isinstance(convex, ConvexCheck)
+    assert convex.secret is not None
+    assert convex.secret.get_secret_value() == SECRET
+    assert "secret" not in convex.model_dump()

@@ -1,5 +1,6 @@
-"""The convex probe: /version and one runtime query, concurrently. The probe holds no secret,
-so a runtime that refuses it still passes; a runtime that does not answer fails."""
+"""The convex probe: /version and one runtime query, concurrently. With the deployment's
+secret the query succeeds; without it, a runtime that refuses it still passes; a runtime that
+does not answer fails."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
+from tests.conftest import SECRET
 from tests.probes.helpers import TIMEOUT, probe_within
 from tests.support import faults
 from tests.support.procs import Proc
@@ -58,6 +60,15 @@ async def test_real_convex_refusing_the_probe_passes(
         "pass",
         "version 200; runtime answered (unauthorized)",
     )
+
+
+async def test_real_convex_with_the_secret_answers_the_query(
+    session: aiohttp.ClientSession, convex_local: Proc
+) -> None:
+    """With the deployment's secret (what the built-in check gets) the query succeeds, so the
+    probe leaves no error in Convex's logs."""
+    result = await probe_within(session, "convex", convex_local.url, secret=SECRET)
+    assert (result.status, result.output) == ("pass", "version 200; runtime answered")
 
 
 async def test_query_sent_is_the_contract(
