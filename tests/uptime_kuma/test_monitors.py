@@ -51,6 +51,21 @@ UP, DOWN = True, False
 
 # What each sidecar monitor must say in each scenario (every monitor on /health or /ready).
 EXPECTED: dict[str, dict[str, bool]] = {
+    # Just started: the non-critical `search` check has no result yet ("unknown"): /health
+    # 200 "degraded", ready (search is not critical).
+    "search unknown": {
+        "sidecar health": UP,
+        "sidecar ready": UP,
+        "all ok (keyword)": DOWN,
+        "mastra not failing (inverted keyword)": UP,
+        "overall status": DOWN,
+        "convex": UP,
+        "mastra": UP,
+        "app": UP,
+        "store": UP,
+        "every service ok": DOWN,
+        "ready (JSON)": UP,
+    },
     "healthy": {
         "sidecar health": UP,
         "sidecar ready": UP,
@@ -198,21 +213,25 @@ async def test_monitors_judge_real_sidecar_bodies(
     convex_local: procs.Proc, mastra: procs.Proc, tmp_path: Path
 ) -> None:
     """A real sidecar (dev/convex-local, a real Mastra, an app and a non-critical `search`
-    check) goes healthy -> degraded (search fails) -> app failing (503) -> Mastra stopped
-    (503). In each state every monitor of monitors.json, judged by the real jsonata under
-    both Uptime Kuma 1.23's and 2.0's rules on the exact bodies and status codes, is UP or
-    DOWN as EXPECTED says, and the two versions agree; the keyword text Uptime Kuma matches
-    (JSON.stringify of the parsed body) is byte for byte the body the sidecar sent."""
+    check) goes search unknown (its first probe hangs) -> degraded (search fails) -> healthy
+    -> app failing (503) -> Mastra stopped (503). In each state every monitor of
+    monitors.json, judged by the real jsonata under both Uptime Kuma 1.23's and 2.0's rules
+    on the exact bodies and status codes, is UP or DOWN as EXPECTED says, and the two
+    versions agree; the keyword text Uptime Kuma matches (JSON.stringify of the parsed body)
+    is byte for byte the body the sidecar sent."""
     ok = faults.respond(200, b'{"ok":true}')
     failing = faults.respond(500, b'{"ok":false}')
     answers: dict[str, dict[str, Answer]] = {}
-    async with faults.fault_server(ok) as app, faults.fault_server(ok) as search:
+    async with faults.fault_server(ok) as app, faults.fault_server(faults.hang()) as search:
+        # The first `search` probe hangs until its 4 s timeout: "unknown" until then.
         checks = [
             {
                 "name": "search",
                 "kind": "http",
                 "target": search.url + "/health",
                 "critical": False,
+                "interval": 4,
+                "timeout": 4,
                 "failures_before_fail": 1,
             }
         ]
@@ -232,17 +251,16 @@ async def test_monitors_judge_real_sidecar_bodies(
         try:
 
             def all_ok(health: Answer, ready: Answer) -> bool:
-                return (
-                    health.status == 200
-                    and health.json()["status"] == "ok"
-                    and (ready.status == 200)
-                )
+                return (health.status, health.json()["status"], ready.status) == (200, "ok", 200)
 
-            answers["healthy"] = await capture(daemon.url, all_ok)
+            answers["search unknown"] = await capture(
+                daemon.url,
+                services_are(search="unknown", convex="ok", mastra="ok", app="ok", store="ok"),
+            )
             search.behaviour = failing
             answers["degraded"] = await capture(daemon.url, services_are(search="error"))
             search.behaviour = ok
-            await capture(daemon.url, all_ok)
+            answers["healthy"] = await capture(daemon.url, all_ok)
             app.behaviour = failing
             answers["app failing"] = await capture(
                 daemon.url, lambda h, r: services_are(app="error")(h, r) and r.status == 503
@@ -262,13 +280,14 @@ async def test_monitors_judge_real_sidecar_bodies(
         for scenario, a in answers.items()
     }
     assert shapes == {
+        "search unknown": (200, "degraded", 200),
         "healthy": (200, "ok", 200),
         "degraded": (200, "degraded", 200),
         "app failing": (503, "error", 503),
         "mastra down": (503, "error", 503),
     }
 
-    cases = []
+    cases: list[dict[str, Any]] = []
     for scenario, answer in answers.items():
         for name in SIDECAR_MONITORS:
             monitor = BY_NAME[name]
@@ -379,31 +398,37 @@ async def test_modelled_kuma_rules() -> None:
 
 def test_readme_uptime_kuma_section_shows_each_monitor_verbatim() -> None:
     """README.md has an "Uptime Kuma" section whose table has one row per monitor of
-    monitors.json, naming its Uptime Kuma type, URL, accepted status codes and, verbatim, its
-    keyword (and whether inverted) or JSON query and expected value."""
+    monitors.json: | name | Uptime Kuma's type | URL | accepted status codes | keyword (and
+    whether inverted) or JSON query | expected value |, the strings verbatim."""
     section = readme_section("Uptime Kuma")
-    rows = {}
+    rows: dict[str, list[str]] = {}
     for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.lstrip().startswith("|") and cells:
-            rows[cells[0]] = line
+        if line.lstrip().startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells
     problems = []
     for monitor in MONITORS:
         row = rows.get(monitor["name"])
-        if row is None:
-            problems.append(f"no table row starting with | {monitor['name']} |")
+        if row is None or len(row) != 6:
+            problems.append(f"no 6-cell table row starting with | {monitor['name']} |")
             continue
-        wanted = [
-            f"| {TYPE_LABELS[monitor['type']]} |",
-            f"`{monitor['url']}`",
-            ", ".join(monitor["accepted_statuscodes"]),
-        ]
+        _, kind, url, codes, query, expected = row
+        if kind != TYPE_LABELS[monitor["type"]]:
+            problems.append(f"{monitor['name']}: type {kind!r}")
+        if url != f"`{monitor['url']}`":
+            problems.append(f"{monitor['name']}: URL {url!r}")
+        if codes != ", ".join(monitor["accepted_statuscodes"]):
+            problems.append(f"{monitor['name']}: accepted status codes {codes!r}")
         if monitor["type"] == "keyword":
-            wanted.append(f"`{monitor['keyword']}`")
-            if monitor["invertKeyword"] != ("inverted" in row):
-                problems.append(f"{monitor['name']}: 'inverted' must appear iff invertKeyword")
+            wanted = f"keyword `{monitor['keyword']}`" + (
+                ", inverted" if monitor["invertKeyword"] else ""
+            )
+            if query != wanted:
+                problems.append(f"{monitor['name']}: {query!r}, want {wanted!r}")
         if monitor["type"] == "json-query":
-            wanted += [f"`{monitor['jsonPath']}`", f"`{monitor['expectedValue']}`"]
-        problems += [f"{monitor['name']}: {w!r} not in row {row!r}" for w in wanted if w not in row]
+            if query != f"`{monitor['jsonPath']}`":
+                problems.append(f"{monitor['name']}: JSON query {query!r}")
+            if expected != f"`{monitor['expectedValue']}`":
+                problems.append(f"{monitor['name']}: expected value {expected!r}")
     assert not problems, "\n".join(problems)
     assert "louislam/uptime-kuma:1" in section
