@@ -11,6 +11,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -41,6 +42,7 @@ class Metrics:
         snapshot: Callable[[], Snapshot],
         live: Callable[[], bool],
     ) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.check_runs = Counter(
@@ -85,6 +87,8 @@ class Metrics:
             self.check_crashes.labels(check=name)
             for result in ("pass", "warn", "fail"):
                 self.check_runs.labels(check=name, result=result)
+            for status in STATUSES:
+                self.check_transitions.labels(check=name, to=status)
         for op in STORE_OPS:
             self.store_duration.labels(op=op)
             for result in STORE_RESULTS:
@@ -116,13 +120,20 @@ class SnapshotCollector(Collector):
         failures = GaugeMetricFamily(
             "sidecar_check_consecutive_failures", "Failures in a row.", labels=["check"]
         )
+        info = GaugeMetricFamily(
+            "sidecar_check_info",
+            "The configured checks (always 1): kind, and whether it counts for readiness.",
+            labels=["check", "kind", "critical"],
+        )
         for state in snap.states:
+            info.add_metric([state.name, state.check.kind, str(state.check.critical).lower()], 1.0)
             current = snap.statuses[state.name]
             up.add_metric([state.name], 1.0 if current in ("pass", "warn") else 0.0)
             for value in sorted(STATUSES):
                 status.add_metric([state.name, value], 1.0 if value == current else 0.0)
             last.add_metric([state.name], state.last_success_at or 0.0)
             failures.add_metric([state.name], float(state.consecutive_failures))
+        yield info
         yield up
         yield status
         yield last

@@ -282,3 +282,16 @@ async def test_metrics_openmetrics(served: tuple[Monitor, TestClient[Any, Any]])
     resp = await client.get("/metrics", headers={"Accept": accept})
     assert resp.content_type == "application/openmetrics-text"
     assert (await resp.text()).endswith("# EOF\n")
+
+
+async def test_metrics_series_exist_from_the_start(
+    served: tuple[Monitor, TestClient[Any, Any]],
+) -> None:
+    """Before any probe: transitions are at 0 for every status (so the first one counts in
+    rate()), each check has an info series with its kind and criticality, and there are no
+    `_created` series."""
+    _, client = served
+    text = await (await client.get("/metrics")).text()
+    assert 'sidecar_check_transitions_total{check="app",to="fail"} 0.0' in text
+    assert 'sidecar_check_info{check="mastra",critical="true",kind="mastra"} 1.0' in text
+    assert "_created" not in text
