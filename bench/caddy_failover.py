@@ -1,0 +1,142 @@
+"""Time from the app check failing to the real Caddy taking the upstream out, and back.
+
+    .venv/bin/python bench/caddy_failover.py [--runs 5] [--app-interval 0.25]
+                                             [--caddy-interval 250ms]
+
+Runs dev/convex-local, the real Mastra, two app containers with their sidecars on 127.0.0.2
+and 127.0.0.3 and Caddy with config/Caddyfile (the fleet of tests/caddy). Each run sends
+steady traffic through Caddy (50 req/s, GET and POST), turns app-2's health URL to 500 at a
+random moment (it keeps serving), and reports, from that moment:
+
+  ready_503    app-2's sidecar answers /ready with 503 (its `app` check failed twice)
+  caddy_down   Caddy's first failed active check of app-2's sidecar (Caddy's own log)
+  last_routed  the last request Caddy routed to app-2 was sent
+  back         after app-2 is healthy again: the first request Caddy routes to it
+
+and how many client requests failed (always 0 expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.caddy.fleet import Fleet, Hit, running_fleet, steady_traffic, until
+from tests.conftest import SECRET
+from tests.support import procs
+from tests.support.daemon import wait_for
+
+
+async def one_run(fleet: Fleet, settle: float) -> dict[str, float]:
+    """Flip app-2 unhealthy under traffic, measure, flip it back, measure."""
+    app2 = fleet.containers[1]
+    stop = asyncio.Event()
+    traffic = asyncio.create_task(steady_traffic(fleet.url, stop, rate=50, max_requests=5000))
+    await asyncio.sleep(random.uniform(0.5, 0.5 + settle))  # a random phase
+    flipped, flipped_wall = time.monotonic(), time.time()
+    app2.app.healthy = False
+    await wait_for(app2.sidecar.url + "/ready", 503, within=60)
+    ready_503 = time.monotonic() - flipped
+    host = app2.sidecar.url.removeprefix("http://")
+
+    def caddy_saw_it() -> bool:
+        return any(_failed_check(line, host, flipped_wall) for line in fleet.caddy_log())
+
+    await until(caddy_saw_it, within=60, step=0.05)
+    caddy_down = min(
+        line["ts"] - flipped_wall
+        for line in fleet.caddy_log()
+        if _failed_check(line, host, flipped_wall)
+    )
+    await asyncio.sleep(1.0)
+    served_at = app2.app.served
+    recovered = time.monotonic()
+    app2.app.healthy = True
+    await until(lambda: app2.app.served > served_at, within=settle * 3 + 10, step=0.01)
+    stop.set()
+    hits: list[Hit] = await traffic
+    back = min(h.sent for h in hits if h.body == "app-2" and h.sent >= recovered) - recovered
+    via_app2 = [h.sent - flipped for h in hits if h.body == "app-2" and flipped <= h.sent]
+    via_app2 = [t for t in via_app2 if t < recovered - flipped]
+    return {
+        "ready_503": round(ready_503, 3),
+        "caddy_down": round(caddy_down, 3),
+        "last_routed": round(max(via_app2, default=0.0), 3),
+        "back": round(back, 3),
+        "requests": len(hits),
+        "failed": sum(not h.ok for h in hits),
+    }
+
+
+def _failed_check(line: dict[str, object], host: str, since: float) -> bool:
+    ts = line.get("ts")
+    return (
+        line.get("msg") == "unexpected status code"
+        and line.get("host") == host
+        and isinstance(ts, float)
+        and ts >= since
+    )
+
+
+async def measure(fleet: Fleet, runs: int, settle: float) -> list[dict[str, float]]:
+    await fleet.wait_served_by({"app-1", "app-2"}, within=30)
+    results = []
+    for n in range(runs):
+        result = await one_run(fleet, settle)
+        results.append(result)
+        print(f"run {n + 1}: " + ", ".join(f"{k} {v:g}" for k, v in result.items()))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--app-interval", type=float, default=0.25, help="seconds")
+    parser.add_argument("--caddy-interval", default="250ms", help="a Caddy duration")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="caddy-failover-"))
+    cport, mport = procs.free_port(), procs.free_port()
+    with (
+        procs.running(
+            procs.convex_local_argv(),
+            port=cport,
+            ready_path="/version",
+            log=tmp / "convex.log",
+            env={"PORT": str(cport), "HEALTH_SIDECAR_SECRET": SECRET},
+        ) as convex,
+        procs.mastra(tmp / "mastra.log", port=mport) as mastra,
+        running_fleet(
+            tmp / "fleet",
+            convex.url,
+            mastra.url,
+            app_interval=args.app_interval,
+            caddy_interval=args.caddy_interval,
+        ) as fleet,
+    ):
+        settle = args.app_interval + fleet.caddy_interval
+        results = asyncio.run(measure(fleet, args.runs, settle))
+    print(
+        f"\n{args.runs} runs; app check every {args.app_interval:g}s (2 failures before it "
+        f"fails), Caddy health_interval {args.caddy_interval}; seconds after app-2's health "
+        "URL turned 500:"
+    )
+    for key in ("ready_503", "caddy_down", "last_routed", "back"):
+        values = [r[key] for r in results]
+        print(f"  {key:12} median {statistics.median(values):5.2f}  worst {max(values):5.2f}")
+    print(
+        f"  failed requests: {sum(int(r['failed']) for r in results)} of "
+        f"{sum(int(r['requests']) for r in results)}"
+    )
+    print(f"logs in {tmp}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""The real Caddy, run from config/Caddyfile, in front of app containers with their sidecars.
+
+Each container gets its own loopback address (127.0.0.2, 127.0.0.3): its app listens on
+APP_PORT and its sidecar on SIDECAR_PORT of that address, so Caddy's `health_port` reaches the
+sidecar beside each upstream, as in production. Caddy runs the shipped Caddyfile with its
+placeholders set (upstreams, ports, a short health_interval); the only change made to what
+it adapts to is that its sites listen on 127.0.0.1 instead of every interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import SECRET
+from tests.support import loopback, procs
+from tests.support.daemon import metric, metrics_text
+
+CADDYFILE = procs.ROOT / "config" / "Caddyfile"
+HOSTS = ("127.0.0.2", "127.0.0.3")
+# The Caddyfile's placeholders ({$NAME:default}); the tests set every one of them.
+PLACEHOLDERS = (
+    "SITE_ADDRESS",
+    "APP_UPSTREAMS",
+    "SIDECAR_PORT",
+    "CADDY_HEALTH_INTERVAL",
+    "CADDY_ADMIN",
+    "CADDY_METRICS_ADDRESS",
+)
+GAUGE = "caddy_reverse_proxy_upstreams_healthy"
+
+
+def caddy_binary() -> str:
+    """The installed caddy (`make test` installs Debian's 2.6.2 when it is missing)."""
+    path = shutil.which("caddy")
+    if path is None:
+        raise RuntimeError("caddy is not installed (make debs installs Debian's caddy)")
+    return path
+
+
+def caddy_env(home: Path, placeholders: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment for the caddy CLI: its state under `home`, the Caddyfile's placeholders
+    exactly as given (the caller's environment does not leak into them)."""
+    env = {k: v for k, v in os.environ.items() if k not in PLACEHOLDERS}
+    for name in ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        env[name] = str(home / name.lower())
+    env.update(placeholders or {})
+    return env
+
+
+def caddy(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a short caddy command (validate, adapt, fmt); its output is captured."""
+    return subprocess.run(
+        [caddy_binary(), *args], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def adapt(env: Mapping[str, str], path: Path = CADDYFILE) -> dict[str, Any]:
+    """The JSON configuration Caddy makes of a Caddyfile (placeholders from `env`)."""
+    done = caddy("adapt", "--adapter", "caddyfile", "--config", str(path), env=env)
+    if done.returncode != 0:
+        raise AssertionError(f"caddy adapt failed:\n{done.stderr}")
+    config: dict[str, Any] = json.loads(done.stdout)
+    return config
+
+
+def reverse_proxy(config: dict[str, Any]) -> dict[str, Any]:
+    """The one reverse_proxy handler of an adapted configuration."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("handler") == "reverse_proxy":
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    assert len(found) == 1, f"expected one reverse_proxy handler, found {len(found)}"
+    return found[0]
+
+
+def loopback_listeners(config: dict[str, Any], host: str = "127.0.0.1") -> dict[str, Any]:
+    """`config` with every server listening on `host` only (":8080" -> "127.0.0.1:8080")."""
+    for server in config["apps"]["http"]["servers"].values():
+        server["listen"] = [host + a if a.startswith(":") else a for a in server["listen"]]
+    return config
+
+
+@dataclass
+class Container:
+    """One app container: the app and its sidecar, on one loopback address."""
+
+    name: str
+    host: str
+    app: loopback.AppServer
+    sidecar: procs.Proc
+
+    @property
+    def upstream(self) -> str:
+        """The upstream as Caddy names it (the `upstream` label of its metrics)."""
+        return f"{self.host}:{self.app.port}"
+
+
+@dataclass
+class Fleet:
+    """Caddy and the containers behind it; `url` is the site clients use."""
+
+    url: str
+    admin: str
+    metrics: str
+    caddy: procs.Proc
+    containers: list[Container]
+    drain_seconds: float
+    caddy_interval: float
+
+    def caddy_log(self) -> list[dict[str, Any]]:
+        """Caddy's log lines (JSON on stderr), parsed."""
+        lines = []
+        for line in self.caddy.output().splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+        return lines
+
+    async def gauge(self, container: Container, base: str | None = None) -> float:
+        """caddy_reverse_proxy_upstreams_healthy of one upstream (admin API by default)."""
+        text = await metrics_text(base or self.admin)
+        return metric(text, f'{GAUGE}{{upstream="{container.upstream}"}}')
+
+    async def wait_gauge(self, container: Container, value: float, *, within: float) -> float:
+        """Poll the gauge until it reads `value`; return how long that took."""
+        started = time.monotonic()
+        last = None
+        while time.monotonic() - started < within:
+            last = await self.gauge(container)
+            if last == value:
+                return time.monotonic() - started
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{GAUGE} of {container.upstream} stayed {last}, not {value}")
+
+    async def served_by(self, requests: int) -> Counter[str]:
+        """Send `requests` GETs through Caddy one after the other: who answered (the body),
+        or `status <n>` for anything but a 200."""
+        seen: Counter[str] = Counter()
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for n in range(requests):
+                async with session.get(f"{self.url}/page/{n}") as resp:
+                    body = await resp.text()
+                    seen[body if resp.status == 200 else f"status {resp.status}"] += 1
+        return seen
+
+    async def wait_served_by(
+        self, names: set[str], *, within: float, batch: int = 20
+    ) -> tuple[float, Counter[str]]:
+        """Send batches through Caddy until one batch is answered by exactly `names`."""
+        started = time.monotonic()
+        seen: Counter[str] = Counter()
+        while time.monotonic() - started < within:
+            seen = await self.served_by(batch)
+            if set(seen) == names:
+                return time.monotonic() - started, seen
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"traffic through Caddy never came from exactly {names}: {seen}")
+
+
+def sidecar_env(
+    convex_url: str, mastra_url: str, app: loopback.AppServer, *, drain: float, interval: float
+) -> dict[str, str]:
+    """A sidecar beside `app`: the seed's checks plus a critical `app` check, every
+    `interval` seconds, with the default thresholds (2 failures before it fails)."""
+    app_check = {
+        "name": "app",
+        "kind": "http",
+        "target": f"{app.url}/api/health",
+        "interval": interval,
+        "timeout": interval,
+        "critical": True,
+    }
+    return {
+        "CONVEX_URL": convex_url,
+        "MASTRA_URL": mastra_url,
+        "HEALTH_SIDECAR_SECRET": SECRET,
+        "SIDECAR_INSTANCE": f"caddy-{app.name}-{uuid.uuid4().hex[:8]}",
+        "SIDECAR_INTERVAL": "1",
+        "SIDECAR_TIMEOUT": "0.5",
+        "SIDECAR_DRAIN_SECONDS": str(drain),
+        "SIDECAR_CHECKS": json.dumps([app_check]),
+    }
+
+
+def start_caddy(workdir: Path, placeholders: Mapping[str, str], admin: str) -> procs.Proc:
+    """`caddy run` on config/Caddyfile (adapted, listening on loopback); waits for the admin
+    API. Stop it with `.stop()` (by its PID)."""
+    env = caddy_env(workdir, placeholders)
+    config = loopback_listeners(adapt(env))
+    path = workdir / "caddy.json"
+    path.write_text(json.dumps(config, indent=1))
+    log = workdir / "caddy.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [caddy_binary(), "run", "--config", str(path)],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        procs.wait_http(admin + "/config/", timeout=15, popen=popen)
+    except BaseException as exc:
+        procs.stop_process(popen)
+        raise RuntimeError(f"caddy did not start:\n{log.read_text()}") from exc
+    return procs.Proc(popen=popen, url=admin, log=log)
+
+
+@contextlib.contextmanager
+def running_fleet(
+    workdir: Path,
+    convex_url: str,
+    mastra_url: str,
+    *,
+    drain: float = 2.0,
+    app_interval: float = 0.25,
+    caddy_interval: str = "250ms",
+    app_delay: float = 0.05,
+) -> Iterator[Fleet]:
+    """Two containers (app-1 on 127.0.0.2, app-2 on 127.0.0.3) behind the real Caddy, every
+    sidecar ready; everything is stopped (by PID, apps by their own handle) on exit."""
+    for host in HOSTS:
+        if not loopback.bindable(host):
+            raise RuntimeError(
+                f"cannot bind {host}: each container needs its own loopback address "
+                "(Linux routes all of 127.0.0.0/8 to lo; macOS needs `ifconfig lo0 alias`)"
+            )
+    workdir.mkdir(parents=True, exist_ok=True)
+    app_port = loopback.free_port_on(*HOSTS)
+    sidecar_port = loopback.free_port_on(*HOSTS)
+    site_port = procs.free_port()
+    admin_port = procs.free_port()
+    metrics_port = procs.free_port()
+    with contextlib.ExitStack() as stack:
+        apps = []
+        for index, host in enumerate(HOSTS, start=1):
+            app = loopback.AppServer(f"app-{index}", host, app_port, delay=app_delay)
+            stack.callback(app.kill)
+            apps.append(app.start())
+        spawned = []
+        for app in apps:
+            env = sidecar_env(convex_url, mastra_url, app, drain=drain, interval=app_interval)
+            log = workdir / f"sidecar-{app.name}.log"
+            popen = loopback.spawn_daemon_at(app.host, sidecar_port, env, log)
+            stack.callback(loopback.stop_at_once, popen)
+            spawned.append((app, popen, log))
+        containers = []
+        for app, popen, log in spawned:
+            sidecar = loopback.await_daemon(popen, app.host, sidecar_port, log)
+            containers.append(Container(app.name, app.host, app, sidecar))
+        for container in containers:
+            _wait_status(container.sidecar.url + "/ready", 200, within=15)
+        admin = f"http://127.0.0.1:{admin_port}"
+        placeholders = {
+            "SITE_ADDRESS": f"http://127.0.0.1:{site_port}",
+            "APP_UPSTREAMS": " ".join(f"{host}:{app_port}" for host in HOSTS),
+            "SIDECAR_PORT": str(sidecar_port),
+            "CADDY_HEALTH_INTERVAL": caddy_interval,
+            "CADDY_ADMIN": f"127.0.0.1:{admin_port}",
+            "CADDY_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
+        }
+        proxy = start_caddy(workdir, placeholders, admin)
+        stack.callback(proxy.stop)
+        yield Fleet(
+            url=f"http://127.0.0.1:{site_port}",
+            admin=admin,
+            metrics=f"http://127.0.0.1:{metrics_port}",
+            caddy=proxy,
+            containers=containers,
+            drain_seconds=drain,
+            caddy_interval=_seconds(caddy_interval),
+        )
+
+
+async def until(condition: Callable[[], bool], *, within: float, step: float = 0.01) -> float:
+    """Wait until `condition()` holds; return how long that took, or raise after `within`."""
+    started = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            raise AssertionError(f"still not so after {within}s: {condition}")
+        await asyncio.sleep(step)
+
+
+def sigterm(proc: procs.Proc) -> None:
+    """SIGTERM one process we started, by its PID (a rolling restart's first step)."""
+    os.kill(proc.popen.pid, signal.SIGTERM)
+
+
+def _seconds(duration: str) -> float:
+    if duration.endswith("ms"):
+        return float(duration[:-2]) / 1000
+    return float(duration.removesuffix("s"))
+
+
+def _wait_status(url: str, status: int, *, within: float) -> None:
+    """Blocking poll (setup only) until `url` answers `status`."""
+    deadline = time.monotonic() + within
+    last: int | str = "nothing"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                last = resp.status
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+        except OSError as exc:
+            last = str(exc)
+        if last == status:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not answer {status} within {within}s (last: {last})")
+
+
+# Steady client traffic ----------------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    """One client request through Caddy: when it was sent (monotonic), how it went."""
+
+    sent: float
+    method: str
+    status: int | None
+    body: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
+
+
+async def steady_traffic(
+    url: str, stop: asyncio.Event, *, rate: float, max_requests: int, each_within: float = 10.0
+) -> list[Hit]:
+    """Send requests at `rate` per second (GET and POST in turn; each on its own, not waiting
+    for the previous one, each given `each_within` seconds) until `stop` is set or
+    `max_requests` were sent; every result."""
+    loop = asyncio.get_running_loop()
+    client_timeout = aiohttp.ClientTimeout(total=each_within)
+    async with aiohttp.ClientSession(timeout=client_timeout) as session:
+
+        async def one(n: int) -> Hit:
+            method = "GET" if n % 2 == 0 else "POST"
+            sent = time.monotonic()
+            try:
+                if method == "GET":
+                    request = session.get(f"{url}/page/{n}")
+                else:
+                    request = session.post(f"{url}/api/order", json={"n": n})
+                async with request as resp:
+                    return Hit(sent, method, resp.status, await resp.text())
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return Hit(sent, method, None, "", f"{type(exc).__name__}: {exc}")
+
+        tasks: list[asyncio.Task[Hit]] = []
+        started = loop.time()
+        while not stop.is_set() and len(tasks) < max_requests:
+            tasks.append(asyncio.create_task(one(len(tasks))))
+            pause = started + len(tasks) / rate - loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(pause, 0))
+        return list(await asyncio.gather(*tasks))
