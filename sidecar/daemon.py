@@ -7,6 +7,7 @@ import contextlib
 import signal
 import time
 
+import uvloop
 from aiohttp import web
 
 from sidecar import logs
@@ -14,16 +15,41 @@ from sidecar.app import build_app
 from sidecar.config import Settings
 from sidecar.server import MONITOR
 
+# The event loop the daemon runs on (bench/ runs its peers on the same one).
+LOOP = "uvloop"
+
+
+def run(settings: Settings) -> int:
+    """Serve on uvloop until a signal; returns the exit status."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(settings))
+
+
+KEEPALIVE_TIMEOUT = 10.0
+
 
 async def serve(settings: Settings) -> int:
     """Run until a signal; returns the exit status."""
     log = logs.get("daemon")
     started = time.monotonic()
     app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        # aiohttp has no header-read timeout: this bounds how long a connection that never
+        # completes a request (a slowloris) or sits idle may hold a file descriptor.
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen", host=settings.host, port=settings.port, error=exc.strerror)
+        await runner.cleanup()
+        return 1
     log.info(
         "listening",
         host=settings.host,

@@ -7,6 +7,8 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 LEVELS = {
@@ -32,6 +34,17 @@ def _component_from_stdlib(_: WrappedLogger, __: str, event: EventDict) -> Event
     return event
 
 
+def _quiet_bad_requests(record: logging.LogRecord) -> bool:
+    """A malformed request from a client is the client's problem: aiohttp already answered
+    400, so it is at most a debug line, without traceback (anyone could flood the logs)."""
+    error = record.exc_info[1] if record.exc_info else None
+    if record.name != "aiohttp.server" or not isinstance(error, HttpProcessingError):
+        return True
+    record.exc_info = None
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def configure(*, level: str, instance: str, stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging (aiohttp's too) to one JSON line per event."""
     out = stream or sys.stdout
@@ -42,7 +55,9 @@ def configure(*, level: str, instance: str, stream: TextIO | None = None) -> Non
         _container(instance),
     ]
     final: list[Processor] = [
-        structlog.processors.dict_tracebacks,
+        # Tracebacks as dicts, without local variables: frames can hold request bytes or
+        # call arguments (the Convex secret), which must never reach a log line.
+        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
         structlog.processors.EventRenamer("message"),
         structlog.processors.JSONRenderer(sort_keys=False),
     ]
@@ -53,6 +68,7 @@ def configure(*, level: str, instance: str, stream: TextIO | None = None) -> Non
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(out)
+    handler.addFilter(_quiet_bad_requests)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, _component_from_stdlib],

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sidecar import __version__, logs
-from sidecar.config import ConfigError, Settings, load_settings
+from sidecar import __version__
+
+if TYPE_CHECKING:
+    from sidecar.config import Settings
 
 EXIT_CONFIG = 2
 
@@ -34,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return check_command(ready=args.ready, port=args.port, timeout=args.timeout)
+    # Imported here, not at the top: `check` (Docker's HEALTHCHECK, every few seconds) needs
+    # none of it, and `run` reaches its listening socket sooner the less it imports.
+    from sidecar.config import ConfigError, load_settings
+
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -42,21 +45,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(effective(settings), indent=2))
         return 0
-    logs.configure(level=settings.log_level, instance=settings.instance)
-    from sidecar.daemon import serve
+    from sidecar import daemon, logs
 
-    return asyncio.run(serve(settings))
+    logs.configure(level=settings.log_level, instance=settings.instance)
+    return daemon.run(settings)
 
 
 def effective(settings: Settings) -> dict[str, Any]:
     """The settings as JSON, with the resolved checks and every secret masked."""
     doc = settings.model_dump(mode="json", exclude={"checks"})
     doc["checks"] = [c.model_dump(mode="json") for c in settings.resolved_checks()]
+    for holder, key in [(doc, "convex_url"), (doc, "mastra_url"), (doc, "app_url")] + [
+        (check, "target") for check in doc["checks"]
+    ]:
+        if isinstance(holder.get(key), str):
+            holder[key] = _mask_query(holder[key])
     return doc
+
+
+def _mask_query(url: str) -> str:
+    """A URL with its query values masked: tokens sometimes travel there."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    masked = urlencode([(k, "**********") for k, _ in parse_qsl(parts.query, True)], safe="*")
+    return parts._replace(query=masked).geturl()
 
 
 def check_command(*, ready: bool, port: int | None, timeout: float) -> int:
     """Docker's HEALTHCHECK without curl: liveness by default, which follows no dependency."""
+    import urllib.error
+    import urllib.request
+
     port = port or int(os.environ.get("SIDECAR_PORT") or 8099)
     url = f"http://127.0.0.1:{port}/{'ready' if ready else 'live'}"
     try:

@@ -81,15 +81,16 @@ class Monitor:
         if store == self.snapshot.store:
             return
         before = self.snapshot.store
-        if store.status != before.status or store.kind != before.kind:
-            log = self._log.info if store.status == "ok" else self._log.warning
-            log(
-                "store recovered" if store.status == "ok" else "store failing",
+        if store.status == "error" and (before.status, before.kind) != ("error", store.kind):
+            self._log.warning(
+                "store failing",
                 component="store",
                 check="store",
                 error=store.kind,
                 output=store.message,
             )
+        elif store.status == "ok" and before.status == "error":
+            self._log.info("store recovered", component="store", check="store")
         self._publish(replace(self.snapshot, store=store, built_at=self._clock()))
 
     def drain(self) -> None:

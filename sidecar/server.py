@@ -73,8 +73,13 @@ def _flag(request: web.Request, name: str) -> bool:
 def _may_see_details(request: web.Request) -> bool:
     token = request.app[TOKEN]
     if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if given and hmac.compare_digest(given.encode(), token.encode()):
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        given = given.strip()
+        if (
+            scheme.lower() == "bearer"
+            and given
+            and hmac.compare_digest(given.encode(), token.encode())
+        ):
             return True
     return _is_loopback(request.remote)
 

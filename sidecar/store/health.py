@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from sidecar.store.client import ConvexClient
-from sidecar.store.errors import BadResponse
+from sidecar.store.client import ConvexClient, FunctionKind
+from sidecar.store.errors import BadResponse, StoreError
 
 Status = Literal["pass", "warn", "fail", "unknown"]
 STATUSES: frozenset[str] = frozenset({"pass", "warn", "fail", "unknown"})
@@ -77,45 +78,38 @@ class HealthStore:
 
     async def report(self, records: Sequence[CheckRecord], *, now_ms: float) -> float:
         """Upsert one round of results; returns when they expire (ms since the epoch)."""
-        value = await self._client.mutation(
-            "health:report",
-            {
-                "secret": self._secret,
-                "now": now_ms,
-                "instance": self._instance,
-                "ttlSeconds": self._ttl_seconds,
-                "results": [r.to_args() for r in records],
-            },
+        where = "health:report"
+        value = await self._call(
+            "mutation",
+            where,
+            now_ms,
+            instance=self._instance,
+            ttlSeconds=self._ttl_seconds,
+            results=[r.to_args() for r in records],
         )
-        return _number(_object(value, "health:report"), "expiresAt", "health:report")
+        return _number(_object(value, where), "expiresAt", where)
 
     async def instance_results(self, *, now_ms: float) -> list[StoredResult]:
         """This instance's unexpired results (for the warm start)."""
-        value = await self._client.query(
-            "health:instance",
-            {"secret": self._secret, "now": now_ms, "instance": self._instance},
-        )
-        return _rows(value, "health:instance")
+        where = "health:instance"
+        return _rows(await self._call("query", where, now_ms, instance=self._instance), where)
 
     async def fleet(self, *, now_ms: float) -> list[StoredResult]:
         """The unexpired results of every instance."""
-        value = await self._client.query("health:fleet", {"secret": self._secret, "now": now_ms})
-        return _rows(value, "health:fleet")
+        return _rows(await self._call("query", "health:fleet", now_ms), "health:fleet")
 
     async def claim(self, check: str, *, now_ms: float, fresh_ms: float, lease_ms: float) -> Claim:
         """Ask for a shared check: a fresh result from any instance, or the lease to probe it."""
         where = "health:claim"
         value = _object(
-            await self._client.mutation(
+            await self._call(
+                "mutation",
                 where,
-                {
-                    "secret": self._secret,
-                    "now": now_ms,
-                    "check": check,
-                    "instance": self._instance,
-                    "freshMs": fresh_ms,
-                    "leaseMs": lease_ms,
-                },
+                now_ms,
+                check=check,
+                instance=self._instance,
+                freshMs=fresh_ms,
+                leaseMs=lease_ms,
             ),
             where,
         )
@@ -133,6 +127,25 @@ class HealthStore:
             holder=holder,
             lease_expires_at_ms=None if lease is None else _number(value, "leaseExpiresAt", where),
         )
+
+    async def _call(self, kind: FunctionKind, path: str, now_ms: float, **args: Any) -> Any:
+        """Call a function with the secret and `now`; no error text may carry the secret (a
+        Convex validation error quotes the arguments it refused)."""
+        try:
+            return await self._client.call(
+                kind, path, {"secret": self._secret, "now": now_ms, **args}
+            )
+        except StoreError as exc:
+            exc.args = tuple(_scrub(str(a), self._secret) for a in exc.args)
+            raise
+
+
+def _scrub(text: str, secret: str) -> str:
+    """`text` with every appearance of `secret` (raw or JSON-escaped) masked."""
+    for form in {secret, json.dumps(secret)[1:-1]}:
+        if form:
+            text = text.replace(form, "**********")
+    return text
 
 
 def _rows(value: Any, where: str) -> list[StoredResult]:
