@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("instance")
+    @classmethod
+    def _instance_fits_convex(cls, value: str) -> str:
+        # Convex measures strings in UTF-16 code units and refuses names over 200 of them.
+        if len(value.encode("utf-16-le")) > 400:
+            raise ValueError("must be at most 200 UTF-16 code units (Convex's limit)")
+        return value
+
     @field_validator("secret", "details_token")
     @classmethod
     def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:

@@ -8,7 +8,7 @@ import time
 import aiohttp
 
 from sidecar.checks import ConvexCheck
-from sidecar.probes.common import Outcome, ProbeFailed, describe, fetch, guarded
+from sidecar.probes.common import MAX_BODY, Outcome, ProbeFailed, describe, fetch, guarded
 from sidecar.probes.result import CheckResult
 from sidecar.store.client import ConvexClient
 from sidecar.store.errors import FunctionError, RequestRejected, StoreError, Unauthorized
@@ -49,7 +49,7 @@ async def _version(session: aiohttp.ClientSession, check: ConvexCheck) -> str:
 
 
 async def _runtime(session: aiohttp.ClientSession, check: ConvexCheck) -> str:
-    client = ConvexClient(session, url=check.target, timeout=check.limit)
+    client = ConvexClient(session, url=check.target, timeout=check.limit, max_body=MAX_BODY)
     secret = check.secret.get_secret_value() if check.secret else ""
     args = {"secret": secret, "now": time.time() * 1000, "instance": "health-sidecar-probe"}
     try:

@@ -20,6 +20,15 @@ class CheckResult:
     observed_at: float
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-16 code units (how Convex, in JavaScript, measures a
+    string's length), ending in "..." when cut."""
+    units = text.encode("utf-16-le")
+    if len(units) <= 2 * limit:
+        return text
+    return units[: 2 * (limit - 3)].decode("utf-16-le", errors="ignore") + "..."
+
+
 class Stopwatch:
     """Times one probe run and builds its result."""
 
@@ -29,7 +38,7 @@ class Stopwatch:
 
     def result(self, status: Verdict, output: str) -> CheckResult:
         """The result of the run, timed from the stopwatch's creation."""
-        text = output if len(output) <= MAX_OUTPUT else output[: MAX_OUTPUT - 3] + "..."
+        text = clip(output, MAX_OUTPUT)
         return CheckResult(
             status=status,
             output=text,

@@ -21,7 +21,7 @@ FunctionKind = Literal["query", "mutation", "action"]
 
 # Convex answers a function failure with 200 or, to some clients, 560 ("UDF failed").
 _FUNCTION_FAILED_STATUSES = frozenset({200, 560})
-_MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = 4 * 1024 * 1024
 _UNAUTHORIZED_CODE = "unauthorized"
 
 
@@ -29,13 +29,21 @@ class ConvexClient:
     """Calls Convex functions by path; raises only `StoreError` subclasses.
 
     Every call is bounded by `timeout` seconds (connect, send and the whole body), and a body
-    larger than 4 MiB is refused rather than buffered.
+    larger than `max_body` bytes (4 MiB) is refused rather than buffered.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, *, url: str, timeout: float) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        url: str,
+        timeout: float,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
         self._session = session
         self._base = url.rstrip("/")
         self._timeout = timeout
+        self._max_body = max_body
 
     async def query(self, path: str, args: dict[str, Any]) -> Any:
         """Run a public query and return its value."""
@@ -69,8 +77,8 @@ class ConvexClient:
             raw = bytearray()
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 raw += chunk
-                if len(raw) > _MAX_BODY_BYTES:
-                    raise BadResponse(f"response body over {_MAX_BODY_BYTES} bytes")
+                if len(raw) > self._max_body:
+                    raise BadResponse(f"response body over {self._max_body} bytes")
             return resp.status, bytes(raw)
 
 

@@ -83,3 +83,14 @@ def test_stale_after_two_intervals_plus_timeout(age: float, expected: str) -> No
 def test_no_result_is_unknown() -> None:
     """Before its first run a check is unknown."""
     assert CheckState(check=check()).effective_status(T0) == "unknown"
+
+
+def test_output_is_clipped_in_utf16_units() -> None:
+    """Probe output is cut to 1024 UTF-16 code units, Convex's measure, so a long output of
+    characters outside the BMP can never make Convex refuse a whole report."""
+    from sidecar.probes.result import MAX_OUTPUT, Stopwatch
+
+    text = Stopwatch().result("fail", "😀" * 1000).output
+    assert len(text.encode("utf-16-le")) <= 2 * MAX_OUTPUT
+    assert text.endswith("...")
+    assert Stopwatch().result("pass", "short").output == "short"

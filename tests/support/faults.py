@@ -236,3 +236,23 @@ class MeteredHugeBody:
             writer.write(piece)
             await writer.drain()
             self.sent += len(piece)
+
+
+class CountingHugeBody:
+    """`huge_body` that records, per request, how many body bytes the client let it send
+    (`sent`, one entry per request; the last entry grows while a request is being answered)."""
+
+    def __init__(self, size: int = 200 * 1024 * 1024) -> None:
+        self.size = size
+        self.sent: list[int] = []
+
+    async def __call__(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(self.sent)
+        self.sent.append(0)
+        writer.write(_head(200, "application/json", self.size))
+        chunk = b" " * 65536
+        while self.sent[index] < self.size:
+            piece = chunk[: self.size - self.sent[index]]
+            writer.write(piece)
+            await writer.drain()
+            self.sent[index] += len(piece)
