@@ -1,80 +1,123 @@
 """Time from process start to /live and to /ready, and RSS after a while.
 
-    .venv/bin/python bench/startup.py [--runs 5] [--rss-after 60]
+    .venv/bin/python bench/startup.py [--runs 5] [--rss-after 60] [--importtime]
 
 Runs dev/convex-local and the real Mastra of dev/mastra on loopback, then starts the daemon
 `--runs` times (seed config: convex + mastra, default intervals) and reports the median and
 worst times; the last run is kept for `--rss-after` seconds and its RSS read from /proc.
+`--importtime` also runs one daemon under `python -X importtime` and lists the imports that
+took longest before it listened (where the start time goes).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import SECRET, workdir
+from tests.load.measure import rss_kb
 from tests.support import procs
 
-SECRET = "bench-secret-0123456789"
+
+@dataclass(frozen=True)
+class Startup:
+    """Milliseconds from `exec` to the first 200; RSS in MB (0 when not measured)."""
+
+    live_ms: list[float]
+    ready_ms: list[float]
+    rss_mb: float
+
+    def lines(self) -> list[str]:
+        """Human-readable lines."""
+        out = []
+        for label, times in (("/live ", self.live_ms), ("/ready", self.ready_ms)):
+            out.append(
+                f"start -> {label}: median {statistics.median(times):.0f} ms, "
+                f"worst {max(times):.0f} ms ({len(times)} runs)"
+            )
+        if self.rss_mb:
+            out.append(f"RSS after the wait: {self.rss_mb:.1f} MB")
+        return out
 
 
-def status(url: str) -> int:
+def status(port: int, path: str) -> int:
+    """The status of GET `path` on 127.0.0.1:`port` (0: no answer), over a raw socket so the
+    poller itself costs little."""
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            head = sock.recv(64)
     except OSError:
         return 0
+    parts = head.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def one_run(env: dict[str, str], log: Path) -> tuple[float, float, subprocess.Popen[bytes]]:
+def one_run(
+    env: dict[str, str], log: Path, argv: list[str] | None = None
+) -> tuple[float, float, subprocess.Popen[bytes]]:
+    """Start the daemon; (seconds to /live 200, seconds to /ready 200, the process)."""
     port = procs.free_port()
-    full = {**env, "SIDECAR_HOST": "127.0.0.1", "SIDECAR_PORT": str(port)}
+    full = {**os.environ, **env, "SIDECAR_HOST": "127.0.0.1", "SIDECAR_PORT": str(port)}
     started = time.monotonic()
     with log.open("wb") as out:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run"],
-            env={**os.environ, **full},
+            argv or [sys.executable, "-m", "sidecar", "run"],
+            env=full,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
     live = ready = 0.0
     deadline = started + 30
     while time.monotonic() < deadline and not ready:
-        now = time.monotonic()
-        if not live and status(base + "/live") == 200:
-            live = now - started
-        if live and status(base + "/ready") == 200:
+        if popen.poll() is not None:
+            raise RuntimeError(f"daemon exited with {popen.returncode}: {log.read_text()}")
+        if not live and status(port, "/live") == 200:
+            live = time.monotonic() - started
+        if live and status(port, "/ready") == 200:
             ready = time.monotonic() - started
-        time.sleep(0.005)
+        time.sleep(0.002)
+    if not ready:
+        procs.stop_process(popen)
+        raise RuntimeError(f"daemon not ready within 30 s: {log.read_text()}")
     return live, ready, popen
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--rss-after", type=float, default=60.0)
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+def importtime(env: dict[str, str], log: Path, top: int = 15) -> list[str]:
+    """The imports with the largest cumulative time in one daemon start (`-X importtime`)."""
+    argv = [sys.executable, "-X", "importtime", "-m", "sidecar", "run"]
+    _, _, popen = one_run(env, log, argv)
+    procs.stop_process(popen)
+    rows = []
+    for line in log.read_text().splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, own, total, name = (part.strip() for part in line.replace(":", "|", 1).split("|"))
+        if total.isdigit():
+            depth = (len(line.split("|")[2]) - len(line.split("|")[2].lstrip())) // 2
+            rows.append((int(total), int(own), depth, name))
+    rows.sort(reverse=True)
+    return [
+        f"{total / 1000:7.1f} ms cumulative {own / 1000:6.1f} ms self  {name}"
+        for total, own, _, name in rows[:top]
+    ]
+
+
+def measure(
+    *, runs: int, rss_after: float, tmp: Path | None = None, trace: bool = False
+) -> Startup:
+    """Start the stand-ins, then the daemon `runs` times; returns the figures."""
+    tmp = tmp or workdir()
     cport, mport = procs.free_port(), procs.free_port()
     with (
         procs.running(
@@ -92,19 +135,31 @@ def main() -> None:
             "HEALTH_SIDECAR_SECRET": SECRET,
             "SIDECAR_INSTANCE": "bench",
         }
+        if trace:
+            for line in importtime(env, tmp / "importtime.log"):
+                print(line)
         lives, readies = [], []
-        for i in range(args.runs):
+        rss = 0.0
+        for i in range(runs):
             live, ready, popen = one_run(env, tmp / f"daemon-{i}.log")
-            lives.append(live)
-            readies.append(ready)
-            if i < args.runs - 1:
-                procs.stop_process(popen)
-        for label, times in (("/live ", lives), ("/ready", readies)):
-            median, worst = statistics.median(times) * 1000, max(times) * 1000
-            print(f"start -> {label}: median {median:.0f} ms, worst {worst:.0f} ms")
-        time.sleep(args.rss_after)
-        print(f"RSS after {args.rss_after:.0f} s: {rss_mb(popen.pid):.1f} MB")
-        procs.stop_process(popen)
+            lives.append(live * 1000)
+            readies.append(ready * 1000)
+            if i == runs - 1 and rss_after:
+                time.sleep(rss_after)
+                rss = rss_kb(popen.pid) / 1024
+            procs.stop_process(popen)
+    return Startup(live_ms=lives, ready_ms=readies, rss_mb=rss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rss-after", type=float, default=60.0)
+    parser.add_argument("--importtime", action="store_true")
+    args = parser.parse_args()
+    result = measure(runs=args.runs, rss_after=args.rss_after, trace=args.importtime)
+    for line in result.lines():
+        print(line)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -33,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return check_command(ready=args.ready, port=args.port, timeout=args.timeout)
+    # Start-up builds a few hundred thousand objects that live as long as the process (modules,
+    # models, the registry): collecting while they are being built is wasted work (about 35 ms
+    # of the start, most of it one full collection). The daemon freezes them out of the
+    # collector's way and turns it back on once it listens.
+    gc.disable()
     # Imported here, not at the top: `check` (Docker's HEALTHCHECK, every few seconds) needs
     # none of it, and `run` reaches its listening socket sooner the less it imports.
     from sidecar.config import ConfigError, load_settings

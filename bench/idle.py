@@ -1,0 +1,76 @@
+"""RSS and CPU of the daemon at idle: 10 checks every 10 s, nobody calling it.
+
+    .venv/bin/python bench/idle.py [--seconds 60]
+
+The checks (convex, mastra, six http and two tcp) probe the 20 ms dependency stand-in
+(bench/servers.py dep). After a settle period the daemon's user + system CPU time is read
+from /proc/<pid>/stat at the start and end of the window; RSS from /proc/<pid>/status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import checks_json, daemon, daemon_env, server, wait_status, workdir
+from tests.load.measure import cpu_seconds, rss_kb
+
+SETTLE = 12.0  # every check has run once and the first report is written
+
+
+@dataclass(frozen=True)
+class Idle:
+    """CPU (percent of one core) and RSS (MB) over the window."""
+
+    seconds: float
+    cpu_percent: float
+    rss_mb: float
+
+    def line(self) -> str:
+        """One line for the results."""
+        return (
+            f"idle, 10 checks at 10 s, over {self.seconds:.0f} s: CPU {self.cpu_percent:.2f}% "
+            f"of a core, RSS {self.rss_mb:.1f} MB"
+        )
+
+
+def ten_checks(dep: str) -> str:
+    """Eight more checks beside the built-in convex and mastra: six http and two tcp."""
+    host = dep.removeprefix("http://")
+    checks: list[dict[str, object]] = [
+        {"name": f"http_{i}", "kind": "http", "target": f"{dep}/health"} for i in range(6)
+    ]
+    checks += [{"name": f"tcp_{i}", "kind": "tcp", "target": host} for i in range(2)]
+    return checks_json(checks)
+
+
+def measure(*, seconds: float, tmp: Path | None = None) -> Idle:
+    """Start the dependency and the daemon; measure the idle window."""
+    tmp = tmp or workdir()
+    with server("dep", tmp) as dep:
+        env = daemon_env(dep.url, SIDECAR_INTERVAL="10", SIDECAR_CHECKS=ten_checks(dep.url))
+        with daemon(env, tmp / "daemon.log") as proc:
+            wait_status(proc.url + "/ready", 200, within=15)
+            time.sleep(SETTLE)
+            pid = proc.popen.pid
+            cpu0, t0 = cpu_seconds(pid), time.monotonic()
+            time.sleep(seconds)
+            cpu1, t1 = cpu_seconds(pid), time.monotonic()
+            rss = rss_kb(pid) / 1024
+    return Idle(seconds=t1 - t0, cpu_percent=100 * (cpu1 - cpu0) / (t1 - t0), rss_mb=rss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args()
+    print(measure(seconds=args.seconds).line())
+
+
+if __name__ == "__main__":
+    main()
