@@ -146,14 +146,20 @@ def wrk_argv(
     threads: int = 2,
     seconds: float = 10,
     timeout: float = 2,
+    headers: Sequence[str] = (),
+    cpu: str | None = None,
 ) -> list[str]:
-    """A bounded wrk command line (duration and per-request timeout)."""
+    """A bounded wrk command line (duration and per-request timeout), bound to `cpu` with
+    taskset when given."""
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
     return [
+        *pin,
         wrk_binary(),
         f"-c{connections}",
         f"-t{threads}",
         f"-d{seconds:g}s",
         f"--timeout={timeout:g}s",
+        *(arg for header in headers for arg in ("-H", header)),
         "-s",
         str(script),
         url,
@@ -174,11 +180,21 @@ def run_wrk(
     threads: int = 2,
     seconds: float = 10,
     count_statuses: bool = False,
+    headers: Sequence[str] = (),
+    cpu: str | None = None,
 ) -> WrkResult:
     """Run wrk against `url` (blocking) and return its report."""
     with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
         script = write_script(Path(tmp), count_statuses=count_statuses)
-        argv = wrk_argv(url, script, connections=connections, threads=threads, seconds=seconds)
+        argv = wrk_argv(
+            url,
+            script,
+            connections=connections,
+            threads=threads,
+            seconds=seconds,
+            headers=headers,
+            cpu=cpu,
+        )
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=seconds + 30, check=True
         )

@@ -86,7 +86,7 @@ async def test_huge_body_is_not_read_whole(session: aiohttp.ClientSession, kind:
     expected = {
         "http": ("pass", "HTTP 200"),
         "mastra": ("fail", "health: body over 64 KiB"),
-        "convex": ("fail", "version 200; runtime bad_response: response body over 4194304 bytes"),
+        "convex": ("fail", "version 200; runtime bad_response: response body over 65536 bytes"),
     }
     assert (result.status, result.output) == expected[kind]
 
