@@ -1,10 +1,19 @@
 """What the benchmarks share: starting the peers and the daemon on loopback, stopping them by
-their own PID, and the environment of a daemon pointed at the 20 ms dependency."""
+their own PID, CPU pinning, and the environment of a daemon pointed at the 20 ms dependency.
+
+On a machine with two or more cores, the server under test runs on CPU 0 and wrk on CPU 1
+(`taskset`), so the load generator and the server do not take turns on the same core: the
+latency then measures the server, not the scheduler. Helpers (the dependency stand-in, the
+recorder) are not pinned.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -17,10 +26,22 @@ from typing import Any
 from tests.support import procs
 
 ROOT = procs.ROOT
-
 SECRET = "bench-secret-0123456789"
 SERVERS = str(ROOT / "bench" / "servers.py")
 READY_PATHS = {"dep": "/health", "bare": "/ready", "probe": "/ready", "recorder": "/_times"}
+PINNING = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+SERVER_CPU = "0" if PINNING else None
+LOAD_CPU = "1" if PINNING else None
+
+
+def pinned(argv: Sequence[str], cpu: str | None) -> list[str]:
+    """`argv` bound to `cpu` with taskset (which execs it: the PID stays the same)."""
+    return ["taskset", "-c", cpu, *argv] if cpu is not None else list(argv)
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so every `with` block stops what it started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def event_loop() -> str:
@@ -32,18 +53,22 @@ def event_loop() -> str:
     return "uvloop" if getattr(daemon, "LOOP", "asyncio") == "uvloop" else "asyncio"
 
 
-def workdir() -> Path:
-    """A fresh temporary folder for logs."""
-    return Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+def workdir(path: Path | None = None) -> Path:
+    """`path` (created if missing), or a fresh temporary folder, for logs."""
+    if path is None:
+        return Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @contextlib.contextmanager
-def server(mode: str, log_dir: Path, *args: str) -> Iterator[procs.Proc]:
-    """Run bench/servers.py MODE on a free port for a block."""
+def server(mode: str, log_dir: Path, *args: str, cpu: str | None = None) -> Iterator[procs.Proc]:
+    """Run bench/servers.py MODE on a free port for a block (on `cpu` if given)."""
     port = procs.free_port()
     argv = [sys.executable, SERVERS, mode, "--port", str(port), "--loop", event_loop(), *args]
+    log_dir.mkdir(parents=True, exist_ok=True)
     with procs.running(
-        argv, port=port, ready_path=READY_PATHS[mode], log=log_dir / f"{mode}.log"
+        pinned(argv, cpu), port=port, ready_path=READY_PATHS[mode], log=log_dir / f"{mode}.log"
     ) as proc:
         yield proc
 
@@ -56,6 +81,7 @@ def daemon_env(dep: str, **extra: str) -> dict[str, str]:
         "HEALTH_SIDECAR_SECRET": SECRET,
         "SIDECAR_INSTANCE": "bench",
         "SIDECAR_LOG_LEVEL": "warning",
+        "SIDECAR_DRAIN_SECONDS": "0",
         **extra,
     }
 
@@ -66,12 +92,15 @@ def checks_json(checks: Sequence[Mapping[str, Any]]) -> str:
 
 
 @contextlib.contextmanager
-def daemon(env: Mapping[str, str], log: Path, *, timeout: float = 30) -> Iterator[procs.Proc]:
+def daemon(
+    env: Mapping[str, str], log: Path, *, cpu: str | None = None, timeout: float = 30
+) -> Iterator[procs.Proc]:
     """The real daemon (`python -m sidecar run`) on a free loopback port for a block."""
     port = procs.free_port()
     full = {"SIDECAR_HOST": "127.0.0.1", "SIDECAR_PORT": str(port), **env}
+    log.parent.mkdir(parents=True, exist_ok=True)
     with procs.running(
-        [sys.executable, "-m", "sidecar", "run"],
+        pinned([sys.executable, "-m", "sidecar", "run"], cpu),
         port=port,
         ready_path="/live",
         log=log,

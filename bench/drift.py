@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import checks_json, daemon, daemon_env, fetch, server, workdir
+from bench.common import checks_json, daemon, daemon_env, fetch, server, stop_on_sigterm, workdir
 
 SKIP = 5  # the first runs overlap the daemon's start
 
@@ -65,7 +65,7 @@ def analyse(arrivals: list[float], intervals: int, interval: float) -> Drift:
 
 def measure(*, intervals: int, interval: float, tmp: Path | None = None) -> Drift:
     """Run the daemon with one jitter-free check against the recorder; analyse arrivals."""
-    tmp = tmp or workdir()
+    tmp = workdir(tmp)
     with server("dep", tmp) as dep, server("recorder", tmp) as recorder:
         check = {
             "name": "drift",
@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=0.01)
     args = parser.parse_args()
+    stop_on_sigterm()
     print(measure(intervals=args.intervals, interval=args.interval).line())
 
 

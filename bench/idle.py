@@ -17,7 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import checks_json, daemon, daemon_env, server, wait_status, workdir
+from bench.common import (
+    checks_json,
+    daemon,
+    daemon_env,
+    server,
+    stop_on_sigterm,
+    wait_status,
+    workdir,
+)
 from tests.load.measure import cpu_seconds, rss_kb
 
 SETTLE = 12.0  # every check has run once and the first report is written
@@ -51,7 +59,7 @@ def ten_checks(dep: str) -> str:
 
 def measure(*, seconds: float, tmp: Path | None = None) -> Idle:
     """Start the dependency and the daemon; measure the idle window."""
-    tmp = tmp or workdir()
+    tmp = workdir(tmp)
     with server("dep", tmp) as dep:
         env = daemon_env(dep.url, SIDECAR_INTERVAL="10", SIDECAR_CHECKS=ten_checks(dep.url))
         with daemon(env, tmp / "daemon.log") as proc:
@@ -69,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args()
+    stop_on_sigterm()
     print(measure(seconds=args.seconds).line())
 
 

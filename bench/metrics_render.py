@@ -11,6 +11,7 @@ checks (all passing, against the 20 ms dependency stand-in), and wrk with one co
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import time
@@ -19,7 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import checks_json, daemon, daemon_env, fetch, server, workdir
+from bench.common import (
+    LOAD_CPU,
+    SERVER_CPU,
+    checks_json,
+    daemon,
+    daemon_env,
+    fetch,
+    server,
+    stop_on_sigterm,
+    workdir,
+)
 from tests.load.measure import run_wrk
 
 CHECKS = 50
@@ -48,10 +59,12 @@ def in_process(renders: int = 300) -> tuple[float, float, int]:
     """(p50 ms, p99 ms, page bytes) of `generate_latest` with 50 checks that have results."""
     from prometheus_client import generate_latest
 
+    from sidecar import logs
     from sidecar.checks import HttpCheck
     from sidecar.monitor import Monitor
     from sidecar.probes.result import CheckResult
 
+    logs.configure(level="error", instance="bench", stream=io.StringIO())
     checks = [
         HttpCheck(name=f"check_{i}", target="http://127.0.0.1:1", interval=10, timeout=2)
         for i in range(CHECKS)
@@ -72,7 +85,7 @@ def in_process(renders: int = 300) -> tuple[float, float, int]:
 
 def measure(*, seconds: float, tmp: Path | None = None) -> Render:
     """Both measurements."""
-    tmp = tmp or workdir()
+    tmp = workdir(tmp)
     p50, p99, size = in_process()
     with server("dep", tmp) as dep:
         more = [
@@ -80,11 +93,13 @@ def measure(*, seconds: float, tmp: Path | None = None) -> Render:
             for i in range(CHECKS - 2)
         ]
         env = daemon_env(dep.url, SIDECAR_CHECKS=checks_json(more))
-        with daemon(env, tmp / "daemon.log") as proc:
+        with daemon(env, tmp / "daemon.log", cpu=SERVER_CPU) as proc:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and fetch(proc.url + "/ready")[0] != 200:
                 time.sleep(0.1)
-            http = run_wrk(proc.url + "/metrics", connections=1, threads=1, seconds=seconds)
+            http = run_wrk(
+                proc.url + "/metrics", connections=1, threads=1, seconds=seconds, cpu=LOAD_CPU
+            )
     return Render(p50, p99, size / 1024, http.p50_ms, http.p99_ms)
 
 
@@ -92,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5)
     args = parser.parse_args()
+    stop_on_sigterm()
     print(measure(seconds=args.seconds).line())
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import drift, idle, metrics_render, soak, startup, throughput
-from bench.common import event_loop, workdir
+from bench.common import PINNING, event_loop, stop_on_sigterm, workdir
 
 QUIET = 0.5
 
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     args = parser.parse_args()
+    stop_on_sigterm()
     if args.wait_quiet:
         wait_quiet(args.wait_quiet)
     quick = args.quick
@@ -59,7 +60,7 @@ def main() -> None:
     print(f"load at start {loads[0]:.2f}", flush=True)
 
     rows = throughput.measure(
-        seconds=3 if quick else 15, connections=50, threads=2, tmp=tmp / "throughput"
+        seconds=3 if quick else 10, rounds=1 if quick else 3, tmp=tmp / "throughput"
     )
     print(throughput.table(rows), flush=True)
     loads.append(load())
@@ -76,7 +77,7 @@ def main() -> None:
     )
     print("\n".join(soaked.lines()), flush=True)
     loads.append(load())
-    started = startup.measure(runs=5 if quick else 11, rss_after=0, tmp=tmp / "startup")
+    started = startup.measure(runs=5 if quick else 21, rss_after=0, tmp=tmp / "startup")
     print("\n".join(started.lines()), flush=True)
     drifted = drift.measure(intervals=1000, interval=0.01, tmp=tmp / "drift")
     print(drifted.line(), flush=True)
@@ -169,7 +170,8 @@ def main() -> None:
     ]
     lines = [
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, event loop "
-        f"{event_loop()}; 1-minute load {min(loads):.2f}-{max(loads):.2f} during the run.",
+        f"{event_loop()}; 1-minute load {min(loads):.2f}-{max(loads):.2f} during the run"
+        + ("; servers on CPU 0, wrk on CPU 1." if PINNING else "."),
         "",
         "| figure | measured | target | met? |",
         "| --- | --- | --- | --- |",

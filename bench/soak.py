@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import SECRET, daemon, workdir
+from bench.common import SECRET, daemon, stop_on_sigterm, workdir
 from tests.load.soaking import SoakResult, series_sum, soak
 from tests.support import procs
 
@@ -78,7 +78,7 @@ def figures(result: SoakResult) -> SoakFigures:
 
 def run(*, rounds: int, warmup: int, within: float, tmp: Path | None = None) -> SoakResult:
     """Start the stand-ins and the daemon, soak, stop everything; return what it saw."""
-    tmp = tmp or workdir()
+    tmp = workdir(tmp)
     cport = procs.free_port()
     with (
         procs.running(
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--within", type=float, default=400)
     parser.add_argument("--samples", type=Path, help="write every sample here (CSV)")
     args = parser.parse_args()
+    stop_on_sigterm()
     result = run(rounds=args.rounds, warmup=args.warmup, within=args.within)
     if args.samples:
         rows = [f"{s.at:.2f},{s.rounds:.0f},{s.rss_kb},{s.fds},{s.threads}" for s in result.samples]

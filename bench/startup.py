@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import SECRET, workdir
+from bench.common import SECRET, stop_on_sigterm, workdir
 from tests.load.measure import rss_kb
 from tests.support import procs
 
@@ -117,7 +117,7 @@ def measure(
     *, runs: int, rss_after: float, tmp: Path | None = None, trace: bool = False
 ) -> Startup:
     """Start the stand-ins, then the daemon `runs` times; returns the figures."""
-    tmp = tmp or workdir()
+    tmp = workdir(tmp)
     cport, mport = procs.free_port(), procs.free_port()
     with (
         procs.running(
@@ -134,6 +134,7 @@ def measure(
             "MASTRA_URL": mastra.url,
             "HEALTH_SIDECAR_SECRET": SECRET,
             "SIDECAR_INSTANCE": "bench",
+            "SIDECAR_DRAIN_SECONDS": "0",
         }
         if trace:
             for line in importtime(env, tmp / "importtime.log"):
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--rss-after", type=float, default=60.0)
     parser.add_argument("--importtime", action="store_true")
     args = parser.parse_args()
+    stop_on_sigterm()
     result = measure(runs=args.runs, rss_after=args.rss_after, trace=args.importtime)
     for line in result.lines():
         print(line)

