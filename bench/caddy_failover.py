@@ -103,16 +103,9 @@ def main() -> None:
     parser.add_argument("--caddy-interval", default="250ms", help="a Caddy duration")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="caddy-failover-"))
-    cport, mport = procs.free_port(), procs.free_port()
     with (
-        procs.running(
-            procs.convex_local_argv(),
-            port=cport,
-            ready_path="/version",
-            log=tmp / "convex.log",
-            env={"PORT": str(cport), "HEALTH_SIDECAR_SECRET": SECRET},
-        ) as convex,
-        procs.mastra(tmp / "mastra.log", port=mport) as mastra,
+        procs.convex_local(tmp / "convex.log", SECRET) as convex,
+        procs.mastra(tmp / "mastra.log") as mastra,
         running_fleet(
             tmp / "fleet",
             convex.url,

@@ -79,15 +79,8 @@ def figures(result: SoakResult) -> SoakFigures:
 def run(*, rounds: int, warmup: int, within: float, tmp: Path | None = None) -> SoakResult:
     """Start the stand-ins and the daemon, soak, stop everything; return what it saw."""
     tmp = workdir(tmp)
-    cport = procs.free_port()
     with (
-        procs.running(
-            procs.convex_local_argv(),
-            port=cport,
-            ready_path="/version",
-            log=tmp / "convex.log",
-            env={"PORT": str(cport), "HEALTH_SIDECAR_SECRET": SECRET},
-        ) as convex,
+        procs.convex_local(tmp / "convex.log", SECRET) as convex,
         procs.mastra(tmp / "mastra.log") as mastra,
     ):
         env = {
@@ -101,7 +94,7 @@ def run(*, rounds: int, warmup: int, within: float, tmp: Path | None = None) -> 
             "SIDECAR_LOG_LEVEL": "warning",
             "SIDECAR_CHECKS": (
                 f'[{{"name":"app","kind":"http","target":"{mastra.url}/health"}},'
-                f'{{"name":"db","kind":"tcp","target":"127.0.0.1:{cport}"}}]'
+                f'{{"name":"db","kind":"tcp","target":"{convex.url.removeprefix("http://")}"}}]'
             ),
         }
         with daemon(env, tmp / "daemon.log") as proc:

@@ -118,16 +118,9 @@ def measure(
 ) -> Startup:
     """Start the stand-ins, then the daemon `runs` times; returns the figures."""
     tmp = workdir(tmp)
-    cport, mport = procs.free_port(), procs.free_port()
     with (
-        procs.running(
-            procs.convex_local_argv(),
-            port=cport,
-            ready_path="/version",
-            log=tmp / "convex.log",
-            env={"PORT": str(cport), "HEALTH_SIDECAR_SECRET": SECRET},
-        ) as convex,
-        procs.mastra(tmp / "mastra.log", port=mport) as mastra,
+        procs.convex_local(tmp / "convex.log", SECRET) as convex,
+        procs.mastra(tmp / "mastra.log") as mastra,
     ):
         env = {
             "CONVEX_URL": convex.url,

@@ -5,7 +5,6 @@ Prints what to curl, then waits for Ctrl-C and stops everything it started (by P
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import socket
@@ -36,21 +35,9 @@ def main() -> int:
     started: list[procs.Proc] = []
     try:
         print("starting dev/convex-local, dev/mastra and health-sidecar ...", flush=True)
-        convex = procs.start(
-            procs.convex_local_argv(),
-            port=convex_port,
-            ready_path="/version",
-            log=logs / "convex-local.log",
-            env={"PORT": str(convex_port), "HEALTH_SIDECAR_SECRET": secret},
-        )
+        convex = procs.start_convex_local(logs / "convex-local.log", secret, convex_port)
         started.append(convex)
-        mastra = procs.start(
-            procs.mastra_argv(),
-            port=mastra_port,
-            ready_path="/health",
-            log=logs / "mastra.log",
-            env={"PORT": str(mastra_port), "MASTRA_TELEMETRY_DISABLED": "1"},
-        )
+        mastra = procs.start_mastra(logs / "mastra.log", mastra_port)
         started.append(mastra)
         sidecar = procs.start(
             [sys.executable, "-m", "sidecar", "run"],

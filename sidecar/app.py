@@ -14,7 +14,7 @@ from sidecar.config import Settings
 from sidecar.monitor import Monitor
 from sidecar.reporter import Reporter
 from sidecar.scheduler import Scheduler
-from sidecar.server import MONITOR, create_app
+from sidecar.server import create_app
 from sidecar.store import ConvexClient, HealthStore
 
 
@@ -43,7 +43,7 @@ def build_app(settings: Settings) -> web.Application:
         )
         period = min((c.every for c in checks), default=settings.interval)
         reporter = Reporter(monitor=monitor, store=store, period=period)
-        scheduler = Scheduler(monitor=app[MONITOR], session=probe_session, checks=checks)
+        scheduler = Scheduler(monitor=monitor, session=probe_session, checks=checks)
         tasks = [
             _task(scheduler.run(), "scheduler"),
             _task(reporter.warm_start(), "warm-start"),

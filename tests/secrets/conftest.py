@@ -18,14 +18,8 @@ CONVEX_SECRET = make_secret("cvx")
 @pytest.fixture(scope="package")
 def own_convex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
     """dev/convex-local holding CONVEX_SECRET (random per run), on a free port."""
-    port = procs.free_port()
-    with procs.running(
-        procs.convex_local_argv(),
-        port=port,
-        ready_path="/version",
-        log=tmp_path_factory.mktemp("secrets-convex") / "out.log",
-        env={"PORT": str(port), "HEALTH_SIDECAR_SECRET": CONVEX_SECRET},
-    ) as proc:
+    log = tmp_path_factory.mktemp("secrets-convex") / "out.log"
+    with procs.convex_local(log, CONVEX_SECRET) as proc:
         yield proc
 
 

@@ -123,6 +123,23 @@ def mastra_argv() -> list[str]:
     return ["node", str(ROOT / "dev/mastra/server.mjs")]
 
 
+def start_convex_local(log: Path, secret: str, port: int | None = None) -> Proc:
+    """Start dev/convex-local holding `secret` on 127.0.0.1 (a free port unless given)."""
+    port = port or free_port()
+    env = {"PORT": str(port), "HEALTH_SIDECAR_SECRET": secret}
+    return start(convex_local_argv(), port=port, ready_path="/version", log=log, env=env)
+
+
+@contextlib.contextmanager
+def convex_local(log: Path, secret: str, port: int | None = None) -> Iterator[Proc]:
+    """`start_convex_local` for the duration of a block."""
+    proc = start_convex_local(log, secret, port)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 def start_mastra(log: Path, port: int | None = None) -> Proc:
     """Start a real Mastra server on 127.0.0.1 (a free port unless given)."""
     port = port or free_port()
