@@ -40,6 +40,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy --strict sidecar
 
 vitest: node_modules/.installed
+	npm run --silent typecheck
 	npx vitest run
 
 pytest: deps

@@ -62,7 +62,7 @@ def in_process(renders: int = 300) -> tuple[float, float, int]:
     from sidecar import logs
     from sidecar.checks import HttpCheck
     from sidecar.monitor import Monitor
-    from sidecar.probes.result import CheckResult
+    from sidecar.result import CheckResult
 
     logs.configure(level="error", instance="bench", stream=io.StringIO())
     checks = [

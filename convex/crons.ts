@@ -3,6 +3,6 @@ import { internal } from "./_generated/api";
 
 const crons = cronJobs();
 
-crons.interval("purge expired sidecar health rows", { minutes: 5 }, internal.health.purgeExpired, {});
+crons.hourly("purge expired health-sidecar instances", { minuteUTC: 7 }, internal.health.purgeExpired, {});
 
 export default crons;

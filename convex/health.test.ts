@@ -1,395 +1,935 @@
-/// <reference types="vite/client" />
 import { convexTest } from "convex-test";
-import { ConvexError } from "convex/values";
+import { ConvexError, getDocumentSize } from "convex/values";
 import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
+import type { WithoutSystemFields } from "convex/server";
 import { api, internal } from "./_generated/api";
-import * as health from "./health";
+import type { Doc, Id } from "./_generated/dataModel";
+import type { MutationCtx } from "./_generated/server";
+import crons from "./crons";
+import { LIMITS, purgeExpired } from "./health";
 import schema from "./schema";
+import { modules, sign } from "./test.setup";
 
-const modules = import.meta.glob("./**/*.*s");
 const SECRET = "test-secret-0123456789";
 const NOW = 1_795_899_714_996;
-const MINUTE = 60_000;
+const SECOND = 1000;
+const MINUTE = 60 * SECOND;
+const HOUR = 60 * MINUTE;
 
 type T = ReturnType<typeof setup>;
-const setup = () => convexTest(schema, modules);
+const setup = () => convexTest({ schema, modules, transactionLimits: true });
 
 beforeEach(() => {
+  vi.useFakeTimers();
+  vi.setSystemTime(NOW);
   vi.stubEnv("HEALTH_SIDECAR_SECRET", SECRET);
 });
 afterEach(() => {
+  vi.useRealTimers();
   vi.unstubAllEnvs();
 });
+
+// ---------------------------------------------------------------------------------------------
+// Calls, signed as the sidecar signs them.
+
+interface Call {
+  instance: string;
+  ts: number;
+  sig: string;
+  body: string;
+}
+
+/** A signed sync call; `payload` is JSON-encoded unless it is already text. */
+function signed(
+  instance: string,
+  payload: object | string,
+  { ts = Date.now(), secret = SECRET, path = "health:sync" }: { ts?: number; secret?: string; path?: string } = {},
+): Call {
+  const body = typeof payload === "string" ? payload : JSON.stringify(payload);
+  return { instance, ts, body, sig: sign(secret, path, instance, ts, body) };
+}
 
 function result(check: string, overrides: Record<string, unknown> = {}) {
   return {
     check,
-    status: "pass" as const,
-    observedAt: NOW - 1000,
+    fingerprint: `fp-${check}`,
+    status: "pass",
+    ageMs: 1000,
     latencyMs: 12.5,
-    output: "ok",
+    output: "200 success",
     consecutiveFailures: 0,
-    consecutiveSuccesses: 3,
-    lastSuccessAt: NOW - 1000,
+    consecutiveSuccesses: 4,
+    lastSuccessAgeMs: 1000,
     ...overrides,
   };
 }
 
-function reportArgs(instance: string, checks: string[], overrides: Record<string, unknown> = {}) {
-  return { secret: SECRET, now: NOW, instance, ttlSeconds: 60, results: checks.map((c) => result(c)), ...overrides };
+function payload(overrides: Record<string, unknown> = {}) {
+  return { version: "0.2.0", ttlMs: 5 * MINUTE, results: [], ...overrides };
 }
 
-const claimArgs = (instance: string, overrides: Record<string, unknown> = {}) => ({
-  secret: SECRET,
-  now: NOW,
-  check: "mastra",
-  instance,
-  freshMs: 30_000,
-  leaseMs: 10_000,
-  ...overrides,
-});
+const hello = (checks: string[], fingerprint = (c: string) => `fp-${c}`) =>
+  Object.fromEntries(checks.map((c) => [c, fingerprint(c)]));
 
-/** Both tables, whole documents (ids included), to prove that nothing changed. */
+const sync = (t: T, call: Call) => t.mutation(api.health.sync, call);
+
+/** The three tables, whole documents (ids and creation times included). */
 const snapshot = (t: T) =>
   t.run(async (ctx) => ({
-    health: await ctx.db.query("sidecarHealth").collect(),
-    leases: await ctx.db.query("sidecarLeases").collect(),
+    instances: await ctx.db.query("sidecarInstances").collect(),
+    heartbeats: await ctx.db.query("sidecarHeartbeats").collect(),
+    results: await ctx.db.query("sidecarResults").collect(),
   }));
 
-async function errorOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
+const rowsOf = async (t: T, instance: string) => (await snapshot(t)).results.filter((r) => r.instance === instance);
+
+/** The heartbeat id the registry holds for `instance` (what its last answer gave). */
+async function heartbeatOf(t: T, instance: string): Promise<string> {
+  const registry = (await snapshot(t)).instances.find((i) => i.instance === instance);
+  if (registry === undefined) throw new Error(`no registry document for ${instance}`);
+  return registry.heartbeat;
+}
+
+/** Registers `instance` as a hello would, with a heartbeat that expires at `expiresAt`; returns the heartbeat. */
+async function enroll(ctx: MutationCtx, instance: string, expiresAt: number): Promise<Id<"sidecarHeartbeats">> {
+  const heartbeat = await ctx.db.insert("sidecarHeartbeats", { seenAt: expiresAt - MINUTE, expiresAt });
+  await ctx.db.insert("sidecarInstances", { instance, version: "0.2.0", heartbeat });
+  return heartbeat;
+}
+
+/** A stored row of `instance` for `check`, as a sync of `result(check)` at NOW writes it. */
+function storedRow(instance: string, check: string): WithoutSystemFields<Doc<"sidecarResults">> {
+  const { ageMs, lastSuccessAgeMs, ...rest } = result(check);
+  return { instance, ...rest, status: "pass", observedAt: NOW - ageMs, lastSuccessAt: NOW - lastSuccessAgeMs };
+}
+
+async function refusal(promise: Promise<unknown>): Promise<ConvexError<{ code: string; message: string }>> {
+  const error = await promise.then(
     () => expect.unreachable("the call should have been refused"),
-    (error: unknown) => error,
+    (e: unknown) => e,
   );
-}
-
-async function expectCode(promise: Promise<unknown>, code: string) {
-  const error = await errorOf(promise);
   expect(error).toBeInstanceOf(ConvexError);
-  expect((error as ConvexError<{ code: string }>).data.code).toBe(code);
+  return error as ConvexError<{ code: string; message: string }>;
 }
 
-// Each public function with valid arguments (for a secret to be swapped or removed).
-const publicFunctions: Record<string, { args: () => Record<string, unknown>; call: (t: T, args: object) => Promise<unknown> }> = {
-  report: { args: () => reportArgs("i9", ["x"]), call: (t, a) => t.mutation(api.health.report, a as never) },
-  instance: { args: () => ({ secret: SECRET, now: NOW, instance: "i1" }), call: (t, a) => t.query(api.health.instance, a as never) },
-  fleet: { args: () => ({ secret: SECRET, now: NOW }), call: (t, a) => t.query(api.health.fleet, a as never) },
-  claim: { args: () => claimArgs("i9"), call: (t, a) => t.mutation(api.health.claim, a as never) },
-};
+/** Seeds instance i1 (checks a, b) at NOW and moves the clock 30 s on. */
+async function seeded(): Promise<T> {
+  const t = setup();
+  await sync(t, signed("i1", payload({ hello: hello(["a", "b"]), results: [result("a"), result("b")] })));
+  vi.setSystemTime(NOW + 30 * SECOND);
+  return t;
+}
 
-describe("authorization", () => {
-  async function seeded() {
+// ---------------------------------------------------------------------------------------------
+
+describe("sync", () => {
+  test("a first sync with hello registers the instance, inserts its heartbeat and rows, and answers warm=null", async () => {
     const t = setup();
-    await t.mutation(api.health.report, reportArgs("i1", ["convex", "mastra"]));
-    await t.mutation(api.health.claim, claimArgs("i1", { check: "shared" }));
-    return t;
-  }
-
-  for (const [name, fn] of Object.entries(publicFunctions)) {
-    const call = (t: T, secret: string) => fn.call(t, { ...fn.args(), secret });
-    test.each([
-      ["a wrong secret", "not-the-secret"],
-      ["an empty secret", ""],
-      ["a prefix of the secret", SECRET.slice(0, -1)],
-      ["the secret plus a byte", `${SECRET}x`],
-    ])(`${name} refuses %s and changes nothing`, async (_, secret) => {
-      const t = await seeded();
-      const before = await snapshot(t);
-      await expectCode(call(t, secret), "unauthorized");
-      expect(await snapshot(t)).toEqual(before);
+    const answer = await sync(
+      t,
+      signed(
+        "i1",
+        payload({ hello: hello(["a", "b"]), results: [result("a"), result("b", { lastSuccessAgeMs: null })] }),
+      ),
+    );
+    const { instances, heartbeats, results } = await snapshot(t);
+    expect(heartbeats).toEqual([expect.objectContaining({ seenAt: NOW, expiresAt: NOW + 5 * MINUTE })]);
+    expect(answer).toEqual({
+      now: NOW,
+      expiresAt: NOW + 5 * MINUTE,
+      heartbeat: heartbeats[0]._id,
+      written: 2,
+      resend: false,
+      warm: null,
     });
-
-    test(`${name} refuses everything when HEALTH_SIDECAR_SECRET is unset or empty`, async () => {
-      const t = await seeded();
-      const before = await snapshot(t);
-      vi.stubEnv("HEALTH_SIDECAR_SECRET", undefined);
-      expect(process.env.HEALTH_SIDECAR_SECRET).toBeUndefined();
-      await expectCode(call(t, SECRET), "unauthorized");
-      await expectCode(call(t, ""), "unauthorized");
-      vi.stubEnv("HEALTH_SIDECAR_SECRET", "");
-      await expectCode(call(t, ""), "unauthorized");
-      expect(await snapshot(t)).toEqual(before);
-    });
-
-    test(`${name} refuses a missing secret argument (validator)`, async () => {
-      const t = setup();
-      const { secret: _, ...args } = fn.args();
-      await expect(fn.call(t, args)).rejects.toThrow(/Missing required field `secret`/);
-    });
-  }
-
-  test("a bad `now` is invalid_argument, checked after the secret", async () => {
-    const t = setup();
-    await expectCode(t.query(api.health.fleet, { secret: SECRET, now: -1 }), "invalid_argument");
-    await expectCode(t.query(api.health.fleet, { secret: SECRET, now: Number.NaN }), "invalid_argument");
-    await expectCode(t.query(api.health.fleet, { secret: "nope", now: -1 }), "unauthorized");
-  });
-});
-
-describe("report", () => {
-  test("validators refuse wrong types, unknown fields and missing fields", async () => {
-    const t = setup();
-    const bad: Array<[Record<string, unknown>, RegExp]> = [
-      [{ instance: 5 }, /Expected `string`/],
-      [{ ttlSeconds: "60" }, /Expected `number`/],
-      [{ extra: true }, /Unexpected field `extra`/],
-      [{ results: [result("a", { status: "ok" })] }, /Expected one of/],
-      [{ results: [result("a", { surprise: 1 })] }, /Unexpected field `surprise`/],
-      [{ results: [result("a", { lastSuccessAt: undefined })] }, /Missing required field `lastSuccessAt`/],
-      [{ results: "a" }, /Expected `Array`/],
-    ];
-    for (const [overrides, message] of bad) {
-      await expect(t.mutation(api.health.report, { ...reportArgs("i1", ["a"]), ...overrides } as never)).rejects.toThrow(
-        message,
-      );
-    }
-    const { ttlSeconds: _, ...missing } = reportArgs("i1", ["a"]);
-    await expect(t.mutation(api.health.report, missing as never)).rejects.toThrow(/Missing required field `ttlSeconds`/);
-    expect((await snapshot(t)).health).toEqual([]);
+    expect(instances).toEqual([
+      expect.objectContaining({ instance: "i1", version: "0.2.0", heartbeat: answer.heartbeat }),
+    ]);
+    expect(results.map(({ _id, _creationTime, ...row }) => row)).toEqual([
+      {
+        instance: "i1",
+        check: "a",
+        fingerprint: "fp-a",
+        status: "pass",
+        observedAt: NOW - 1000,
+        latencyMs: 12.5,
+        output: "200 success",
+        consecutiveFailures: 0,
+        consecutiveSuccesses: 4,
+        lastSuccessAt: NOW - 1000,
+      },
+      expect.objectContaining({ check: "b", observedAt: NOW - 1000, lastSuccessAt: null }),
+    ]);
   });
 
-  test("the handler refuses bad batches with invalid_argument and writes nothing", async () => {
-    const t = setup();
-    const checks = (n: number) => Array.from({ length: n }, (_, i) => `check-${i}`);
-    const bad: Array<Record<string, unknown>> = [
-      { results: [] },
-      { results: checks(101).map((c) => result(c)) },
-      { ttlSeconds: 0 },
-      { ttlSeconds: -5 },
-      { ttlSeconds: 604_801 },
-      { ttlSeconds: Number.POSITIVE_INFINITY },
-      { ttlSeconds: Number.NaN },
-      { instance: "" },
-      { instance: "i".repeat(201) },
-      { results: [result("a"), result("b"), result("a")] },
-      { results: [result("")] },
-      { results: [result("c".repeat(201))] },
-      { results: [result("a", { output: "o".repeat(1025) })] },
-      { results: [result("a", { latencyMs: -1 })] },
-      { results: [result("a", { observedAt: Number.NaN })] },
-      { results: [result("a", { consecutiveFailures: Number.POSITIVE_INFINITY })] },
-      { results: [result("a", { lastSuccessAt: -3 })] },
-    ];
-    for (const overrides of bad) {
-      await expectCode(t.mutation(api.health.report, { ...reportArgs("i1", ["a"]), ...overrides }), "invalid_argument");
-    }
-    expect((await snapshot(t)).health).toEqual([]);
-    // The limits themselves are accepted.
-    const ok = await t.mutation(api.health.report, {
-      ...reportArgs("i".repeat(200), []),
-      ttlSeconds: 604_800,
-      results: checks(100).map((c) => result(c, { output: "o".repeat(1024), lastSuccessAt: null })),
-    });
-    expect(ok).toEqual({ written: 100, expiresAt: NOW + 604_800_000 });
-  });
-
-  test("upserts one row per (instance, check) and sets expiresAt", async () => {
-    const t = setup();
-    const first = await t.mutation(api.health.report, reportArgs("i1", ["convex", "mastra"]));
-    expect(first).toEqual({ written: 2, expiresAt: NOW + 60_000 });
-    await t.mutation(api.health.report, reportArgs("i2", ["convex"]));
-    const second = await t.mutation(api.health.report, {
-      ...reportArgs("i1", []),
-      now: NOW + MINUTE,
-      ttlSeconds: 90,
-      results: [result("convex", { status: "fail", output: "timeout", consecutiveFailures: 1, consecutiveSuccesses: 0 })],
-    });
-    expect(second).toEqual({ written: 1, expiresAt: NOW + MINUTE + 90_000 });
-
-    const { health } = await snapshot(t);
-    expect(health).toHaveLength(3);
-    const i1 = health.filter((r) => r.instance === "i1");
-    expect(i1.find((r) => r.check === "convex")).toMatchObject({
+  test("a later sync writes only the results it sends and renews the heartbeat, not the registry", async () => {
+    const t = await seeded();
+    const heartbeat = await heartbeatOf(t, "i1");
+    const before = await snapshot(t);
+    const later = NOW + MINUTE;
+    vi.setSystemTime(later);
+    const failing = result("a", {
       status: "fail",
       output: "timeout",
+      ageMs: 500,
       consecutiveFailures: 1,
-      expiresAt: NOW + MINUTE + 90_000,
+      consecutiveSuccesses: 0,
+      lastSuccessAgeMs: 61_500,
     });
-    expect(i1.find((r) => r.check === "mastra")).toMatchObject({ status: "pass", expiresAt: NOW + 60_000 });
-    expect(health.find((r) => r.instance === "i2")).toMatchObject({ check: "convex", status: "pass" });
-  });
-});
+    const answer = await sync(t, signed("i1", payload({ heartbeat, version: "0.2.1", results: [failing] })));
+    expect(answer).toEqual({
+      now: later,
+      expiresAt: later + 5 * MINUTE,
+      heartbeat,
+      written: 1,
+      resend: false,
+      warm: null,
+    });
 
-describe("instance and fleet", () => {
-  async function twoInstances() {
+    const after = await snapshot(t);
+    const [a0, b0] = before.results;
+    const [a1, b1] = after.results;
+    expect(b1).toEqual(b0); // untouched, to the creation time
+    expect(a1).toEqual({
+      ...a0,
+      status: "fail",
+      output: "timeout",
+      observedAt: later - 500,
+      consecutiveFailures: 1,
+      consecutiveSuccesses: 0,
+      lastSuccessAt: later - 61_500,
+    });
+    expect(after.heartbeats).toEqual([{ ...before.heartbeats[0], seenAt: later, expiresAt: later + 5 * MINUTE }]);
+    // The registry (and its version) is written on hello and re-registration only: a new version
+    // of the sidecar is a new process, whose first sync says hello.
+    expect(after.instances).toEqual(before.instances);
+  });
+
+  test("a restart's hello answers the stored rows, aged by the server's clock", async () => {
     const t = setup();
-    await t.mutation(api.health.report, reportArgs("i1", ["zeta", "alpha", "mid"]));
-    await t.mutation(api.health.report, { ...reportArgs("i0", ["beta", "alpha"]), ttlSeconds: 600 });
-    return t;
-  }
-
-  test("instance returns that instance's unexpired rows, plain and sorted by check", async () => {
-    const t = await twoInstances();
-    const rows = await t.query(api.health.instance, { secret: SECRET, now: NOW, instance: "i1" });
-    expect(rows.map((r) => r.check)).toEqual(["alpha", "mid", "zeta"]);
-    expect(rows[0]).toEqual({ instance: "i1", ...result("alpha"), expiresAt: NOW + 60_000 });
-    expect(Object.keys(rows[0]).sort()).toEqual(
-      [
-        "check",
-        "consecutiveFailures",
-        "consecutiveSuccesses",
-        "expiresAt",
-        "instance",
-        "lastSuccessAt",
-        "latencyMs",
-        "observedAt",
-        "output",
-        "status",
-      ].sort(),
+    const first = await sync(
+      t,
+      signed("i1", payload({ hello: hello(["b", "a"]), results: [result("b"), result("a")] })),
     );
-    // expiresAt > now, strictly
-    expect(await t.query(api.health.instance, { secret: SECRET, now: NOW + 59_999, instance: "i1" })).toHaveLength(3);
-    expect(await t.query(api.health.instance, { secret: SECRET, now: NOW + 60_000, instance: "i1" })).toEqual([]);
-    expect(await t.query(api.health.instance, { secret: SECRET, now: NOW, instance: "nobody" })).toEqual([]);
+    vi.setSystemTime(NOW + MINUTE);
+    const failing = result("a", { status: "fail", ageMs: 2000, lastSuccessAgeMs: 50_000 });
+    await sync(t, signed("i1", payload({ heartbeat: first.heartbeat, results: [failing] })));
+
+    const restart = NOW + MINUTE + 40 * SECOND;
+    vi.setSystemTime(restart);
+    // The caller's clock is 50 s behind: ages come from the server's clock, not from ts.
+    const answer = await sync(t, signed("i1", payload({ hello: hello(["a", "b"]) }), { ts: restart - 50 * SECOND }));
+    expect(answer.warm).toEqual({
+      confirmedAgeMs: 40 * SECOND, // now - the previous seenAt
+      results: [
+        { ...result("a", { status: "fail", ageMs: 42_000, lastSuccessAgeMs: 90_000 }) },
+        { ...result("b", { ageMs: 101_000, lastSuccessAgeMs: 101_000 }) },
+      ],
+    });
+    expect(answer).toMatchObject({
+      now: restart,
+      expiresAt: restart + 5 * MINUTE,
+      heartbeat: first.heartbeat,
+      written: 0,
+      resend: false,
+    });
   });
 
-  test("fleet returns every instance's unexpired rows, sorted by instance then check", async () => {
-    const t = await twoInstances();
-    const all = await t.query(api.health.fleet, { secret: SECRET, now: NOW });
-    expect(all.map((r) => `${r.instance}/${r.check}`)).toEqual(["i0/alpha", "i0/beta", "i1/alpha", "i1/mid", "i1/zeta"]);
-    expect(all.every((r) => !("_id" in r) && !("_creationTime" in r))).toBe(true);
-    const later = await t.query(api.health.fleet, { secret: SECRET, now: NOW + 60_000 });
-    expect(later.map((r) => `${r.instance}/${r.check}`)).toEqual(["i0/alpha", "i0/beta"]);
-    expect(await t.query(api.health.fleet, { secret: SECRET, now: NOW + 600_000 })).toEqual([]);
+  test("hello prunes the rows of checks it does not name and of changed fingerprints", async () => {
+    const t = setup();
+    await sync(
+      t,
+      signed("i1", payload({ hello: hello(["a", "b", "c"]), results: ["a", "b", "c"].map((c) => result(c)) })),
+    );
+    await sync(t, signed("i2", payload({ hello: hello(["c"]), results: [result("c")] })));
+    const keptA = (await rowsOf(t, "i1")).find((r) => r.check === "a");
+
+    vi.setSystemTime(NOW + MINUTE);
+    const answer = await sync(t, signed("i1", payload({ hello: { a: "fp-a", b: "fp-b-v2" } })));
+    expect(answer.warm?.results.map((r) => r.check)).toEqual(["a"]);
+    expect(await rowsOf(t, "i1")).toEqual([keptA]);
+    expect((await rowsOf(t, "i2")).map((r) => r.check)).toEqual(["c"]); // another instance's rows stay
+
+    // The changed check's first result makes a new row.
+    const heartbeat = answer.heartbeat;
+    await sync(t, signed("i1", payload({ heartbeat, results: [result("b", { fingerprint: "fp-b-v2" })] })));
+    expect((await rowsOf(t, "i1")).map((r) => `${r.check}/${r.fingerprint}`)).toEqual(["a/fp-a", "b/fp-b-v2"]);
+  });
+
+  test("hello with results: warm answers the rows as stored before this call's results", async () => {
+    const t = await seeded();
+    const answer = await sync(
+      t,
+      signed("i1", payload({ hello: hello(["a", "b"]), results: [result("a", { status: "warn" })] })),
+    );
+    expect(answer.warm?.results.map((r) => [r.check, r.status])).toEqual([
+      ["a", "pass"],
+      ["b", "pass"],
+    ]);
+    expect((await rowsOf(t, "i1")).map((r) => r.status)).toEqual(["warn", "pass"]);
+  });
+
+  test("two hellos under one name keep one registry document and one heartbeat", async () => {
+    const t = setup();
+    const first = await sync(t, signed("i1", payload({ hello: hello(["a"]), results: [result("a")] })));
+    vi.setSystemTime(NOW + 10 * SECOND);
+    const second = await sync(t, signed("i1", payload({ version: "0.3.0", hello: hello(["a"]) })));
+    expect(second).toMatchObject({ heartbeat: first.heartbeat, resend: false, warm: { confirmedAgeMs: 10 * SECOND } });
+    // After the heartbeat expired (not yet purged), too: the same documents are renewed.
+    vi.setSystemTime(NOW + 2 * HOUR);
+    const third = await sync(t, signed("i1", payload({ version: "0.3.0", hello: hello(["a"]) })));
+    expect(third).toMatchObject({ heartbeat: first.heartbeat, resend: false, warm: null });
+    const { instances, heartbeats } = await snapshot(t);
+    expect(instances).toEqual([
+      expect.objectContaining({ instance: "i1", version: "0.3.0", heartbeat: first.heartbeat }),
+    ]);
+    expect(heartbeats).toEqual([
+      expect.objectContaining({ _id: first.heartbeat, seenAt: NOW + 2 * HOUR, expiresAt: NOW + 2 * HOUR + 5 * MINUTE }),
+    ]);
+  });
+
+  test("a hello that changes neither version nor heartbeat writes the heartbeat only", async () => {
+    // One document written per transaction at most: the seeding takes two transactions.
+    const tight = convexTest({ schema, modules, transactionLimits: { documentsWritten: 1 } });
+    const heartbeat = await tight.run((ctx) =>
+      ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + MINUTE }),
+    );
+    await tight.run((ctx) => ctx.db.insert("sidecarInstances", { instance: "i1", version: "0.2.0", heartbeat }));
+    expect(await sync(tight, signed("i1", payload({ hello: {} })))).toMatchObject({ heartbeat, warm: { results: [] } });
+    // A new version patches the registry too: two documents.
+    await expect(sync(tight, signed("i1", payload({ version: "0.3.0", hello: {} })))).rejects.toThrow(/too many/i);
+  });
+
+  test("resend is true when a sync without hello names no heartbeat, or a purged one", async () => {
+    const t = setup();
+    const first = await sync(t, signed("i1", payload({ results: [result("a")] })));
+    expect(first).toMatchObject({ resend: true, warm: null, written: 1 });
+    expect(await rowsOf(t, "i1")).toHaveLength(1);
+    const heartbeat = first.heartbeat;
+    expect(await sync(t, signed("i1", payload({ heartbeat })))).toMatchObject({ heartbeat, resend: false, written: 0 });
+
+    // Expired and purged: the caller must send everything again.
+    vi.setSystemTime(NOW + 5 * MINUTE);
+    await t.mutation(internal.health.purgeExpired, {});
+    expect(await snapshot(t)).toEqual({ instances: [], heartbeats: [], results: [] });
+    const again = await sync(t, signed("i1", payload({ heartbeat })));
+    expect(again).toMatchObject({ resend: true, warm: null });
+    expect(again.heartbeat).not.toBe(heartbeat);
+    expect(await heartbeatOf(t, "i1")).toBe(again.heartbeat);
+  });
+
+  test("an unknown or garbage heartbeat id re-registers by name and answers resend", async () => {
+    const t = await seeded();
+    const heartbeat = await heartbeatOf(t, "i1");
+    const deleted = await t.run(async (ctx) => {
+      const id = await ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + HOUR });
+      await ctx.db.delete("sidecarHeartbeats", id);
+      return id;
+    });
+    const before = await snapshot(t);
+    const registryId = before.instances[0]._id; // an id, but of another table
+    for (const id of ["garbage", "", "h".repeat(64), `${NOW}sidecarHeartbeats`, registryId, deleted, null]) {
+      const answer = await sync(t, signed("i1", payload({ heartbeat: id, results: [result("a")] })));
+      // The registry's heartbeat is live: it is renewed, not replaced, and no admission is needed.
+      expect(answer, `heartbeat ${id}`).toMatchObject({ heartbeat, resend: true, warm: null, written: 1 });
+    }
+    const after = await snapshot(t);
+    expect(after.instances).toEqual(before.instances);
+    expect(after.heartbeats).toEqual([
+      { ...before.heartbeats[0], seenAt: NOW + 30 * SECOND, expiresAt: NOW + 30 * SECOND + 5 * MINUTE },
+    ]);
+    expect(after.results.map((r) => r.check)).toEqual(["a", "b"]); // no pruning without hello
+
+    // A name the deployment does not know, with an id of another instance's expired heartbeat:
+    // registered with a heartbeat of its own.
+    vi.setSystemTime(NOW + HOUR);
+    const stranger = await sync(t, signed("i2", payload({ heartbeat })));
+    expect(stranger).toMatchObject({ resend: true, warm: null });
+    expect(stranger.heartbeat).not.toBe(heartbeat);
+    expect((await snapshot(t)).instances.map((i) => [i.instance, i.heartbeat])).toEqual([
+      ["i1", heartbeat],
+      ["i2", stranger.heartbeat],
+    ]);
+  });
+
+  test("an expired heartbeat not yet purged counts as gone: resend, and no warm answer", async () => {
+    const t = setup();
+    const first = await sync(
+      t,
+      signed("i1", payload({ ttlMs: LIMITS.MIN_TTL_MS, hello: hello(["a"]), results: [result("a")] })),
+    );
+    vi.setSystemTime(NOW + LIMITS.MIN_TTL_MS);
+    const revived = await sync(t, signed("i1", payload({ heartbeat: first.heartbeat })));
+    expect(revived).toMatchObject({ resend: true, warm: null });
+    const { instances, heartbeats } = await snapshot(t);
+    expect(instances).toHaveLength(1);
+    expect(heartbeats).toEqual([expect.objectContaining({ _id: revived.heartbeat, seenAt: NOW + LIMITS.MIN_TTL_MS })]);
+    vi.setSystemTime(NOW + 2 * LIMITS.MIN_TTL_MS + 5 * MINUTE);
+    expect(await sync(t, signed("i1", payload({ hello: hello(["a"]) })))).toMatchObject({ resend: false, warm: null });
+  });
+
+  test("a live heartbeat is trusted whoever signs: the steady state checks no owner", async () => {
+    const t = await seeded();
+    const heartbeat = await heartbeatOf(t, "i1");
+    const before = await snapshot(t);
+    // Signed as i2 with i1's heartbeat: i2's result is written under i2, i1's heartbeat renewed.
+    // (i2 has no registry document, so the purge would never reach its rows: the sidecar only
+    // ever sends back the heartbeat its own answers gave.)
+    const answer = await sync(t, signed("i2", payload({ heartbeat, results: [result("x")] })));
+    expect(answer).toMatchObject({ heartbeat, resend: false, written: 1 });
+    const after = await snapshot(t);
+    expect(after.instances).toEqual(before.instances);
+    expect((await rowsOf(t, "i2")).map((r) => r.check)).toEqual(["x"]);
+  });
+
+  test("expiresAt is the server's now + ttlMs, whatever ts says", async () => {
+    const t = setup();
+    const early = await sync(t, signed("i1", payload({ ttlMs: LIMITS.MAX_TTL_MS }), { ts: NOW + 60 * SECOND }));
+    expect(early).toMatchObject({ now: NOW, expiresAt: NOW + LIMITS.MAX_TTL_MS });
+    const late = await sync(
+      t,
+      signed("i2", payload({ ttlMs: LIMITS.MIN_TTL_MS, results: [result("a", { ageMs: 0 })] }), {
+        ts: NOW - 60 * SECOND,
+      }),
+    );
+    expect(late).toMatchObject({ now: NOW, expiresAt: NOW + LIMITS.MIN_TTL_MS });
+    const steady = await sync(
+      t,
+      signed("i1", payload({ heartbeat: early.heartbeat, ttlMs: 20_000 }), { ts: NOW - 60 * SECOND }),
+    );
+    expect(steady).toMatchObject({ now: NOW, expiresAt: NOW + 20_000, resend: false });
+    const { heartbeats, results } = await snapshot(t);
+    expect(heartbeats.map((h) => h.expiresAt)).toEqual([NOW + 20_000, NOW + LIMITS.MIN_TTL_MS]);
+    expect(results[0].observedAt).toBe(NOW);
+  });
+
+  test("the bounds themselves are accepted", async () => {
+    const t = setup();
+    const checks = Array.from(
+      { length: LIMITS.MAX_CHECKS },
+      (_, i) => `${"c".repeat(60)}${String(i).padStart(4, "0")}`,
+    );
+    const fat = result("o", {
+      output: "😀".repeat(LIMITS.MAX_OUTPUT / 2),
+      ageMs: 86_400_000,
+      latencyMs: 3_600_000,
+      lastSuccessAgeMs: 86_400_000,
+    });
+    const body = JSON.stringify(
+      payload({
+        version: "v".repeat(40),
+        hello: hello(checks, () => "f".repeat(64)),
+        results: [fat, ...checks.slice(1).map((c) => result(c, { fingerprint: "f".repeat(64) }))],
+      }),
+    );
+    const padded = body + " ".repeat(LIMITS.MAX_BODY - body.length);
+    expect(padded.length).toBe(LIMITS.MAX_BODY);
+    const answer = await sync(t, signed("i".repeat(200), padded));
+    expect(answer.written).toBe(LIMITS.MAX_CHECKS);
+    expect((await rowsOf(t, "i".repeat(200))).find((r) => r.check === "o")?.output).toHaveLength(1024);
+    // ts exactly at the window's edges; a heartbeat of 64 characters (unknown: a re-registration).
+    await sync(t, signed("i1", payload(), { ts: NOW - LIMITS.TIMESTAMP_WINDOW_MS }));
+    await sync(t, signed("i1", payload(), { ts: NOW + LIMITS.TIMESTAMP_WINDOW_MS }));
+    expect(await sync(t, signed("i1", payload({ heartbeat: "h".repeat(64) })))).toMatchObject({ resend: true });
+  });
+
+  test("a steady-state sync gets and patches its heartbeat only (the bandwidth budget)", async () => {
+    const t = await seeded();
+    const before = await snapshot(t);
+    const [beat] = before.heartbeats;
+    const size = getDocumentSize(beat);
+    expect(size).toBe(98); // 63 (_id, _creationTime, braces) + seenAt 16 + expiresAt 19
+    // The get, the patch's read and the patch's write: 3 x 98 bytes a sync, whatever the
+    // instance's name. At one sync a minute (43,200 in 30 days) that is 12.7 MB a month.
+    expect(3 * size * 43_200).toBe(12_700_800);
+
+    const answer = await sync(t, signed("i1", payload({ heartbeat: beat._id })));
+    expect(answer).toMatchObject({ heartbeat: beat._id, written: 0, resend: false });
+    const after = await snapshot(t);
+    expect(after.instances).toEqual(before.instances);
+    expect(after.results).toEqual(before.results);
+    expect(after.heartbeats).toEqual([
+      { ...beat, seenAt: NOW + 30 * SECOND, expiresAt: NOW + 30 * SECOND + 5 * MINUTE },
+    ]);
+
+    // Under limits that one index query (the get is the one range read allowed), or any read
+    // beyond the heartbeat's two, would break.
+    const limits = {
+      bytesRead: 2 * size,
+      documentsRead: 2,
+      databaseQueries: 1,
+      bytesWritten: size,
+      documentsWritten: 1,
+    };
+    const tight = convexTest({ schema, modules, transactionLimits: limits });
+    const { _id, _creationTime, ...fields } = beat;
+    const id = await tight.run((ctx) => ctx.db.insert("sidecarHeartbeats", fields));
+    const name = "a-kubernetes-pod-name-of-the-longest-kind-0123456789abcdef012345";
+    await expect(sync(tight, signed(name, payload({ heartbeat: id })))).resolves.toMatchObject({
+      heartbeat: id,
+      written: 0,
+      resend: false,
+    });
+    // Writing one result is over this budget: the steady state writes no result at all.
+    await expect(sync(tight, signed(name, payload({ heartbeat: id, results: [result("a")] })))).rejects.toThrow(
+      /too much data|too many/i,
+    );
+  });
+
+  test("non-ASCII instance, checks and output are signed over their UTF-8 bytes", async () => {
+    const t = setup();
+    const answer = await sync(
+      t,
+      signed("häst-🐎", payload({ results: [result("prüfung", { output: "ünïcode ✓ 😀" })] })),
+    );
+    expect(answer.written).toBe(1);
+    expect((await rowsOf(t, "häst-🐎"))[0]).toMatchObject({ check: "prüfung", output: "ünïcode ✓ 😀" });
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+
+describe("refusals change nothing", () => {
+  const tamper = (call: Call, change: Partial<Call>): Call => ({ ...call, ...change });
+  const valid = () => signed("i1", payload({ results: [result("a", { status: "fail" })] }));
+  const withResult = (overrides: Record<string, unknown>) =>
+    signed("i1", payload({ results: [result("a", overrides)] }));
+  const many = (n: number) => Array.from({ length: n }, (_, i) => `check-${i}`);
+  const huge = " ".repeat(LIMITS.MAX_BODY + 1);
+
+  type Case = [name: string, code: string, call: () => Call, secret: string | undefined];
+  // Each bad call, by the code it must get (the signatures are right unless the name says otherwise).
+  const unauthorized: Record<string, () => Call> = {
+    "a wrong signature": () => signed("i1", payload(), { secret: "not-the-secret" }),
+    "a signature over another path": () => signed("i1", payload(), { path: "health:ping" }),
+    "a signature for another instance": () => tamper(valid(), { instance: "i2" }),
+    "a signature for another ts": () => tamper(valid(), { ts: valid().ts + 1 }),
+    "a tampered body": () => tamper(valid(), { body: valid().body.replace('"fail"', '"pass"') }),
+    "ts 61 s in the past (a replay)": () => signed("i1", payload(), { ts: Date.now() - 61 * SECOND }),
+    "ts 61 s in the future": () => signed("i1", payload(), { ts: Date.now() + 61 * SECOND }),
+  };
+  const invalidArgument: Record<string, () => Call> = {
+    // Bounds, checked before the signature: some of these signatures are wrong.
+    "a sig that is not hex": () => tamper(valid(), { sig: "z".repeat(64) }),
+    "a sig in uppercase hex": () => tamper(valid(), { sig: valid().sig.toUpperCase() }),
+    "a sig one byte short": () => tamper(valid(), { sig: valid().sig.slice(2) }),
+    "a sig with one extra byte": () => tamper(valid(), { sig: `${valid().sig}00` }),
+    "a body over MAX_BODY, wrongly signed": () => ({ instance: "i1", ts: Date.now(), sig: "0".repeat(64), body: huge }),
+    "an instance of 201 characters": () => signed("i".repeat(201), payload()),
+    "an empty instance": () => signed("", payload()),
+    "ts not an integer": () => signed("i1", payload(), { ts: Date.now() + 0.5 }),
+    "ts negative": () => signed("i1", payload(), { ts: -1 }),
+    "ts NaN": () => signed("i1", payload(), { ts: Number.NaN }),
+    // The body.
+    "a body that is not JSON": () => signed("i1", "{version: 1}"),
+    "a body that is a JSON array": () => signed("i1", "[]"),
+    "a body that is JSON null": () => signed("i1", "null"),
+    "a body that is a JSON string": () => signed("i1", '"hello"'),
+    "an unknown key": () => signed("i1", payload({ fleet: true })),
+    "an unknown key in a result": () => withResult({ observedAt: NOW }),
+    "a missing version": () => signed("i1", { ttlMs: 60_000, results: [] }),
+    "missing results": () => signed("i1", { version: "1", ttlMs: 60_000 }),
+    "a result without lastSuccessAgeMs": () => withResult({ lastSuccessAgeMs: undefined }),
+    "version a number": () => signed("i1", payload({ version: 2 })),
+    "an empty version": () => signed("i1", payload({ version: "" })),
+    "a version of 41 characters": () => signed("i1", payload({ version: "v".repeat(41) })),
+    "ttlMs a string": () => signed("i1", payload({ ttlMs: "60000" })),
+    "ttlMs under MIN_TTL_MS": () => signed("i1", payload({ ttlMs: LIMITS.MIN_TTL_MS - 1 })),
+    "ttlMs over MAX_TTL_MS": () => signed("i1", payload({ ttlMs: LIMITS.MAX_TTL_MS + 1 })),
+    "ttlMs 1e400 (Infinity once parsed)": () => signed("i1", '{"version":"1","ttlMs":1e400,"results":[]}'),
+    "hello an array": () => signed("i1", payload({ hello: ["a"] })),
+    "a hello fingerprint not a string": () => signed("i1", payload({ hello: { a: 1 } })),
+    "an empty hello fingerprint": () => signed("i1", payload({ hello: { a: "" } })),
+    "a hello check of 65 characters": () => signed("i1", payload({ hello: hello(["c".repeat(65)]) })),
+    "201 hello entries": () => signed("i1", payload({ hello: hello(many(201)) })),
+    "a heartbeat of 65 characters": () => signed("i1", payload({ heartbeat: "h".repeat(65) })),
+    "a heartbeat that is a number": () => signed("i1", payload({ heartbeat: 12 })),
+    "a heartbeat that is an object": () => signed("i1", payload({ heartbeat: { id: "x" } })),
+    "results an object": () => signed("i1", payload({ results: { a: result("a") } })),
+    "a result that is not an object": () => signed("i1", payload({ results: ["a"] })),
+    "201 results": () => signed("i1", payload({ results: many(201).map((c) => result(c)) })),
+    "duplicate checks": () => signed("i1", payload({ results: [result("a"), result("b"), result("a")] })),
+    "an empty check": () => withResult({ check: "" }),
+    "a check of 65 characters": () => withResult({ check: "c".repeat(65) }),
+    "a fingerprint of 65 characters": () => withResult({ fingerprint: "f".repeat(65) }),
+    "status ok": () => withResult({ status: "ok" }),
+    "ageMs negative (a result from the future)": () => withResult({ ageMs: -1 }),
+    "ageMs over a day": () => withResult({ ageMs: 86_400_001 }),
+    "ageMs a string": () => withResult({ ageMs: "1" }),
+    "ageMs null": () => withResult({ ageMs: null }),
+    "lastSuccessAgeMs negative": () => withResult({ lastSuccessAgeMs: -5 }),
+    "lastSuccessAgeMs a string": () => withResult({ lastSuccessAgeMs: "x" }),
+    "latencyMs negative": () => withResult({ latencyMs: -0.5 }),
+    "latencyMs over an hour": () => withResult({ latencyMs: 3_600_001 }),
+    "consecutiveFailures not an integer": () => withResult({ consecutiveFailures: 1.5 }),
+    "consecutiveSuccesses negative": () => withResult({ consecutiveSuccesses: -1 }),
+    "consecutiveSuccesses a boolean": () => withResult({ consecutiveSuccesses: true }),
+    "output null": () => withResult({ output: null }),
+    "output of 1025 UTF-16 units (513 code points)": () => withResult({ output: `${"😀".repeat(512)}x` }),
+  };
+  // The deployment's secret unset or empty: `secret` is what HEALTH_SIDECAR_SECRET becomes.
+  const secretCases: Case[] = [
+    ["a valid call when the secret is unset", "unauthorized", valid, undefined],
+    [
+      "a call signed with the empty secret when it is empty",
+      "unauthorized",
+      () => signed("i1", payload(), { secret: "" }),
+      "",
+    ],
+    ["a body over MAX_BODY when the secret is unset", "invalid_argument", () => signed("i1", huge), undefined],
+  ];
+  const cases: Case[] = [
+    ...Object.entries(unauthorized).map(([name, call]): Case => [name, "unauthorized", call, SECRET]),
+    ...Object.entries(invalidArgument).map(([name, call]): Case => [name, "invalid_argument", call, SECRET]),
+    ...secretCases,
+  ];
+
+  test.each(cases)("%s -> %s", async (_, code, call, secret) => {
+    const t = await seeded();
+    const before = await snapshot(t);
+    const args = call();
+    vi.stubEnv("HEALTH_SIDECAR_SECRET", secret);
+    const error = await refusal(sync(t, args));
+    expect(error.data.code).toBe(code);
+    // Never the secret, the signature or the body in a message.
+    for (const text of [error.data.message, error.message]) {
+      expect(text).not.toContain(SECRET);
+      expect(text).not.toContain(args.sig);
+      if (args.body.length >= 16) expect(text).not.toContain(args.body);
+    }
+    const after = await snapshot(t);
+    expect(after).toEqual(before);
+    expect(JSON.stringify(after)).toBe(JSON.stringify(before));
+  });
+
+  test("the order of checks: bounds, signature, time, body", async () => {
+    const t = await seeded();
+    const wrong = (call: Call): Call => ({ ...call, sig: "0".repeat(64) });
+    const message = async (call: Call) => (await refusal(sync(t, call))).data.message;
+    // A wrong signature with an old ts is refused for its signature, not its time.
+    expect(await message(wrong(signed("i1", payload(), { ts: Date.now() - 10 * MINUTE })))).toMatch(
+      /^bad signature: the sidecar's/,
+    );
+    // A wrong signature over a body that is not JSON is refused for its signature.
+    expect(await message(wrong(signed("i1", "not json")))).toMatch(/^bad signature/);
+    // An old ts over a body that is not JSON is refused for its time.
+    expect(await message(signed("i1", "not json", { ts: Date.now() - 10 * MINUTE }))).toBe(
+      "timestamp 600 s from the deployment's clock (at most 60 s): check the sidecar's clock",
+    );
+    vi.stubEnv("HEALTH_SIDECAR_SECRET", undefined);
+    expect(await message(signed("i1", payload()))).toBe(
+      "bad signature: HEALTH_SIDECAR_SECRET is not set on the deployment",
+    );
+  });
+
+  test("the signature is checked by Web Crypto's constant-time verify, never by comparing strings", async () => {
+    const t = setup();
+    const importKey = vi.spyOn(crypto.subtle, "importKey");
+    const verify = vi.spyOn(crypto.subtle, "verify");
+    const sign = vi.spyOn(crypto.subtle, "sign");
+    try {
+      const call = signed("i1", payload());
+      await sync(t, call);
+      expect(importKey).toHaveBeenCalledTimes(1);
+      expect(importKey.mock.calls[0].slice(2)).toEqual([{ name: "HMAC", hash: "SHA-256" }, false, ["verify"]]);
+      expect(importKey.mock.calls[0][0]).toBe("raw");
+      expect(verify).toHaveBeenCalledTimes(1);
+      const [algorithm, , signature, message] = verify.mock.calls[0];
+      expect(algorithm).toBe("HMAC");
+      expect(Buffer.from(signature as Uint8Array).toString("hex")).toBe(call.sig);
+      expect(Buffer.from(message as Uint8Array).toString("utf8")).toBe(
+        `health-sidecar/1\nhealth:sync\ni1\n${NOW}\n${call.body}`,
+      );
+      expect(sign).not.toHaveBeenCalled();
+    } finally {
+      vi.restoreAllMocks();
+    }
+  });
+
+  test("messages name the field", async () => {
+    const t = await seeded();
+    const message = async (call: Call) => (await refusal(sync(t, call))).data.message;
+    expect(await message(withResult({ ageMs: -1 }))).toMatch(/^body\.results\[0\]\.ageMs /);
+    expect(
+      await message(signed("i1", payload({ results: [result("a"), result("b", { consecutiveFailures: 1.5 })] }))),
+    ).toMatch(/^body\.results\[1\]\.consecutiveFailures /);
+    expect(await message(signed("i1", { ttlMs: 60_000, results: [] }))).toBe("body.version is missing");
+    expect(await message(signed("i1", payload({ hello: { a: "" } })))).toMatch(/^body\.hello's fingerprint #1 /);
+  });
+
+  test("Convex's validators refuse arguments of the wrong shape before the handler runs", async () => {
+    const t = await seeded();
+    const before = await snapshot(t);
+    const { sig: _, ...unsigned } = valid();
+    await expect(t.mutation(api.health.sync, unsigned as never)).rejects.toThrow(/Missing required field `sig`/);
+    await expect(t.mutation(api.health.sync, { ...valid(), secret: SECRET } as never)).rejects.toThrow(
+      /Unexpected field `secret`/,
+    );
+    await expect(t.mutation(api.health.sync, { ...valid(), ts: String(NOW) } as never)).rejects.toThrow(
+      /Expected `number`/,
+    );
+    expect(await snapshot(t)).toEqual(before);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe("limits", () => {
+  const checks = (n: number, prefix = "check") =>
+    Array.from({ length: n }, (_, i) => `${prefix}-${String(i).padStart(3, "0")}`);
+
+  test("an instance keeps at most MAX_CHECKS rows; the whole sync fails on one more", async () => {
+    const t = setup();
+    const full = checks(LIMITS.MAX_CHECKS);
+    await sync(t, signed("i1", payload({ hello: hello(full), results: full.map((c) => result(c)) })));
+    expect(await rowsOf(t, "i1")).toHaveLength(LIMITS.MAX_CHECKS);
+    const before = await snapshot(t);
+
+    // Without hello (the rows are counted), an update of a known check with one new check.
+    const update = result(full[0], { status: "fail" });
+    const error = await refusal(sync(t, signed("i1", payload({ results: [update, result("one-more")] }))));
+    expect(error.data.code).toBe("limit_exceeded");
+    // With hello (the kept rows are counted).
+    const withHello = signed("i1", payload({ hello: hello(full), results: [update, result("one-more")] }));
+    expect((await refusal(sync(t, withHello))).data.code).toBe("limit_exceeded");
+    expect(await snapshot(t)).toEqual(before);
+
+    // Known checks still update; a hello that drops one check makes room for a new one.
+    expect(await sync(t, signed("i1", payload({ results: [update] })))).toMatchObject({ written: 1 });
+    const swapped = [...full.slice(1), "one-more"];
+    await sync(t, signed("i1", payload({ hello: hello(swapped), results: [result("one-more")] })));
+    expect((await rowsOf(t, "i1")).map((r) => r.check).sort()).toEqual(swapped.sort());
+  });
+
+  test("at most MAX_INSTANCES live instances; expired ones do not count", async () => {
+    const t = setup();
+    const beats = await t.run(async (ctx) => {
+      const ids: Record<string, Id<"sidecarHeartbeats">> = {};
+      for (const [i, instance] of checks(LIMITS.MAX_INSTANCES - 1, "live").entries()) {
+        ids[instance] = await enroll(ctx, instance, NOW + MINUTE + i);
+      }
+      for (const instance of checks(5, "expired")) ids[instance] = await enroll(ctx, instance, NOW);
+      // An orphan heartbeat (its instance re-registered with another), expired: it does not count either.
+      await ctx.db.insert("sidecarHeartbeats", { seenAt: NOW - MINUTE, expiresAt: NOW - 1 });
+      return ids;
+    });
+    // 999 live (5 expired do not count): one more is admitted.
+    const newcomer = await sync(t, signed("newcomer", payload()));
+    expect(newcomer).toMatchObject({ resend: true });
+    const before = await snapshot(t);
+
+    const error = await refusal(sync(t, signed("one-too-many", payload())));
+    expect(error.data).toEqual({ code: "limit_exceeded", message: "the deployment already has 1000 live instances" });
+    // An expired instance coming back is a new live instance too, with hello or without.
+    const expired = { heartbeat: beats["expired-000"] };
+    expect((await refusal(sync(t, signed("expired-000", payload(expired))))).data.code).toBe("limit_exceeded");
+    const expiredHello = signed("expired-000", payload({ hello: {} }));
+    expect((await refusal(sync(t, expiredHello))).data.code).toBe("limit_exceeded");
+    expect(await snapshot(t)).toEqual(before);
+
+    // Existing live instances still sync, by their heartbeat, by name with hello, or by name after
+    // losing their heartbeat id (a re-registration, which needs no admission when it is live).
+    const live000 = { heartbeat: beats["live-000"], results: [result("a")] };
+    expect(await sync(t, signed("live-000", payload(live000)))).toMatchObject({ written: 1, resend: false });
+    expect(await sync(t, signed("live-002", payload({ hello: {} })))).toMatchObject({ resend: false });
+    expect(await sync(t, signed("live-003", payload({ heartbeat: "lost" })))).toMatchObject({
+      heartbeat: beats["live-003"],
+      resend: true,
+    });
+    expect(await sync(t, signed("newcomer", payload({ heartbeat: newcomer.heartbeat })))).toMatchObject({
+      resend: false,
+    });
+    // Once one expires (live-001; live-000 was renewed), another is admitted.
+    vi.setSystemTime(NOW + MINUTE + 1);
+    expect(await sync(t, signed("one-too-many", payload()))).toMatchObject({ resend: true });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
 
 describe("purgeExpired", () => {
-  async function seed(t: T, healthExpiries: number[], leaseExpiries: number[]) {
+  async function seed(t: T, instances: Array<{ instance: string; expiresAt: number; rows: number }>) {
     await t.run(async (ctx) => {
-      for (const [i, expiresAt] of healthExpiries.entries()) {
-        await ctx.db.insert("sidecarHealth", { instance: `i${i}`, ...result("c"), expiresAt });
-      }
-      for (const [i, expiresAt] of leaseExpiries.entries()) {
-        await ctx.db.insert("sidecarLeases", { check: `c${i}`, holder: "i1", expiresAt });
+      for (const { instance, expiresAt, rows } of instances) {
+        await enroll(ctx, instance, expiresAt);
+        for (let i = 0; i < rows; i++) await ctx.db.insert("sidecarResults", storedRow(instance, `c${i}`));
       }
     });
   }
 
-  test("deletes exactly the rows with expiresAt <= now, in both tables", async () => {
+  const scheduledRuns = (t: T) =>
+    t.run(async (ctx) =>
+      (await ctx.db.system.query("_scheduled_functions").collect()).map((r) => ({
+        name: r.name,
+        args: r.args,
+        state: r.state.kind,
+      })),
+    );
+
+  test("deletes exactly the expired instances (expiresAt <= now): rows, registry and heartbeat", async () => {
     const t = setup();
-    await seed(t, [NOW - 1, NOW, NOW + 1, NOW + MINUTE], [NOW - MINUTE, NOW + 1]);
-    expect(await t.mutation(internal.health.purgeExpired, { now: NOW })).toEqual({ deleted: 3 });
-    const { health, leases } = await snapshot(t);
-    expect(health.map((r) => r.expiresAt).sort()).toEqual([NOW + 1, NOW + MINUTE]);
-    expect(leases.map((r) => r.expiresAt)).toEqual([NOW + 1]);
-    expect(await t.mutation(internal.health.purgeExpired, { now: NOW })).toEqual({ deleted: 0 });
+    await seed(t, [
+      { instance: "gone", expiresAt: NOW - 1, rows: 3 },
+      { instance: "just-gone", expiresAt: NOW, rows: 0 },
+      { instance: "live", expiresAt: NOW + 1, rows: 2 },
+    ]);
+    const before = await snapshot(t);
+    const live = (docs: { instance?: string; _id: string }[], beat: string) =>
+      docs.filter((d) => d.instance === "live" || d._id === beat);
+    const liveBeat = before.instances.find((i) => i.instance === "live")!.heartbeat;
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 3 + 2 * 2, more: false });
+    const after = await snapshot(t);
+    expect(after).toEqual({
+      instances: live(before.instances, liveBeat),
+      heartbeats: live(before.heartbeats, liveBeat),
+      results: live(before.results, liveBeat),
+    });
+    expect(after.heartbeats).toHaveLength(1);
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 0, more: false });
+    expect(await scheduledRuns(t)).toEqual([]);
   });
 
-  test("defaults to the current time", async () => {
+  test("deletes expired orphan heartbeats, and nothing of the instance that moved on", async () => {
     const t = setup();
-    const now = Date.now();
-    await seed(t, [now - MINUTE, now + 10 * MINUTE], [now - MINUTE]);
-    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 2 });
-    expect((await snapshot(t)).health.map((r) => r.expiresAt)).toEqual([now + 10 * MINUTE]);
+    await seed(t, [{ instance: "moved", expiresAt: NOW + MINUTE, rows: 2 }]);
+    await t.run(async (ctx) => {
+      for (const expiresAt of [NOW - HOUR, NOW - 1, NOW])
+        await ctx.db.insert("sidecarHeartbeats", { seenAt: 0, expiresAt });
+      await ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + 1 }); // live, if orphan
+    });
+    const before = await snapshot(t);
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 3, more: false });
+    const after = await snapshot(t);
+    expect(after.heartbeats.map((h) => h.expiresAt)).toEqual([NOW + MINUTE, NOW + 1]);
+    expect(after.instances).toEqual(before.instances);
+    expect(after.results).toEqual(before.results);
   });
 
-  test("deletes at most 1000 rows a run", async () => {
+  test("deletes at most PURGE_BATCH documents a run and reschedules itself until all are gone", async () => {
     const t = setup();
-    await seed(t, Array(700).fill(NOW - 1), Array(400).fill(NOW - 1));
-    expect(await t.mutation(internal.health.purgeExpired, { now: NOW })).toEqual({ deleted: 1000 });
-    expect(await t.mutation(internal.health.purgeExpired, { now: NOW })).toEqual({ deleted: 100 });
-    const { health, leases } = await snapshot(t);
-    expect(health.length + leases.length).toBe(0);
+    await seed(t, [
+      { instance: "old-1", expiresAt: NOW - 3, rows: 200 },
+      { instance: "old-2", expiresAt: NOW - 2, rows: 200 },
+      { instance: "old-3", expiresAt: NOW - 1, rows: 200 },
+      { instance: "old-4", expiresAt: NOW - 1, rows: 200 },
+      { instance: "old-5", expiresAt: NOW - 1, rows: 200 },
+      { instance: "live", expiresAt: NOW + MINUTE, rows: 1 },
+    ]);
+    // old-1 and old-2 whole (2 x 202), then 96 of old-3's rows.
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: LIMITS.PURGE_BATCH, more: true });
+    expect((await snapshot(t)).results).toHaveLength(1001 - (LIMITS.PURGE_BATCH - 4));
+    expect((await snapshot(t)).instances.map((i) => i.instance)).toEqual(["old-3", "old-4", "old-5", "live"]);
+
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    const { instances, heartbeats, results } = await snapshot(t);
+    expect(instances.map((i) => i.instance)).toEqual(["live"]);
+    expect(heartbeats.map((h) => h._id)).toEqual([instances[0].heartbeat]);
+    expect(results.map((r) => r.instance)).toEqual(["live"]);
+    // Out of budget in the first page: that page again (it starts at null), twice (1010 documents).
+    expect(await scheduledRuns(t)).toEqual([
+      { name: "health:purgeExpired", args: [{ cursor: null }], state: "success" },
+      { name: "health:purgeExpired", args: [{ cursor: null }], state: "success" },
+    ]);
   });
 
-  test("is internal, so no client can call it", () => {
-    expect(health.purgeExpired.isInternal).toBe(true);
+  test("walks the heartbeats page by page: a cursor carries it past PURGE_BATCH live ones", async () => {
+    const t = setup();
+    // The oldest PURGE_BATCH + 100 heartbeats are live; the expired ones come after them.
+    const live = Array.from({ length: LIMITS.PURGE_BATCH + 100 }, (_, i) => ({
+      instance: `live-${i}`,
+      expiresAt: NOW + HOUR,
+      rows: 0,
+    }));
+    await seed(t, [
+      ...live,
+      { instance: "old-1", expiresAt: NOW - 1, rows: 300 },
+      { instance: "old-2", expiresAt: NOW - 1, rows: 300 },
+    ]);
+    // The first page holds no expired heartbeat: nothing deleted, on to the next page.
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 0, more: true });
+    const [first] = await scheduledRuns(t);
+    const cursor = (first.args[0] as { cursor: string | null }).cursor;
+    expect(typeof cursor).toBe("string");
+
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    const { instances, heartbeats, results } = await snapshot(t);
+    expect(instances).toHaveLength(live.length);
+    expect(instances.some((i) => i.instance.startsWith("old"))).toBe(false);
+    expect(heartbeats).toHaveLength(live.length);
+    expect(results).toEqual([]);
+    // Second page: old-1 whole (302), 198 rows of old-2, out of budget: the same page again, which
+    // ends the walk (old-2's last 102 rows, its registry and heartbeat: 104 documents).
+    expect(await scheduledRuns(t)).toEqual([
+      { name: "health:purgeExpired", args: [{ cursor }], state: "success" },
+      { name: "health:purgeExpired", args: [{ cursor }], state: "success" },
+    ]);
+  });
+
+  test("out of budget in a page that is not the last, it goes on from that page's start", async () => {
+    const t = setup();
+    const live = Array.from({ length: LIMITS.PURGE_BATCH }, (_, i) => ({
+      instance: `live-${i}`,
+      expiresAt: NOW + HOUR,
+      rows: 0,
+    }));
+    await seed(t, [
+      { instance: "old-1", expiresAt: NOW - 1, rows: 300 },
+      { instance: "old-2", expiresAt: NOW - 1, rows: 300 },
+      ...live,
+    ]);
+    // old-1 whole (302), 198 of old-2's rows: the rest of the first page is still to be seen.
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: LIMITS.PURGE_BATCH, more: true });
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    const { instances, heartbeats, results } = await snapshot(t);
+    expect(instances).toHaveLength(live.length);
+    expect(heartbeats).toHaveLength(live.length);
+    expect(results).toEqual([]);
+    // The first page again (old-2's last 104 documents), then the page after it (one live heartbeat).
+    const runs = await scheduledRuns(t);
+    expect(runs.map((r) => r.args)).toEqual([[{ cursor: null }], [{ cursor: expect.any(String) }]]);
+    expect(runs.map((r) => r.state)).toEqual(["success", "success"]);
+  });
+
+  test("the cron's {} and a cursor of null both start at the first page", async () => {
+    const t = setup();
+    await seed(t, [{ instance: "gone", expiresAt: NOW - 1, rows: 1 }]);
+    expect(await t.mutation(internal.health.purgeExpired, { cursor: null })).toEqual({ deleted: 3, more: false });
+  });
+
+  test("is internal, and crons.ts runs it hourly at minute 7", () => {
+    expect(purgeExpired.isInternal).toBe(true);
     // @ts-expect-error purgeExpired is not part of the public api
     void api.health.purgeExpired;
+    expect(crons.crons).toEqual({
+      "purge expired health-sidecar instances": {
+        name: "health:purgeExpired",
+        args: [{}],
+        schedule: { type: "hourly", minuteUTC: 7 },
+      },
+    });
   });
 });
 
-describe("claim", () => {
-  test("a fresh shared result is returned and no lease is granted", async () => {
-    const t = setup();
-    await t.mutation(api.health.report, { ...reportArgs("i1", []), results: [result("mastra", { observedAt: NOW - 5000 })] });
-    const answer = await t.mutation(api.health.claim, claimArgs("i2"));
-    expect(answer).toEqual({
-      granted: false,
-      result: { instance: "i1", ...result("mastra", { observedAt: NOW - 5000 }), expiresAt: NOW + 60_000 },
-      holder: null,
-      leaseExpiresAt: null,
-    });
-    expect((await snapshot(t)).leases).toEqual([]);
+describe("ping and limits", () => {
+  test("ping takes no arguments, reads nothing and returns null, even without the secret", async () => {
+    const t = convexTest({ schema, modules, transactionLimits: { documentsRead: 0, databaseQueries: 0 } });
+    await t.run((ctx) => ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW }));
+    vi.stubEnv("HEALTH_SIDECAR_SECRET", undefined);
+    expect(await t.query(api.health.ping, {})).toBeNull();
+    // The same limits refuse a query that reads one document.
+    await expect(t.run((ctx) => ctx.db.query("sidecarHeartbeats").first())).rejects.toThrow(/too many|too much/i);
   });
 
-  test("the newest fresh result wins; stale and expired results do not count", async () => {
-    const t = setup();
-    await t.mutation(api.health.report, { ...reportArgs("old", []), results: [result("mastra", { observedAt: NOW - 40_000 })] });
-    let answer = await t.mutation(api.health.claim, claimArgs("i2"));
-    expect(answer).toMatchObject({ granted: true, holder: "i2" });
-
-    await t.mutation(api.health.report, { ...reportArgs("a", []), results: [result("mastra", { observedAt: NOW - 20_000 })] });
-    await t.mutation(api.health.report, { ...reportArgs("b", []), results: [result("mastra", { observedAt: NOW - 10_000 })] });
-    answer = await t.mutation(api.health.claim, claimArgs("i3"));
-    expect(answer.result).toMatchObject({ instance: "b", observedAt: NOW - 10_000 });
-
-    // Fresh by observedAt but already expired: ignored, and i2 still holds the lease.
-    answer = await t.mutation(api.health.claim, claimArgs("i3", { now: NOW + 60_000, freshMs: 86_400_000 }));
-    expect(answer).toMatchObject({ granted: true, holder: "i3" });
-  });
-
-  test("of 20 concurrent claims exactly one is granted", async () => {
-    const t = setup();
-    const instances = Array.from({ length: 20 }, (_, i) => `instance-${i}`);
-    const answers = await Promise.all(instances.map((i) => t.mutation(api.health.claim, claimArgs(i))));
-    const granted = answers.filter((a) => a.granted);
-    expect(granted).toHaveLength(1);
-    const winner = granted[0].holder;
-    for (const a of answers) {
-      expect(a).toMatchObject({ result: null, holder: winner, leaseExpiresAt: NOW + 10_000 });
-    }
-    const { leases } = await snapshot(t);
-    expect(leases).toHaveLength(1);
-    expect(leases[0]).toMatchObject({ check: "mastra", holder: winner, expiresAt: NOW + 10_000 });
-  });
-
-  test("an unexpired lease blocks others, an expired one can be taken over, the holder can renew", async () => {
-    const t = setup();
-    expect(await t.mutation(api.health.claim, claimArgs("a"))).toEqual({
-      granted: true,
-      result: null,
-      holder: "a",
-      leaseExpiresAt: NOW + 10_000,
+  test("LIMITS are the spec's", () => {
+    expect(LIMITS).toEqual({
+      MAX_CHECKS: 200,
+      MAX_INSTANCES: 1000,
+      MAX_BODY: 1_000_000,
+      MAX_OUTPUT: 1024,
+      TIMESTAMP_WINDOW_MS: 60_000,
+      PURGE_BATCH: 500,
+      MIN_TTL_MS: 10_000,
+      MAX_TTL_MS: 86_400_000,
     });
-    expect(await t.mutation(api.health.claim, claimArgs("b", { now: NOW + 9_999 }))).toEqual({
-      granted: false,
-      result: null,
-      holder: "a",
-      leaseExpiresAt: NOW + 10_000,
-    });
-    // The holder renews.
-    expect(await t.mutation(api.health.claim, claimArgs("a", { now: NOW + 5_000 }))).toMatchObject({
-      granted: true,
-      holder: "a",
-      leaseExpiresAt: NOW + 15_000,
-    });
-    // Expired (expiresAt <= now): another instance takes it.
-    expect(await t.mutation(api.health.claim, claimArgs("b", { now: NOW + 15_000 }))).toMatchObject({
-      granted: true,
-      holder: "b",
-      leaseExpiresAt: NOW + 25_000,
-    });
-    const { leases } = await snapshot(t);
-    expect(leases).toHaveLength(1);
-    expect(leases[0]).toMatchObject({ holder: "b", expiresAt: NOW + 25_000 });
-  });
-
-  test("refuses bad windows and names with invalid_argument", async () => {
-    const t = setup();
-    for (const overrides of [
-      { freshMs: 0 },
-      { freshMs: -1 },
-      { freshMs: 86_400_001 },
-      { leaseMs: 0 },
-      { leaseMs: Number.POSITIVE_INFINITY },
-      { leaseMs: 86_400_001 },
-      { check: "" },
-      { instance: "" },
-    ]) {
-      await expectCode(t.mutation(api.health.claim, claimArgs("a", overrides)), "invalid_argument");
-    }
-    expect(await snapshot(t)).toEqual({ health: [], leases: [] });
   });
 });

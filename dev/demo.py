@@ -71,6 +71,7 @@ Try:
   curl -s -H 'Accept: application/health+json' {s}/health
   curl -s {s}/metrics | grep ^sidecar_
   tail -f {logs}/sidecar.log
+  curl -s {convex.url}/_dev/stats   # Convex calls and database bytes so far
   kill -STOP {mastra.popen.pid}   # Mastra hangs: watch /ready turn 503 ...
   kill -CONT {mastra.popen.pid}   # ... and come back
 

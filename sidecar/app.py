@@ -1,4 +1,4 @@
-"""Wires settings into a running application: Monitor, endpoints, scheduler and store reporter."""
+"""Wires settings into a running application: Monitor, endpoints, scheduler and store sync."""
 
 from __future__ import annotations
 
@@ -12,18 +12,26 @@ from aiohttp import web
 from sidecar import __version__, logs
 from sidecar.config import Settings
 from sidecar.monitor import Monitor
-from sidecar.reporter import Reporter
+from sidecar.probes import runner
 from sidecar.scheduler import Scheduler
 from sidecar.server import create_app
 from sidecar.store import ConvexClient, HealthStore
+from sidecar.store.evidence import RuntimeEvidence
+from sidecar.store.signing import fingerprint
+from sidecar.sync import Syncer
+
+# Set by a second signal: exit at once, without the last sync.
+FORCED = web.AppKey("forced", asyncio.Event)
 
 
 def build_app(settings: Settings) -> web.Application:
-    """The aiohttp app; its cleanup context runs the scheduler and the reporter."""
+    """The aiohttp app; its cleanup context runs the scheduler and the store sync."""
     checks = settings.resolved_checks()
     monitor = Monitor(instance=settings.instance, version=__version__, checks=checks)
     token = settings.details_token.get_secret_value() if settings.details_token else ""
     app = create_app(monitor, details_token=token)
+    app[FORCED] = asyncio.Event()
+    secret = settings.secret.get_secret_value()
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         probe_session = aiohttp.ClientSession(
@@ -37,22 +45,34 @@ def build_app(settings: Settings) -> web.Application:
         )
         store = HealthStore(
             ConvexClient(store_session, url=settings.convex_url, timeout=settings.store_timeout),
-            secret=settings.secret.get_secret_value(),
+            secret=secret,
             instance=settings.instance,
-            ttl_seconds=settings.store_ttl,
+            version=__version__,
+            ttl_seconds=settings.ttl,
         )
-        period = min((c.every for c in checks), default=settings.interval)
-        reporter = Reporter(monitor=monitor, store=store, period=period)
-        scheduler = Scheduler(monitor=monitor, session=probe_session, checks=checks)
-        tasks = [
-            _task(scheduler.run(), "scheduler"),
-            _task(reporter.warm_start(), "warm-start"),
-            _task(reporter.run(), "reporter"),
-        ]
+        evidence = RuntimeEvidence(
+            url=settings.convex_url,
+            window=2 * settings.store_interval + settings.store_timeout,
+        )
+        syncer = Syncer(
+            monitor=monitor,
+            store=store,
+            metrics=monitor.metrics,
+            evidence=evidence,
+            fingerprints={c.name: fingerprint(secret, c.definition()) for c in checks},
+            period=settings.store_interval,
+        )
+        scheduler = Scheduler(
+            monitor=monitor, session=probe_session, checks=checks, probe=runner(evidence)
+        )
+        tasks = [_task(scheduler.run(), "scheduler"), _task(syncer.run(), "sync")]
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if not app[FORCED].is_set():
+            # The last sync confirms the results as of now: a restart soon after warm-starts.
+            await syncer.sync_once()
         await probe_session.close()
         await store_session.close()
 

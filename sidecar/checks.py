@@ -3,36 +3,60 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     field_serializer,
     field_validator,
     model_validator,
 )
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+# The most checks one daemon runs (and Convex keeps per instance: convex/health.ts's LIMITS),
+# and the most probe runs a second they may add up to (sum of 1 / interval): at that rate the
+# daemon spends about half a core and /live still answers in milliseconds (README, Measured).
+MAX_CHECKS = 200
+MAX_PROBES_PER_SECOND = 1000
 HTTP_METHODS = Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"]
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 MASK = "**********"  # what pydantic's SecretStr prints
+# Options that schedule or judge a check's results but do not change what it probes.
+_NOT_PROBED = frozenset(
+    {
+        "name",
+        "interval",
+        "timeout",
+        "jitter",
+        "critical",
+        "failures_before_fail",
+        "successes_before_pass",
+    }
+)
 
 
 def http_url(value: str) -> str:
-    """Accept an absolute http(s) URL with a host; return it without a trailing slash."""
+    """Accept an absolute http(s) URL with a host; return it without a trailing slash.
+
+    No message quotes the URL or a part of it: a password may be anywhere in a mistyped one
+    (`https://user:pa#ss@host` parses as host `user` with port `pa`), hence no @ at all."""
     parts = urlsplit(value)
+    if "@" in value:
+        raise ValueError(
+            "must not contain @: no credentials in URLs (send them in a header); "
+            "write a literal @ as %40"
+        )
+    if parts.fragment or "#" in value:
+        raise ValueError("must not have a #fragment")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http:// or https:// URL with a host")
-    if parts.username or parts.password:
-        raise ValueError("must not carry credentials (user:password@)")
     try:
         parts.port  # noqa: B018 - raises on a port out of range or not a number
-    except ValueError as exc:
-        raise ValueError(f"has an invalid port: {exc}") from None
+    except ValueError:
+        raise ValueError("has a port that is not a number from 1 to 65535") from None
     return value.rstrip("/")
 
 
@@ -56,6 +80,13 @@ class _Check(BaseModel):
             raise ValueError(f"timeout ({self.timeout:g}s) exceeds interval ({self.interval:g}s)")
         return self
 
+    def definition(self) -> dict[str, Any]:
+        """What the check probes (kind, target and the options that change the probe), with
+        header values as they are: a restored result counts only for the same definition."""
+        return {
+            name: getattr(self, name) for name in type(self).model_fields if name not in _NOT_PROBED
+        }
+
     @property
     def every(self) -> float:
         """The interval in seconds (resolved)."""
@@ -77,12 +108,10 @@ class _UrlCheck(_Check):
 
 
 class ConvexCheck(_UrlCheck):
-    """`GET {target}/version` plus one query through Convex's function runtime. With the
-    deployment's secret the query succeeds; without it, the refusal still proves the runtime
-    runs (but shows as an error in that deployment's logs)."""
+    """The deployment answers its public HTTP route, and its function runtime answers: proven
+    by the store's own calls for the store's deployment, by a `health:ping` query otherwise."""
 
     kind: Literal["convex"] = "convex"
-    secret: SecretStr | None = Field(default=None, exclude=True)
 
 
 class MastraCheck(_UrlCheck):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -27,11 +29,34 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from sidecar.checks import Check, ConvexCheck, HttpCheck, MastraCheck, http_url
+from sidecar.checks import (
+    MAX_CHECKS,
+    MAX_PROBES_PER_SECOND,
+    Check,
+    ConvexCheck,
+    HttpCheck,
+    MastraCheck,
+    http_url,
+)
 
 CONFIG_ENV = "SIDECAR_CONFIG"
+# convex/health.ts's LIMITS.MIN_TTL_MS and MAX_TTL_MS, in seconds.
+MIN_STORE_TTL = 10.0
+MAX_STORE_TTL = 86400.0
 KINDS = ("convex", "mastra", "http", "tcp")
 RESERVED_NAMES = {"store": "/health reports the Convex store's status as services.store"}
+
+
+def _clear_text(url: str) -> bool:
+    """True for an http:// URL whose host is not this machine."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
 
 
 class ConfigError(Exception):
@@ -82,8 +107,14 @@ class Settings(BaseSettings):
     )
     interval: float = Field(10.0, ge=0.01, le=86400, validation_alias=_env("SIDECAR_INTERVAL"))
     timeout: float = Field(2.0, gt=0, le=600, validation_alias=_env("SIDECAR_TIMEOUT"))
-    store_ttl: float = Field(300.0, ge=1, le=604800, validation_alias=_env("SIDECAR_STORE_TTL"))
+    store_interval: float = Field(
+        60.0, ge=1, le=3600, validation_alias=_env("SIDECAR_STORE_INTERVAL")
+    )
+    store_ttl: float | None = Field(
+        None, ge=MIN_STORE_TTL, le=MAX_STORE_TTL, validation_alias=_env("SIDECAR_STORE_TTL")
+    )
     store_timeout: float = Field(2.0, gt=0, le=60, validation_alias=_env("SIDECAR_STORE_TIMEOUT"))
+    convex_allow_http: bool = Field(False, validation_alias=_env("SIDECAR_CONVEX_ALLOW_HTTP"))
     checks: tuple[Check, ...] = Field((), validation_alias=_env("SIDECAR_CHECKS"))
 
     @field_validator("convex_url", "mastra_url", "app_url")
@@ -107,8 +138,14 @@ class Settings(BaseSettings):
     @field_validator("secret", "details_token")
     @classmethod
     def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
+        if value is None:
+            return value
+        if len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
+        try:
+            value.get_secret_value().encode()
+        except UnicodeEncodeError:
+            raise ValueError("must be valid UTF-8 text") from None
         return value
 
     @field_validator("checks", mode="wrap")
@@ -150,18 +187,47 @@ class Settings(BaseSettings):
                     f"(SIDECAR_INTERVAL, {self.interval:g}s)"
                 )
                 problems.append(_problem(("checks", index, "timeout"), message, label))
-        longest = max((c.every for c in self.resolved_checks()), default=0)
-        if self.store_ttl < 2 * longest:
+        shortest_ttl = 2 * self.store_interval + self.store_timeout
+        if self.ttl < shortest_ttl:
             problems.append(
                 _problem(
                     ("SIDECAR_STORE_TTL",),
-                    f"{self.store_ttl:g}s must be at least twice the longest check interval "
-                    f"({longest:g}s): older results count as stale",
+                    f"{self.ttl:g}s must be at least twice SIDECAR_STORE_INTERVAL plus "
+                    f"SIDECAR_STORE_TIMEOUT ({shortest_ttl:g}s): an instance that misses one "
+                    "sync must not drop out of the fleet",
                 )
             )
+        if _clear_text(self.convex_url) and not self.convex_allow_http:
+            problems.append(
+                _problem(
+                    ("CONVEX_URL",),
+                    "http:// to a host other than this one sends the store's calls in clear "
+                    "text: use https://, or set SIDECAR_CONVEX_ALLOW_HTTP=1",
+                )
+            )
+        resolved = self.resolved_checks()
+        if len(resolved) > MAX_CHECKS:
+            message = f"{len(resolved)} checks; at most {MAX_CHECKS} are allowed"
+            problems.append(_problem(("SIDECAR_CHECKS",), message))
+        rate = sum(1 / c.every for c in resolved)
+        if rate > MAX_PROBES_PER_SECOND:
+            message = (
+                f"the checks would run {rate:,.1f} probes a second; at most "
+                f"{MAX_PROBES_PER_SECOND:,} (sum of 1/interval): give them longer intervals"
+            )
+            problems.append(_problem(("SIDECAR_CHECKS",), message))
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
+
+    @property
+    def ttl(self) -> float:
+        """Seconds an instance stays in the fleet after its last sync: by default five store
+        periods (at least two plus the store timeout, and 10 s), at most a day."""
+        if self.store_ttl is not None:
+            return self.store_ttl
+        shortest = max(2 * self.store_interval + self.store_timeout, MIN_STORE_TTL)
+        return min(max(5 * self.store_interval, shortest), MAX_STORE_TTL)
 
     def resolved_checks(self) -> tuple[Check, ...]:
         """The checks to run: the built-ins, then the file's; a file check with a built-in's
@@ -178,14 +244,7 @@ class Settings(BaseSettings):
     def _fill(self, check: Check) -> Check:
         interval = check.interval if check.interval is not None else self.interval
         timeout = check.timeout if check.timeout is not None else min(self.timeout, interval)
-        update: dict[str, Any] = {"interval": interval, "timeout": timeout}
-        if (
-            isinstance(check, ConvexCheck)
-            and check.secret is None
-            and check.target == self.convex_url
-        ):
-            update["secret"] = self.secret  # the store's own deployment: query it properly
-        return check.model_copy(update=update)
+        return check.model_copy(update={"interval": interval, "timeout": timeout})
 
     @classmethod
     def settings_customise_sources(

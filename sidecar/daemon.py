@@ -12,7 +12,7 @@ import uvloop
 from aiohttp import web
 
 from sidecar import logs
-from sidecar.app import build_app
+from sidecar.app import FORCED, build_app
 from sidecar.config import Settings
 from sidecar.server import MONITOR
 
@@ -62,7 +62,7 @@ async def serve(settings: Settings) -> int:
         checks=[c.name for c in settings.resolved_checks()],
         duration=round((time.monotonic() - started) * 1000, 1),
     )
-    stop, force = asyncio.Event(), asyncio.Event()
+    stop, force = asyncio.Event(), app[FORCED]
 
     def on_signal(signum: int) -> None:
         if stop.is_set():

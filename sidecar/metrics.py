@@ -17,10 +17,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar.snapshot import Snapshot
-from sidecar.store.health import STATUSES
+from sidecar.state import STATUSES
 
 CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-STORE_OPS = ("report", "instance")
+STORE_OPS = ("sync",)
 STORE_RESULTS = (
     "ok",
     "unauthorized",
@@ -145,3 +145,8 @@ class SnapshotCollector(Collector):
             "sidecar_live", "1 when /live answers 200.", value=float(self._live())
         )
         yield GaugeMetricFamily("sidecar_draining", "1 while draining.", value=float(snap.draining))
+        yield GaugeMetricFamily(
+            "sidecar_store_up",
+            "1 when the last call to the Convex store succeeded.",
+            value=float(snap.store.status == "ok"),
+        )

@@ -10,7 +10,7 @@ from dataclasses import replace
 from sidecar import logs
 from sidecar.checks import Check
 from sidecar.metrics import Metrics
-from sidecar.probes.result import CheckResult
+from sidecar.result import CheckResult
 from sidecar.snapshot import Snapshot, StoreState
 from sidecar.state import CheckState
 
@@ -21,7 +21,7 @@ class Monitor:
     """Turns probe results, store outcomes, heartbeats and the drain into Snapshots.
 
     The Snapshot is the daemon's only in-memory state; handlers read `snapshot` and nothing
-    else. `changed` is set whenever a probe result arrives, for the store reporter.
+    else. `changed` is set whenever a status, readiness or the drain changes, for the sync.
     """
 
     def __init__(
@@ -61,7 +61,6 @@ class Monitor:
         self.metrics.check_duration.labels(check=name).observe(result.latency)
         states = tuple(s.observe(result) if s.name == name else s for s in self.snapshot.states)
         self._publish(replace(self.snapshot, states=states, built_at=self._clock()))
-        self.changed.set()
 
     def restore(self, states: Iterable[CheckState]) -> None:
         """Take states restored from Convex at start (the warm start); a check that already has
@@ -100,6 +99,8 @@ class Monitor:
     def _publish(self, new: Snapshot) -> None:
         old = self.snapshot
         self.snapshot = new
+        if (old.statuses, old.ready, old.draining) != (new.statuses, new.ready, new.draining):
+            self.changed.set()
         if old.ready != new.ready:
             self._log.info(
                 "ready" if new.ready else "not ready", ready=new.ready, reasons=list(new.reasons)

@@ -9,20 +9,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import aiohttp
 
 from sidecar import logs
 from sidecar.checks import Check
 from sidecar.monitor import Monitor
-from sidecar.probes import run_probe
-from sidecar.probes.result import CheckResult, Stopwatch
+from sidecar.probes import Probe, run_probe
+from sidecar.result import CheckResult, Stopwatch
 
-Probe = Callable[[aiohttp.ClientSession, Check], Awaitable[CheckResult]]
 TICK = 1.0
 # A probe enforces its own timeout; this is the scheduler's backstop if one ever does not.
 BACKSTOP_GRACE = 1.0
+# The first round starts one check every 10 ms (200 checks: 2 s), never all at once, and
+# within its interval; each check keeps its place in later rounds.
+FIRST_ROUND_STEP = 0.01
 
 
 class Scheduler:
@@ -36,6 +38,7 @@ class Scheduler:
         checks: Sequence[Check],
         probe: Probe = run_probe,
         rng: random.Random | None = None,
+        first_round_step: float = FIRST_ROUND_STEP,
     ) -> None:
         self._monitor = monitor
         self._session = session
@@ -43,10 +46,14 @@ class Scheduler:
         self._probe = probe
         self._rng = rng or random.Random()
         self._log = logs.get("scheduler")
+        count = len(self._checks)
+        self._first = {
+            c.name: i * min(first_round_step, c.every / count) for i, c in enumerate(checks)
+        }
 
     async def run(self) -> None:
         """Run until cancelled; cancelling stops every check loop before returning."""
-        tasks = {name: self._start(name) for name in self._checks}
+        tasks = {name: self._start(name, self._first[name]) for name in self._checks}
         try:
             while True:
                 self._monitor.heartbeat()
@@ -59,8 +66,8 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
-    def _start(self, name: str) -> asyncio.Task[None]:
-        return asyncio.create_task(self._loop(self._checks[name]), name=f"check:{name}")
+    def _start(self, name: str, delay: float = 0.0) -> asyncio.Task[None]:
+        return asyncio.create_task(self._loop(self._checks[name], delay), name=f"check:{name}")
 
     def _restart(self, name: str, task: asyncio.Task[None]) -> asyncio.Task[None]:
         error = None if task.cancelled() else task.exception()
@@ -73,9 +80,10 @@ class Scheduler:
         )
         return self._start(name)
 
-    async def _loop(self, check: Check) -> None:
-        """Probe `check` forever: at once, then every interval (with jitter, without drift)."""
-        next_at = time.monotonic()
+    async def _loop(self, check: Check, delay: float) -> None:
+        """Probe `check` forever: after `delay`, then every interval (with jitter, without
+        drift)."""
+        next_at = time.monotonic() + delay
         while True:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += self._spacing(check)

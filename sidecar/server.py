@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
+from concurrent.futures import ThreadPoolExecutor
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
 
 from sidecar.monitor import Monitor
 from sidecar.snapshot import dumps
 
 MONITOR = web.AppKey("monitor", Monitor)
 TOKEN = web.AppKey("details_token", str)
+RENDER = web.AppKey("metrics_render", ThreadPoolExecutor)
 JSON = "application/json"
 HEALTH_JSON = "application/health+json"
 NO_STORE = "no-store"
@@ -106,15 +110,32 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def _no_store(handler: Handler) -> Handler:
-    """`handler` with `Cache-Control: no-store` on its response."""
+def _metrics(registry: CollectorRegistry) -> Handler:
+    """`/metrics`, encoded as prometheus-client chooses from `Accept` (OpenMetrics when asked)
+    and rendered on the app's render thread: with hundreds of checks a render takes tens of
+    milliseconds, which the event loop serving `/ready` must never wait for."""
 
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        response = await handler(request)
-        response.headers["Cache-Control"] = NO_STORE
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        names = request.query.getall("name[]", [])
+        source = registry.restricted_registry(names) if names else registry
+        render = request.app[RENDER]
+        body = await asyncio.get_running_loop().run_in_executor(render, encoder, source)
+        response = web.Response(
+            body=body, headers={"Content-Type": content_type, "Cache-Control": NO_STORE}
+        )
+        response.enable_compression()
         return response
 
-    return wrapped
+    return metrics
+
+
+async def _start_render(app: web.Application) -> None:
+    app[RENDER].submit(lambda: None).result()  # its thread exists from the start, not mid-life
+
+
+async def _stop_render(app: web.Application) -> None:
+    app[RENDER].shutdown(wait=True, cancel_futures=True)
 
 
 async def _method_not_allowed(request: web.Request) -> web.StreamResponse:
@@ -130,12 +151,14 @@ def create_app(monitor: Monitor, *, details_token: str = "") -> web.Application:
     app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
     app[MONITOR] = monitor
     app[TOKEN] = details_token
-    metrics = _no_store(make_aiohttp_handler(monitor.metrics.registry))
+    app[RENDER] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
+    app.on_startup.append(_start_render)
+    app.on_cleanup.append(_stop_render)
     routes: dict[Handler, tuple[str, ...]] = {
         live: ("/live", "/livez"),
         ready: ("/ready", "/readyz", "/api/ready"),
         health: ("/health", "/healthz", "/api/health"),
-        metrics: ("/metrics",),
+        _metrics(monitor.metrics.registry): ("/metrics",),
     }
     for handler, paths in routes.items():
         for path in paths:

@@ -9,8 +9,7 @@ from typing import Any, Literal
 
 import orjson
 
-from sidecar.state import CheckState
-from sidecar.store.health import Status
+from sidecar.state import CheckState, Status
 
 HealthStatus = Literal["ok", "degraded", "error"]
 StoreStatus = Literal["ok", "error", "unknown"]
@@ -129,6 +128,7 @@ class Snapshot:
                 if details and state.result.output:
                     entry["output"] = state.result.output
             checks[f"{state.name}:responseTime"] = [entry]
+        checks["store"] = [self._store_component(details=details)]
         status = {"ok": "pass", "degraded": "warn", "error": "fail"}[self.health]
         doc: dict[str, Any] = {
             "status": status,
@@ -137,9 +137,27 @@ class Snapshot:
             "description": "health-sidecar",
             "checks": checks,
         }
-        if not self.ready:
-            doc["notes"] = list(self.reasons)
+        notes = list(self.reasons)
+        if self.store.status == "error":
+            notes.append(f"store is failing ({self.store.kind}): results are not kept in Convex")
+        if notes:
+            doc["notes"] = notes
         return doc
+
+    def _store_component(self, *, details: bool) -> dict[str, Any]:
+        """The Convex store as a component: never affects service health, but says why
+        the service is `warn` when it fails."""
+        entry: dict[str, Any] = {
+            "componentId": "store",
+            "componentType": "datastore",
+            "status": {"ok": "pass", "error": "fail", "unknown": "warn"}[self.store.status],
+            "affectsServiceHealth": False,
+        }
+        if self.store.kind is not None:
+            entry["observedValue"] = self.store.kind
+        if details and self.store.message:
+            entry["output"] = self.store.message
+        return entry
 
     def _details(self, state: CheckState) -> dict[str, Any]:
         result = state.result

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from sidecar.checks import Check
-from sidecar.probes.result import CheckResult
-from sidecar.store.health import Status
+from sidecar.result import CheckResult
 
+Status = Literal["pass", "warn", "fail", "unknown"]
+STATUSES: frozenset[str] = frozenset({"pass", "warn", "fail", "unknown"})
 STALE_INTERVALS = 2
 
 
@@ -64,3 +66,48 @@ class CheckState:
     def effective_status(self, now: float) -> Status:
         """The status to serve: `unknown` once the last result has gone stale."""
         return "unknown" if self.is_stale(now) else self.status
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A check's state as Convex keeps it. Times are ages in ms by the sender's clock: the
+    deployment dates them by its own, so no clock but the server's decides freshness."""
+
+    check: str
+    fingerprint: str
+    status: Status
+    age_ms: float
+    latency_ms: float
+    output: str
+    consecutive_failures: int
+    consecutive_successes: int
+    last_success_age_ms: float | None
+
+    @property
+    def essence(self) -> tuple[str, str, int, str]:
+        """What makes a stored result worth rewriting when it changes (not its age, latency
+        or run of successes, which change every round)."""
+        return (self.fingerprint, self.status, self.consecutive_failures, self.output)
+
+
+def record_of(state: CheckState, *, fingerprint: str, now: float) -> Record:
+    """The state of a check that has a result, as the record to store (its status as served:
+    a stale result is stored as `unknown`)."""
+    result = state.result
+    assert result is not None, "only checks with a result are stored"
+    last = state.last_success_at
+    return Record(
+        check=state.name,
+        fingerprint=fingerprint,
+        status=state.effective_status(now),
+        age_ms=_age_ms(now, result.observed_at),
+        latency_ms=result.latency * 1000,
+        output=result.output,
+        consecutive_failures=state.consecutive_failures,
+        consecutive_successes=state.consecutive_successes,
+        last_success_age_ms=None if last is None else _age_ms(now, last),
+    )
+
+
+def _age_ms(now: float, then: float) -> float:
+    return round(max(0.0, now - then) * 1000, 3)

@@ -15,6 +15,7 @@ import type {
 } from "convex/server";
 import type * as crons from "../crons.js";
 import type * as health from "../health.js";
+import type * as healthTables from "../healthTables.js";
 
 /**
  * A utility for referencing Convex functions in your app's API.
@@ -27,6 +28,7 @@ import type * as health from "../health.js";
 declare const fullApi: ApiFromModules<{
   crons: typeof crons;
   health: typeof health;
+  healthTables: typeof healthTables;
 }>;
 export declare const api: FilterApi<
   typeof fullApi,

@@ -9,9 +9,12 @@ import aiohttp
 
 from sidecar.checks import Check
 from sidecar.probes import convex, http, mastra, tcp
-from sidecar.probes.result import CheckResult
+from sidecar.result import CheckResult
+from sidecar.store.evidence import RuntimeEvidence
 
-__all__ = ["PROBES", "CheckResult", "run_probe"]
+__all__ = ["PROBES", "CheckResult", "Probe", "run_probe", "runner"]
+
+Probe = Callable[[aiohttp.ClientSession, Check], Awaitable[CheckResult]]
 
 PROBES: Final[Mapping[str, Callable[[aiohttp.ClientSession, Any], Awaitable[CheckResult]]]] = {
     "convex": convex.probe,
@@ -24,3 +27,13 @@ PROBES: Final[Mapping[str, Callable[[aiohttp.ClientSession, Any], Awaitable[Chec
 async def run_probe(session: aiohttp.ClientSession, check: Check) -> CheckResult:
     """Run the probe of the check's kind; always a result, never an exception."""
     return await PROBES[check.kind](session, check)
+
+
+def runner(evidence: RuntimeEvidence) -> Probe:
+    """`run_probe`, with the `convex` check of the store's own deployment proven by `evidence`."""
+    probes = {**PROBES, "convex": convex.with_evidence(evidence)}
+
+    async def run(session: aiohttp.ClientSession, check: Check) -> CheckResult:
+        return await probes[check.kind](session, check)
+
+    return run

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sidecar.probes.result import CheckResult, Stopwatch, Verdict
+from sidecar.result import CheckResult, Stopwatch, Verdict
 
 MAX_BODY = 64 * 1024
 MAX_REDIRECTS = 5

@@ -8,7 +8,7 @@ import aiohttp
 
 from sidecar.checks import HttpCheck
 from sidecar.probes.common import Outcome, fetch, guarded
-from sidecar.probes.result import CheckResult
+from sidecar.result import CheckResult
 
 
 async def probe(session: aiohttp.ClientSession, check: HttpCheck) -> CheckResult:

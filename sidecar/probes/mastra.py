@@ -9,7 +9,7 @@ import aiohttp
 
 from sidecar.checks import MastraCheck
 from sidecar.probes.common import MAX_BODY, Outcome, ProbeFailed, fetch, guarded
-from sidecar.probes.result import CheckResult
+from sidecar.result import CheckResult
 
 # Every agent brings its instructions along: the listing gets a larger (still bounded) read.
 MAX_AGENTS_BODY = 1024 * 1024

@@ -9,7 +9,7 @@ import aiohttp
 
 from sidecar.checks import TcpCheck
 from sidecar.probes.common import Outcome, guarded
-from sidecar.probes.result import CheckResult
+from sidecar.result import CheckResult
 
 
 async def probe(session: aiohttp.ClientSession, check: TcpCheck) -> CheckResult:

@@ -1,4 +1,4 @@
-"""Results live in Convex: the HTTP API client and the health-store API on top of it."""
+"""Results live in Convex: the HTTP API client and the signed health-store API on top of it."""
 
 from __future__ import annotations
 
@@ -11,19 +11,18 @@ from sidecar.store.errors import (
     Unauthorized,
     Unavailable,
 )
-from sidecar.store.health import CheckRecord, Claim, HealthStore, Status, StoredResult
+from sidecar.store.health import PING, HealthStore, SyncAnswer, Warm
 
 __all__ = [
+    "PING",
     "BadResponse",
-    "CheckRecord",
-    "Claim",
     "ConvexClient",
     "FunctionError",
     "HealthStore",
     "RequestRejected",
-    "Status",
     "StoreError",
-    "StoredResult",
+    "SyncAnswer",
     "Unauthorized",
     "Unavailable",
+    "Warm",
 ]

@@ -49,10 +49,6 @@ class ConvexClient:
         """Run a public query and return its value."""
         return await self.call("query", path, args)
 
-    async def mutation(self, path: str, args: dict[str, Any]) -> Any:
-        """Run a public mutation and return its value."""
-        return await self.call("mutation", path, args)
-
     async def call(self, kind: FunctionKind, path: str, args: dict[str, Any]) -> Any:
         """Run a function of the given kind; map every failure to a typed `StoreError`."""
         body = {"path": path, "args": args, "format": "json"}
@@ -86,6 +82,12 @@ def _decode(path: str, status: int, raw: bytes) -> Any:
     """Turn one HTTP answer into a value or a typed error."""
     if status >= 500 and status != 560:
         raise Unavailable(f"{path}: HTTP {status}")
+    if 300 <= status < 400:
+        raise BadResponse(
+            f"{path}: redirected (HTTP {status}): use the deployment's own URL, not a redirect"
+        )
+    if status == 413:
+        raise RequestRejected(f"{path}: HTTP 413: the request is too large", status=status)
     if status in (401, 403):
         raise Unauthorized(f"{path}: HTTP {status}")
     if status in (408, 429):
@@ -105,13 +107,21 @@ def _decode(path: str, status: int, raw: bytes) -> Any:
     if outcome == "success" and "value" in payload:
         return payload["value"]
     if outcome == "error":
-        message = payload.get("errorMessage")
         data = payload.get("errorData")
-        text = f"{path}: {message if isinstance(message, str) else 'function failed'}"
+        text = f"{path}: {_error_text(payload.get('errorMessage'), data)}"
         if isinstance(data, dict) and data.get("code") == _UNAUTHORIZED_CODE:
             raise Unauthorized(text)
         raise FunctionError(text, data=data)
     raise BadResponse(f"{path}: HTTP {status} without a status of success or error")
+
+
+def _error_text(message: Any, data: Any) -> str:
+    """What a function error says. A production deployment answers `Server Error` for every
+    error but keeps a ConvexError's data: the functions put their `code` and `message` there."""
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        code = data.get("code")
+        return f"{code}: {data['message']}" if isinstance(code, str) else str(data["message"])
+    return message if isinstance(message, str) else "function failed"
 
 
 def _parse_json(path: str, status: int, raw: bytes) -> dict[str, Any]:

@@ -1,198 +1,168 @@
-"""The health-store API on top of Convex: report a round, read an instance or the fleet, claim."""
+"""The health store on top of Convex: one signed `health:sync` call carries everything."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
+from sidecar.state import STATUSES, Record, Status
 from sidecar.store.client import ConvexClient, FunctionKind
-from sidecar.store.errors import BadResponse, StoreError
+from sidecar.store.errors import BadResponse
+from sidecar.store.signing import signature
 
-Status = Literal["pass", "warn", "fail", "unknown"]
-STATUSES: frozenset[str] = frozenset({"pass", "warn", "fail", "unknown"})
-
-
-@dataclass(frozen=True, slots=True)
-class CheckRecord:
-    """One check's result as the sidecar reports it (times in ms since the epoch)."""
-
-    check: str
-    status: Status
-    observed_at_ms: float
-    latency_ms: float
-    output: str
-    consecutive_failures: int
-    consecutive_successes: int
-    last_success_at_ms: float | None
-
-    def to_args(self) -> dict[str, Any]:
-        """The record in the argument shape of `health:report`."""
-        return {
-            "check": self.check,
-            "status": self.status,
-            "observedAt": self.observed_at_ms,
-            "latencyMs": self.latency_ms,
-            "output": self.output,
-            "consecutiveFailures": self.consecutive_failures,
-            "consecutiveSuccesses": self.consecutive_successes,
-            "lastSuccessAt": self.last_success_at_ms,
-        }
+SYNC = "health:sync"
+PING = "health:ping"
 
 
 @dataclass(frozen=True, slots=True)
-class StoredResult:
-    """A row as Convex keeps it: the record, whose instance reported it, and when it expires."""
+class Warm:
+    """The answer to a hello: this instance's stored results, all still current
+    `confirmed_age_ms` ago (its last sync), by the deployment's clock."""
 
-    instance: str
-    record: CheckRecord
+    confirmed_age_ms: float
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAnswer:
+    """What `health:sync` answered. `heartbeat` names this instance's liveness document: the
+    next sync sends it back, so a steady-state sync touches that one small document only."""
+
+    now_ms: float
     expires_at_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """The answer of `health:claim`: a fresh shared result, a lease granted, or neither."""
-
-    granted: bool
-    result: StoredResult | None
-    holder: str | None
-    lease_expires_at_ms: float | None
+    written: int
+    resend: bool
+    warm: Warm | None
+    heartbeat: str
 
 
 class HealthStore:
-    """The sidecar's view of the `health:*` Convex functions for one instance."""
+    """This instance's side of the `health:*` functions: signed calls, never the secret."""
 
     def __init__(
-        self, client: ConvexClient, *, secret: str, instance: str, ttl_seconds: float
+        self,
+        client: ConvexClient,
+        *,
+        secret: str,
+        instance: str,
+        version: str,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._secret = secret
         self._instance = instance
-        self._ttl_seconds = ttl_seconds
+        self._version = version
+        self._ttl_ms = round(ttl_seconds * 1000)
+        self._clock = clock
+        self._heartbeat: str | None = None
 
-    @property
-    def instance(self) -> str:
-        """The instance name rows are reported under."""
-        return self._instance
+    async def sync(
+        self, records: Sequence[Record], *, hello: Mapping[str, str] | None = None
+    ) -> SyncAnswer:
+        """Write the records that changed and refresh this instance's liveness. With `hello`
+        (every configured check -> its fingerprint, on the first sync after a start) the answer
+        carries the warm start, and stored rows of other or changed checks are dropped."""
+        payload = {
+            "version": self._version,
+            "ttlMs": self._ttl_ms,
+            "hello": None if hello is None else dict(hello),
+            "heartbeat": None if hello is not None else self._heartbeat,
+            "results": [_wire(r) for r in records],
+        }
+        answer = _answer(await self._signed("mutation", SYNC, payload))
+        self._heartbeat = answer.heartbeat
+        return answer
 
-    async def report(self, records: Sequence[CheckRecord], *, now_ms: float) -> float:
-        """Upsert one round of results; returns when they expire (ms since the epoch)."""
-        where = "health:report"
-        value = await self._call(
-            "mutation",
-            where,
-            now_ms,
-            instance=self._instance,
-            ttlSeconds=self._ttl_seconds,
-            results=[r.to_args() for r in records],
-        )
-        return _number(_object(value, where), "expiresAt", where)
-
-    async def instance_results(self, *, now_ms: float) -> list[StoredResult]:
-        """This instance's unexpired results (for the warm start)."""
-        where = "health:instance"
-        return _rows(await self._call("query", where, now_ms, instance=self._instance), where)
-
-    async def fleet(self, *, now_ms: float) -> list[StoredResult]:
-        """The unexpired results of every instance."""
-        return _rows(await self._call("query", "health:fleet", now_ms), "health:fleet")
-
-    async def claim(self, check: str, *, now_ms: float, fresh_ms: float, lease_ms: float) -> Claim:
-        """Ask for a shared check: a fresh result from any instance, or the lease to probe it."""
-        where = "health:claim"
-        value = _object(
-            await self._call(
-                "mutation",
-                where,
-                now_ms,
-                check=check,
-                instance=self._instance,
-                freshMs=fresh_ms,
-                leaseMs=lease_ms,
-            ),
-            where,
-        )
-        granted = value.get("granted")
-        if not isinstance(granted, bool):
-            raise BadResponse(f"{where}: 'granted' is not a boolean")
-        result = value.get("result")
-        holder = value.get("holder")
-        if holder is not None and not isinstance(holder, str):
-            raise BadResponse(f"{where}: 'holder' is not a string")
-        lease = value.get("leaseExpiresAt")
-        return Claim(
-            granted=granted,
-            result=None if result is None else _row(result, where),
-            holder=holder,
-            lease_expires_at_ms=None if lease is None else _number(value, "leaseExpiresAt", where),
-        )
-
-    async def _call(self, kind: FunctionKind, path: str, now_ms: float, **args: Any) -> Any:
-        """Call a function with the secret and `now`; no error text may carry the secret (a
-        Convex validation error quotes the arguments it refused)."""
-        try:
-            return await self._client.call(
-                kind, path, {"secret": self._secret, "now": now_ms, **args}
-            )
-        except StoreError as exc:
-            exc.args = tuple(_scrub(str(a), self._secret) for a in exc.args)
-            raise
+    async def _signed(self, kind: FunctionKind, path: str, payload: Mapping[str, Any]) -> Any:
+        """Call `path` with the payload as a signed body (the instance, a timestamp and an
+        HMAC keyed by the secret; the secret itself stays here)."""
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        ts = int(self._clock() * 1000)
+        sig = signature(self._secret, path=path, instance=self._instance, ts=ts, body=body)
+        args = {"instance": self._instance, "ts": ts, "sig": sig, "body": body}
+        return await self._client.call(kind, path, args)
 
 
-def _scrub(text: str, secret: str) -> str:
-    """`text` with every appearance of `secret` (raw or JSON-escaped) masked."""
-    for form in {secret, json.dumps(secret)[1:-1]}:
-        if form:
-            text = text.replace(form, "**********")
-    return text
+def _wire(record: Record) -> dict[str, Any]:
+    return {
+        "check": record.check,
+        "fingerprint": record.fingerprint,
+        "status": record.status,
+        "ageMs": record.age_ms,
+        "latencyMs": record.latency_ms,
+        "output": record.output,
+        "consecutiveFailures": record.consecutive_failures,
+        "consecutiveSuccesses": record.consecutive_successes,
+        "lastSuccessAgeMs": record.last_success_age_ms,
+    }
 
 
-def _rows(value: Any, where: str) -> list[StoredResult]:
-    if not isinstance(value, list):
-        raise BadResponse(f"{where}: expected a list of rows")
-    return [_row(item, where) for item in value]
+def _answer(value: Any) -> SyncAnswer:
+    answer = _object(value, "answer")
+    resend = answer.get("resend")
+    if not isinstance(resend, bool):
+        raise BadResponse(f"{SYNC}: 'resend' is not a boolean")
+    warm = answer.get("warm")
+    return SyncAnswer(
+        now_ms=_number(answer, "now"),
+        expires_at_ms=_number(answer, "expiresAt"),
+        written=int(_number(answer, "written")),
+        resend=resend,
+        warm=None if warm is None else _warm(warm),
+        heartbeat=_string(answer, "heartbeat"),
+    )
 
 
-def _row(item: Any, where: str) -> StoredResult:
-    row = _object(item, where)
-    status = _string(row, "status", where)
+def _warm(value: Any) -> Warm:
+    warm = _object(value, "warm")
+    rows = warm.get("results")
+    if not isinstance(rows, list):
+        raise BadResponse(f"{SYNC}: 'warm.results' is not a list")
+    return Warm(
+        confirmed_age_ms=_number(warm, "confirmedAgeMs"),
+        records=tuple(_record(row) for row in rows),
+    )
+
+
+def _record(value: Any) -> Record:
+    row = _object(value, "warm result")
+    status = _string(row, "status")
     if status not in STATUSES:
-        raise BadResponse(f"{where}: unknown status {status[:20]!r}")
-    last_success = row.get("lastSuccessAt")
-    record = CheckRecord(
-        check=_string(row, "check", where),
+        raise BadResponse(f"{SYNC}: unknown status {status[:20]!r}")
+    last = row.get("lastSuccessAgeMs")
+    return Record(
+        check=_string(row, "check"),
+        fingerprint=_string(row, "fingerprint"),
         status=cast(Status, status),
-        observed_at_ms=_number(row, "observedAt", where),
-        latency_ms=_number(row, "latencyMs", where),
-        output=_string(row, "output", where),
-        consecutive_failures=int(_number(row, "consecutiveFailures", where)),
-        consecutive_successes=int(_number(row, "consecutiveSuccesses", where)),
-        last_success_at_ms=None if last_success is None else _number(row, "lastSuccessAt", where),
-    )
-    return StoredResult(
-        instance=_string(row, "instance", where),
-        record=record,
-        expires_at_ms=_number(row, "expiresAt", where),
+        age_ms=_number(row, "ageMs"),
+        latency_ms=_number(row, "latencyMs"),
+        output=_string(row, "output"),
+        consecutive_failures=int(_number(row, "consecutiveFailures")),
+        consecutive_successes=int(_number(row, "consecutiveSuccesses")),
+        last_success_age_ms=None if last is None else _number(row, "lastSuccessAgeMs"),
     )
 
 
-def _object(value: Any, where: str) -> Mapping[str, Any]:
+def _object(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
-        raise BadResponse(f"{where}: expected an object")
+        raise BadResponse(f"{SYNC}: {what} is not an object")
     return value
 
 
-def _string(row: Mapping[str, Any], key: str, where: str) -> str:
+def _string(row: Mapping[str, Any], key: str) -> str:
     value = row.get(key)
     if not isinstance(value, str):
-        raise BadResponse(f"{where}: {key!r} is not a string")
+        raise BadResponse(f"{SYNC}: {key!r} is not a string")
     return value
 
 
-def _number(row: Mapping[str, Any], key: str, where: str) -> float:
+def _number(row: Mapping[str, Any], key: str) -> float:
     """Convex writes every number as a float (1.0); accept ints too, refuse the rest."""
     value = row.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise BadResponse(f"{where}: {key!r} is not a number")
+        raise BadResponse(f"{SYNC}: {key!r} is not a number")
     return float(value)

@@ -21,6 +21,7 @@ RUN_FIXTURES = [
     "missing-secret.env",
     "port-out-of-range.env",
     "url-with-credentials.env",
+    "url-password-with-a-hash.env",
     "config-file-missing.env",
     "not-toml.toml",
     "check-bad-regex.toml",
@@ -64,6 +65,8 @@ def test_run_with_invalid_config_exits_2_naming_the_field(name: str, args: tuple
     assert proc.stderr.startswith("health-sidecar: invalid configuration:\n"), proc.stderr
     assert expectation(fixture) in proc.stderr, proc.stderr
     assert SECRET not in proc.stderr
+    assert "Hunter2pass" not in proc.stderr
+    assert "hunter2-password" not in proc.stderr
 
 
 def test_run_on_a_port_in_use_fails_cleanly(tmp_path: Path) -> None:

@@ -53,11 +53,11 @@ def test_seed_env_gives_the_two_seed_checks(clean_env: pytest.MonkeyPatch) -> No
 def test_next_public_names_are_accepted(clean_env: pytest.MonkeyPatch) -> None:
     """A Next.js app's NEXT_PUBLIC_CONVEX_URL and NEXT_PUBLIC_MASTRA_URL are read when the
     plain names are not set."""
-    clean_env.setenv("NEXT_PUBLIC_CONVEX_URL", "http://convex.internal:3210/")
+    clean_env.setenv("NEXT_PUBLIC_CONVEX_URL", "https://convex.internal:3210/")
     clean_env.setenv("NEXT_PUBLIC_MASTRA_URL", "http://mastra.internal:4111")
     clean_env.setenv("HEALTH_SIDECAR_SECRET", SECRET)
     settings = load_settings()
-    assert settings.convex_url == "http://convex.internal:3210"  # trailing slash dropped
+    assert settings.convex_url == "https://convex.internal:3210"  # trailing slash dropped
     assert settings.mastra_url == "http://mastra.internal:4111"
 
 
@@ -86,9 +86,9 @@ def test_next_public_env_beats_the_file(clean_env: pytest.MonkeyPatch, tmp_path:
     """The environment wins over the file under its alternate name too:
     NEXT_PUBLIC_CONVEX_URL in the environment beats `convex_url` in the file."""
     clean_env.setenv("HEALTH_SIDECAR_SECRET", SECRET)
-    clean_env.setenv("NEXT_PUBLIC_CONVEX_URL", "http://from-env:3210")
-    with_file(clean_env, tmp_path, 'convex_url = "http://from-file:3210"\n')
-    assert load_settings().convex_url == "http://from-env:3210"
+    clean_env.setenv("NEXT_PUBLIC_CONVEX_URL", "https://from-env:3210")
+    with_file(clean_env, tmp_path, 'convex_url = "https://from-file:3210"\n')
+    assert load_settings().convex_url == "https://from-env:3210"
 
 
 def test_app_url_adds_a_critical_app_check(clean_env: pytest.MonkeyPatch) -> None:
@@ -211,7 +211,7 @@ def test_example_file_loads(clean_env: pytest.MonkeyPatch) -> None:
     """config/sidecar.toml loads with the required environment set and gives the built-in
     convex check, the file's app URL, the file's mastra check (replacing the built-in) and
     the http and tcp examples with their options."""
-    clean_env.setenv("CONVEX_URL", "http://convex.internal:3210")
+    clean_env.setenv("CONVEX_URL", "https://convex.internal:3210")
     clean_env.setenv("HEALTH_SIDECAR_SECRET", SECRET)
     clean_env.setenv("SIDECAR_CONFIG", str(EXAMPLE))
     settings = load_settings()
@@ -223,7 +223,7 @@ def test_example_file_loads(clean_env: pytest.MonkeyPatch) -> None:
         ("payments", "http"),
         ("postgres", "tcp"),
     ]
-    assert settings.convex_url == "http://convex.internal:3210"  # env over the file
+    assert settings.convex_url == "https://convex.internal:3210"  # env over the file
     mastra, payments, postgres = checks["mastra"], checks["payments"], checks["postgres"]
     assert isinstance(mastra, MastraCheck)
     assert mastra.expect_agents == ("assistant",)
@@ -309,12 +309,99 @@ def test_a_relative_check_timeout_counts_against_the_default_interval(
     assert by_name(load_settings())["slow"].limit == 15.0
 
 
-def test_builtin_convex_check_carries_the_store_secret(clean_env: pytest.MonkeyPatch) -> None:
-    """The built-in convex check queries the store's deployment with its secret (so the probe
-    is not refused and logs no error there); the secret never shows in its dump."""
+def test_store_defaults_and_ttl_follows_the_store_interval(clean_env: pytest.MonkeyPatch) -> None:
+    """One sync a minute by default; an instance lives five store periods after its last
+    sync unless SIDECAR_STORE_TTL says otherwise, and never more than a day."""
     seed_env(clean_env)
-    convex = by_name(load_settings())["convex"]
-    assert isinstance(convex, ConvexCheck)
-    assert convex.secret is not None
-    assert convex.secret.get_secret_value() == SECRET
-    assert "secret" not in convex.model_dump()
+    settings = load_settings()
+    assert (settings.store_interval, settings.ttl) == (60.0, 300.0)
+    clean_env.setenv("SIDECAR_STORE_INTERVAL", "300")
+    assert load_settings().ttl == 1500.0
+    clean_env.setenv("SIDECAR_STORE_INTERVAL", "3600")
+    assert load_settings().ttl == 18000.0
+    clean_env.setenv("SIDECAR_STORE_TTL", "86400")
+    assert load_settings().ttl == 86400.0
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://happy-otter-123.convex.cloud", True),
+        ("http://127.0.0.1:3210", True),
+        ("http://127.8.9.10:3210", True),
+        ("http://localhost:3210", True),
+        ("http://[::1]:3210", True),
+        ("http://convex.internal:3210", False),
+        ("http://10.0.0.5:3210", False),
+    ],
+)
+def test_clear_text_convex_url_needs_an_explicit_opt_in(
+    clean_env: pytest.MonkeyPatch, url: str, allowed: bool
+) -> None:
+    """The store's calls are signed, not encrypted: http:// is refused unless it stays on this
+    machine or SIDECAR_CONVEX_ALLOW_HTTP is set."""
+    seed_env(clean_env)
+    clean_env.setenv("CONVEX_URL", url)
+    if allowed:
+        assert load_settings().convex_url == url
+    else:
+        with pytest.raises(ConfigError, match=r"CONVEX_URL \(convex_url\): http:// to a host"):
+            load_settings()
+        clean_env.setenv("SIDECAR_CONVEX_ALLOW_HTTP", "1")
+        assert load_settings().convex_url == url
+
+
+def test_at_most_200_checks(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """200 checks in all (the built-in convex one included) are accepted; 201 are refused,
+    naming the count and the maximum."""
+    seed_env(clean_env)
+    clean_env.delenv("MASTRA_URL")
+    table = '[[checks]]\nname = "c{}"\nkind = "tcp"\ntarget = "127.0.0.1:9"\n'
+    with_file(clean_env, tmp_path, "".join(table.format(i) for i in range(199)))
+    assert len(load_settings().resolved_checks()) == 200
+    with_file(clean_env, tmp_path, "".join(table.format(i) for i in range(200)))
+    with pytest.raises(ConfigError, match=r"201 checks; at most 200 are allowed"):
+        load_settings()
+
+
+PASSWORD = "Hunter2pass"
+MISTYPED = [
+    f"https://user:{PASSWORD}#x@host.example",
+    f"https://user:{PASSWORD}/x@host.example",
+    f"https://user:{PASSWORD}?x@host.example",
+    f"https://user:{PASSWORD}@host.example",
+    "https://user:4430#@host.example",
+    "https://user:4430?@host.example",
+]
+URL_SETTINGS = [
+    "CONVEX_URL",
+    "NEXT_PUBLIC_CONVEX_URL",
+    "MASTRA_URL",
+    "NEXT_PUBLIC_MASTRA_URL",
+    "SIDECAR_APP_URL",
+    "SIDECAR_CHECKS",
+]
+
+
+@pytest.mark.parametrize("name", URL_SETTINGS)
+@pytest.mark.parametrize("url", MISTYPED)
+def test_a_url_with_credentials_is_refused_without_quoting_it(
+    clean_env: pytest.MonkeyPatch, name: str, url: str
+) -> None:
+    """A URL carrying user:password@ - also where the password holds #, / or ? so that the
+    URL parses as another host and port - is refused, and the error never shows the
+    password (nor any part of the URL)."""
+    seed_env(clean_env)
+    if name.startswith("NEXT_PUBLIC_"):
+        clean_env.delenv(name.removeprefix("NEXT_PUBLIC_"))
+    if name == "SIDECAR_CHECKS":
+        clean_env.setenv(name, f'[{{"name": "x", "kind": "http", "target": "{url}"}}]')
+    else:
+        clean_env.setenv(name, url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "must not contain @" in message
+    assert PASSWORD not in message
+    assert "4430" not in message
+    assert "host.example" not in message

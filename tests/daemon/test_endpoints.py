@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 from unittest import mock
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from sidecar.checks import ConvexCheck, HttpCheck, MastraCheck
 from sidecar.monitor import Monitor
-from sidecar.probes.result import CheckResult
+from sidecar.result import CheckResult
 from sidecar.server import create_app, health
 from sidecar.snapshot import StoreState
 
@@ -139,6 +142,37 @@ async def test_store_error_degrades_but_keeps_ready(
     status, body = await get_json(client, "/health")
     assert (status, body["status"], body["services"]["store"]) == (200, "degraded", "error")
     assert (await client.get("/ready")).status == 200
+
+
+async def test_store_failure_is_explained_in_health_json_and_metrics(
+    served: tuple[Monitor, TestClient[Any, Any]],
+) -> None:
+    """Every store call failing: health+json says `warn` AND why - a `store` component that
+    does not affect service health, and a note - and `sidecar_store_up` is 0; the details
+    (the error text) only with `?verbose`. Back to ok: pass, no note, `sidecar_store_up` 1."""
+    monitor, client = served
+    feed(monitor, convex="pass", mastra="pass", app="pass")
+    monitor.set_store(StoreState(status="error", kind="unavailable", message="health:sync: 500"))
+    accept = {"Accept": "application/health+json"}
+    status, body = await get_json(client, "/health", headers=accept)
+    [store] = body["checks"]["store"]
+    assert (status, body["status"]) == (200, "warn")
+    assert store == {
+        "componentId": "store",
+        "componentType": "datastore",
+        "status": "fail",
+        "affectsServiceHealth": False,
+        "observedValue": "unavailable",
+    }
+    assert body["notes"] == ["store is failing (unavailable): results are not kept in Convex"]
+    _, verbose = await get_json(client, "/health?verbose", headers=accept)
+    assert verbose["checks"]["store"][0]["output"] == "health:sync: 500"
+    assert "sidecar_store_up 0.0" in await (await client.get("/metrics")).text()
+    monitor.set_store(StoreState(status="ok"))
+    _, body = await get_json(client, "/health", headers=accept)
+    assert (body["status"], body["checks"]["store"][0]["status"]) == ("pass", "pass")
+    assert "notes" not in body
+    assert "sidecar_store_up 1.0" in await (await client.get("/metrics")).text()
 
 
 async def test_draining(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
@@ -273,6 +307,28 @@ async def test_metrics(served: tuple[Monitor, TestClient[Any, Any]]) -> None:
     assert 'sidecar_check_runs_total{check="mastra",result="fail"} 1.0' in text
     assert "sidecar_ready 0.0" in text
     assert 'sidecar_build_info{version="0.0.0"} 1.0' in text
+
+
+async def test_metrics_render_off_the_event_loop(
+    served: tuple[Monitor, TestClient[Any, Any]],
+) -> None:
+    """A scrape renders on the app's render thread, never on the event loop's: a large
+    registry (hundreds of checks) must not stall `/ready` for the render's tens of ms."""
+    monitor, client = served
+    seen: list[str] = []
+
+    class Witness(Collector):
+        def collect(self) -> Iterable[Metric]:
+            seen.append(threading.current_thread().name)
+            return []
+
+    monitor.metrics.registry.register(Witness())
+    seen.clear()  # registering collected once, to describe it
+    assert (await client.get("/metrics")).status == 200
+    assert (await client.get("/metrics", headers={"Accept-Encoding": "gzip"})).status == 200
+    assert len(seen) == 2
+    assert all(name.startswith("metrics") for name in seen), seen
+    assert threading.current_thread().name not in seen
 
 
 async def test_metrics_openmetrics(served: tuple[Monitor, TestClient[Any, Any]]) -> None:

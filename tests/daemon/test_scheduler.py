@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -12,7 +13,7 @@ import pytest
 
 from sidecar.checks import Check, HttpCheck
 from sidecar.monitor import Monitor
-from sidecar.probes.result import CheckResult, Stopwatch
+from sidecar.result import CheckResult, Stopwatch
 from sidecar.scheduler import Scheduler
 from tests.support import faults
 
@@ -116,3 +117,27 @@ async def test_heartbeat_drives_live() -> None:
     assert not monitor.live()
     monitor.heartbeat()
     assert monitor.live()
+
+
+async def test_first_round_is_staggered_and_each_check_keeps_its_place() -> None:
+    """Twenty checks start one step apart, in their configured order, not all at once; the
+    step shrinks so that the whole first round fits in one interval; the second round keeps
+    the same order and spacing."""
+    starts: dict[str, list[float]] = {}
+
+    async def probe(session: aiohttp.ClientSession, check: Check) -> CheckResult:
+        starts.setdefault(check.name, []).append(time.monotonic())
+        return Stopwatch().result("pass", "ok")
+
+    checks: list[Check] = [http(f"c{i:02d}", "http://127.0.0.1:1", interval=0.5) for i in range(20)]
+    monitor = Monitor(instance="t", version="0", checks=checks)
+    async with scheduling(monitor, checks, probe=probe, first_round_step=0.04):
+        await asyncio.sleep(1.15)
+    names = [c.name for c in checks]
+    firsts = [starts[name][0] for name in names]
+    seconds = [starts[name][1] for name in names]
+    step = 0.5 / 20  # 0.04 s would not fit 20 checks in a 0.5 s interval
+    assert firsts == sorted(firsts)
+    assert all(b - a >= step * 0.9 for a, b in itertools.pairwise(firsts))
+    assert firsts[-1] - firsts[0] < 0.5
+    assert all(abs((s - f) - 0.5) < 0.1 for f, s in zip(firsts, seconds, strict=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.checks import HttpCheck
-from sidecar.probes.result import CheckResult
+from sidecar.result import CheckResult
 from sidecar.state import CheckState
 
 T0 = 1_800_000_000.0
@@ -88,7 +88,7 @@ def test_no_result_is_unknown() -> None:
 def test_output_is_clipped_in_utf16_units() -> None:
     """Probe output is cut to 1024 UTF-16 code units, Convex's measure, so a long output of
     characters outside the BMP can never make Convex refuse a whole report."""
-    from sidecar.probes.result import MAX_OUTPUT, Stopwatch
+    from sidecar.result import MAX_OUTPUT, Stopwatch
 
     text = Stopwatch().result("fail", "😀" * 1000).output
     assert len(text.encode("utf-16-le")) <= 2 * MAX_OUTPUT

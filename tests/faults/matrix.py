@@ -7,10 +7,11 @@ under 50 ms at p99 (>= 200 requests each, from a separate process); the fault is
 check passes again within one interval + timeout; the daemon logged exactly one line per
 state change, its memory and file descriptors stayed flat, and no background task died.
 
-Expected states (why a fault is harmless for some kinds). Columns: convex `/version`, convex
-`/api/*` (the function runtime, which the store uses too), mastra, http (any 2xx), tcp.
+Expected states (why a fault is harmless for some kinds). Columns: convex `/instance_name`
+(its public route, "/route" below), convex `/api/*` (the function runtime: the check's
+`health:ping`, and the store's sync too), mastra, http (any 2xx), tcp.
 
-| fault              | /version | /api           | mastra          | http     | tcp                |
+| fault              | /route   | /api           | mastra          | http     | tcp                |
 | ------------------ | -------- | -------------- | --------------- | -------- | ------------------ |
 | refuse             | fail (host-wide)          | fail            | fail     | fail               |
 | hang               | fail     | fail           | fail            | fail     | fail (queue full)  |
@@ -23,7 +24,7 @@ Expected states (why a fault is harmless for some kinds). Columns: convex `/vers
 | wrong content type | PASS (1) | fail           | fail            | PASS (2) | -                  |
 | unresolvable       | fail (host-wide)          | fail            | fail     | fail               |
 
-(1) `/version` promises only that Convex answers 200 (DESIGN: "both answer in time"); the
+(1) `/instance_name` promises only that Convex answers 200 (DESIGN: "both answer in time"); the
     function-runtime query is what proves Convex works, and it still answers.
 (2) The http check is configured as users do by default: any 2xx, no `body_regex`, so the body
     and its content type are not part of the contract. Only the first 64 KiB is read.
@@ -61,7 +62,7 @@ TIMEOUT = 0.3
 FAILURES_BEFORE_FAIL = 2
 SUCCESSES_BEFORE_PASS = 1
 STORE_TIMEOUT = 0.5
-STORE_PERIOD = 1.0  # the reporter's period: max(shortest interval, 1 s)
+STORE_PERIOD = 1.0  # SIDECAR_STORE_INTERVAL here: one sync a second
 # Scheduling slack on a shared 2-core machine; the figures measured are in the report table.
 SLACK = 0.5
 FAIL_BUDGET = FAILURES_BEFORE_FAIL * INTERVAL + TIMEOUT
@@ -139,7 +140,7 @@ STORE_RESULT = {
 class Cell:
     """One cell: a target kind (and path scope) x a fault, and the state it must reach."""
 
-    target: str  # the table's column: convex_version, convex_api, convex, mastra, http, tcp
+    target: str  # the table's column: convex_route, convex_api, convex, mastra, http, tcp
     fault: str
     expect: Expect
     why: str = ""
@@ -207,6 +208,7 @@ def daemon_env(
         "SIDECAR_INTERVAL": str(INTERVAL),
         "SIDECAR_TIMEOUT": str(TIMEOUT),
         "SIDECAR_STORE_TIMEOUT": str(STORE_TIMEOUT),
+        "SIDECAR_STORE_INTERVAL": str(STORE_PERIOD),
         "SIDECAR_DRAIN_SECONDS": "0",
         "SIDECAR_CHECKS": json.dumps(checks),
         **extra,
@@ -319,7 +321,7 @@ def transitions(check: str, to: str) -> str:
     return f'sidecar_check_transitions_total{{check="{check}",to="{to}"}}'
 
 
-def store_requests(result: str, op: str = "report") -> str:
+def store_requests(result: str, op: str = "sync") -> str:
     return f'sidecar_store_requests_total{{op="{op}",result="{result}"}}'
 
 
@@ -553,7 +555,7 @@ async def run_cell(group: Group, cell: Cell) -> None:
     )
     assert during.get(f'sidecar_check_crashes_total{{check="{check}"}}') == 0, where
     assert result.rss_growth < RSS_GROWTH_LIMIT, f"{where}: RSS grew {result.rss_growth} bytes"
-    # At most the probe in flight (convex: /version and the query) holds a connection open.
+    # At most the probe in flight (convex: /instance_name and the query) holds a connection.
     assert held <= 2, f"{where}: {held} connections to the fault target under the fault"
     assert left <= 2, f"{where}: {left} connections to the target after recovery"
     assert result.fd_growth <= len(group.targets) + FD_TRANSIENT, (

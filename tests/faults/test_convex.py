@@ -1,9 +1,12 @@
-"""Fault matrix, convex column: faults on `/version`, on the function runtime (`/api/*`, which
-the store uses too: the store's `/api/mutation` gets the same fault), and host-wide refusal.
+"""Fault matrix, convex column: faults on the public route `/instance_name`, on the function
+runtime (`/api/*`: the check's `health:ping`; the store's `/api/mutation` gets the same fault),
+and host-wide refusal.
 
 One daemon; one convex check per cell, each through its own switchable proxy in front of
-dev/convex-local; CONVEX_URL (the store) is one more proxy. The built-in `convex` check probes
-dev/convex-local directly, so store faults never touch it.
+dev/convex-local, so each is "another deployment" than the store's and pings it; CONVEX_URL
+(the store) is one more proxy. The built-in `convex` check probes dev/convex-local directly,
+so store faults never touch it. (The store's own deployment, proven by the store's calls, is
+tested in test_store.py.)
 """
 
 from __future__ import annotations
@@ -30,20 +33,20 @@ from tests.support.switch import SwitchServer, switch_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-HARMLESS_FOR_VERSION = {
-    "garbage": "/version promises only a 200; the runtime query still answers",
+HARMLESS_FOR_ROUTE = {
+    "garbage": "/instance_name promises only a 200; the runtime query still answers",
     "huge_body": "a 200 whose first 64 KiB is read; the runtime query still answers",
-    "wrong_content_type": "a 200 (real Convex answers /version as text/plain anyway)",
+    "wrong_content_type": "a 200 (real Convex answers /instance_name as text/plain anyway)",
 }
 CELLS = [
     Cell("convex", "refuse", "fail", "nothing listens on the host", store=True),
     *(
         Cell(
-            "convex_version",
+            "convex_route",
             fault,
-            "pass" if fault in HARMLESS_FOR_VERSION else "fail",
-            HARMLESS_FOR_VERSION.get(fault, ""),
-            paths=("/version",),
+            "pass" if fault in HARMLESS_FOR_ROUTE else "fail",
+            HARMLESS_FOR_ROUTE.get(fault, ""),
+            paths=("/instance_name",),
         )
         for fault in HTTP_FAULTS
     ),

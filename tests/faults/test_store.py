@@ -1,20 +1,22 @@
-"""Store faults (the Convex HTTP API the results are kept in): a wrong secret, a function error
-(the real functions rejecting an argument), Convex's argument validator, Convex answering 5xx,
-and Convex hanging. Probing and serving go on, `services.store` says "error" (200, degraded:
-the store is not critical), `sidecar_store_requests_total` counts the failure under its
-result label, one log line marks the change and one the recovery, and readiness never moves.
+"""Store faults (the Convex HTTP API the results are kept in): a wrong secret, a clock two
+minutes off, a function error (the real functions refusing the payload), Convex's argument
+validator, Convex answering 5xx, and Convex hanging. Probing and serving go on,
+`services.store` says "error" (200, degraded: the store is not critical), `sidecar_store_up`
+is 0, `sidecar_store_requests_total` counts the failure under its result label, one log line
+marks the change and one the recovery, and readiness never moves.
 
-CONVEX_URL is a switchable proxy in front of dev/convex-local; faults apply to
-`/api/mutation` (the per-round `health:report`) only, so the built-in convex check, which goes
-through the same proxy (`/version` and a query), keeps passing. The wrong secret and the
-argument errors are produced by dev/convex-local's real functions and validators: the proxy
-only rewrites the forwarded arguments.
+CONVEX_URL is a switchable proxy in front of dev/convex-local; faults apply to `/api/mutation`
+(`health:sync`). The built-in convex check probes dev/convex-local directly here, so it is
+"another deployment" and keeps passing. The refusals are produced by dev/convex-local's real
+functions and validators: the proxy only rewrites the forwarded call and, where the fault is
+not the signature itself, signs it again with the secret, as a sidecar would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,12 +25,15 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from sidecar.store.signing import signature
+from tests.conftest import SECRET
 from tests.faults.matrix import (
     FD_TRANSIENT,
     RESULTS,
     RSS_GROWTH_LIMIT,
     SLACK,
     STORE_BUDGET,
+    STORE_PERIOD,
     STORE_TIMEOUT,
     TIMEOUT,
     Cell,
@@ -65,11 +70,25 @@ CONVEX_503 = (
 )
 
 
-def _args(**changes: Any) -> Forward:
-    """Forward `health:report` with some of its arguments changed."""
+def _signed(secret: str = SECRET, *, skew_ms: int = 0, **payload: Any) -> Forward:
+    """Forward `health:sync` with its payload changed and/or its timestamp moved, signed again
+    with `secret` (the refusal is then the functions' own, not a broken signature)."""
 
-    def rewrite(body: dict[str, Any]) -> dict[str, Any]:
-        return {**body, "args": {**body["args"], **changes}}
+    def rewrite(request: dict[str, Any]) -> dict[str, Any]:
+        args = dict(request["args"])
+        body = json.dumps({**json.loads(args["body"]), **payload}, separators=(",", ":"))
+        ts = int(args["ts"]) + skew_ms
+        sig = signature(secret, path=request["path"], instance=args["instance"], ts=ts, body=body)
+        return {**request, "args": {**args, "ts": ts, "body": body, "sig": sig}}
+
+    return Forward(rewrite)
+
+
+def _args(**changes: Any) -> Forward:
+    """Forward `health:sync` with some of its arguments replaced (the signature stays)."""
+
+    def rewrite(request: dict[str, Any]) -> dict[str, Any]:
+        return {**request, "args": {**request["args"], **changes}}
 
     return Forward(rewrite)
 
@@ -77,17 +96,18 @@ def _args(**changes: Any) -> Forward:
 @dataclass(frozen=True)
 class StoreFault:
     name: str
-    route: Any  # a faults.Behaviour, or a Forward that rewrites the arguments
+    route: Any  # a faults.Behaviour, or a Forward that rewrites the call
     result: str  # the sidecar_store_requests_total result label
     output: str  # a text the store's detail output must contain
 
 
 STORE_FAULTS = [
-    StoreFault("wrong_secret", _args(secret=WRONG_SECRET), "unauthorized", "wrong or missing"),
-    # health:report's own check: a ConvexError with errorData {"code": "invalid_argument"}.
-    StoreFault("invalid_argument", _args(ttlSeconds=0), "function_error", "invalid_argument"),
-    # Convex's argument validator: an ArgumentValidationError, no errorData.
-    StoreFault("validator", _args(ttlSeconds="300"), "function_error", "ArgumentValidation"),
+    StoreFault("wrong_secret", _signed(WRONG_SECRET), "unauthorized", "bad signature"),
+    StoreFault("clock_skew", _signed(skew_ms=120_000), "unauthorized", "clock"),
+    # health:sync's own check: a ConvexError with errorData {"code": "invalid_argument"}.
+    StoreFault("invalid_argument", _signed(ttlMs=0), "function_error", "invalid_argument"),
+    # Convex's argument validator: a production deployment says only "Server Error".
+    StoreFault("validator", _args(ts="soon"), "function_error", "Server Error"),
     StoreFault("convex_503", faults.respond(503, CONVEX_503), "unavailable", "HTTP 503"),
     StoreFault("hang", faults.hang(), "unavailable", f"no answer within {STORE_TIMEOUT:g}s"),
 ]
@@ -101,7 +121,7 @@ async def group(
         store = await stack.enter_async_context(switch_server(upstream=convex_local.url))
         app = await stack.enter_async_context(switch_server(faults.respond(200, b"{}")))
         checks = [
-            check_config("convex", "convex", store.url),
+            check_config("convex", "convex", convex_local.url),
             check_config("app", "http", app.url + "/api/health"),
         ]
         env = daemon_env(store.url, "faults-store", checks)
@@ -113,7 +133,7 @@ async def group(
 
 @pytest.mark.parametrize("fault", STORE_FAULTS, ids=lambda f: f.name)
 async def test_store_fault(group: Group, fault: StoreFault) -> None:
-    """The store API fails at runtime: within one reporter period + the store timeout
+    """The store API fails at runtime: within one store period + the store timeout
     `services.store` is "error" (/health 200 "degraded"), /ready stays 200 and every endpoint
     fast (p99 < 50 ms), the checks keep running and passing, the failure is counted under its
     result label, one "store failing" line is logged however many calls fail, and one
@@ -171,6 +191,8 @@ async def test_store_fault(group: Group, fault: StoreFault) -> None:
     assert latencies["/health"].statuses == {200: len(latencies["/health"].samples)}
     assert_fast(latencies, fault.name)
     assert details["store"]["error"] == fault.result, details["store"]
+    assert during["sidecar_store_up"] == 0
+    assert after["sidecar_store_up"] == 1
     assert fault.output in details["store"]["output"], details["store"]
     for check in ("convex", "app"):  # probing went on, and nothing flapped
         assert during[runs(check, "pass")] >= before[runs(check, "pass")] + 3, check
@@ -185,12 +207,12 @@ async def test_store_fault(group: Group, fault: StoreFault) -> None:
     assert after[store_requests("ok")] > during[store_requests("ok")]
     if fault.name == "hang":  # each call gave up after SIDECAR_STORE_TIMEOUT, not before
         calls = (
-            after['sidecar_store_request_duration_seconds_count{op="report"}']
-            - before['sidecar_store_request_duration_seconds_count{op="report"}']
+            after['sidecar_store_request_duration_seconds_count{op="sync"}']
+            - before['sidecar_store_request_duration_seconds_count{op="sync"}']
         )
         spent = (
-            after['sidecar_store_request_duration_seconds_sum{op="report"}']
-            - before['sidecar_store_request_duration_seconds_sum{op="report"}']
+            after['sidecar_store_request_duration_seconds_sum{op="sync"}']
+            - before['sidecar_store_request_duration_seconds_sum{op="sync"}']
         )
         hung = after[store_requests("unavailable")] - before[store_requests("unavailable")]
         assert hung >= 3
@@ -211,8 +233,8 @@ async def test_whole_life(group: Group) -> None:
 async def test_store_hanging_from_start_delays_nothing(
     convex_local: procs.Proc, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Convex's function API hangs from the start: the warm start's read gives up after
-    SIDECAR_STORE_TIMEOUT, counted as `op="instance", result="unavailable"`; the daemon is
+    """Convex's function API hangs from the start: the first sync (the warm start's) gives up
+    after SIDECAR_STORE_TIMEOUT, counted as `op="sync", result="unavailable"`; the daemon is
     ready after its first round anyway, with `services.store` "error" and /health degraded."""
     async with switch_server(upstream=convex_local.url) as store:
         store.inject(faults.hang(), paths=("/api/",))
@@ -233,7 +255,7 @@ async def test_store_hanging_from_start_delays_nothing(
     assert ready - listening < TIMEOUT + SLACK, ready - listening
     assert failing - listening >= STORE_TIMEOUT - 0.1, failing - listening
     assert ready < failing
-    assert page[store_requests("unavailable", op="instance")] == 1
+    assert page[store_requests("unavailable")] >= 1
     assert (health_status, health["status"], ready_status) == (200, "degraded", 200)
 
 
@@ -254,7 +276,7 @@ async def test_long_non_ascii_output_does_not_poison_the_report(
 ) -> None:
     """A check's output is cut to 1,024 characters, and Convex counts characters in UTF-16
     code units: an output with a character outside the BMP (here from a long `body_regex`
-    with an emoji) must still fit `health:report`'s limit, or the whole round - every
+    with an emoji) must still fit `health:sync`'s limit, or the whole sync - every
     check's row - is refused and the store stays "error" (function_error, invalid_argument)
     for as long as that output stands."""
     regex = "\N{LARGE GREEN CIRCLE}" + "x" * 1100  # compiles; never matches "{}"
@@ -277,12 +299,61 @@ async def test_long_non_ascii_output_does_not_poison_the_report(
 
 
 async def wait_reports(group: Group, calls: int, *, within: float) -> None:
-    """Wait until the daemon has made `calls` `health:report` calls, whatever their result."""
+    """Wait until the daemon has made `calls` `health:sync` calls, whatever their result."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         page = await metrics(group)
-        reports = 'sidecar_store_requests_total{op="report",'
+        reports = 'sidecar_store_requests_total{op="sync",'
         if sum(v for k, v in page.items() if k.startswith(reports)) >= calls:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"fewer than {calls} health:report calls within {within}s")
+    raise AssertionError(f"fewer than {calls} health:sync calls within {within}s")
+
+
+async def test_store_deployment_runtime_is_proven_by_the_sync(
+    convex_local: procs.Proc, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The built-in convex check of the store's own deployment makes no function call: the
+    store's syncs prove the runtime. No `health:ping` reaches it while the syncs answer; a
+    refusal (wrong secret) is an answer, so the check keeps passing; a runtime answering 503
+    to every sync fails it once no answer came within two store periods plus the timeout,
+    and the first answer after the fault brings it back."""
+    window = 2 * STORE_PERIOD + STORE_TIMEOUT  # how long one answer proves the runtime
+    queries: list[dict[str, Any]] = []
+
+    def count(request: dict[str, Any]) -> dict[str, Any]:
+        queries.append(request)
+        return request
+
+    async with switch_server(upstream=convex_local.url) as store:
+        env = daemon_env(store.url, "faults-store-proof", [])
+        log = tmp_path_factory.mktemp("faults-store-proof") / "daemon.log"
+        async with running_group(env, log, {}, store=store, healthy=("convex",)) as group:
+            store.inject(Forward(count), paths=("/api/query",))
+            await asyncio.sleep(window + 1)
+            assert queries == []
+            assert await verbose_status(group) == "pass"
+
+            store.inject(_signed(WRONG_SECRET), paths=("/api/mutation",))
+            await wait_store(group, "error", within=STORE_BUDGET + SLACK + 2)
+            await asyncio.sleep(window + 1)
+            assert await verbose_status(group) == "pass"
+
+            store.inject(faults.respond(503, CONVEX_503), paths=("/api/mutation",))
+            took = await wait_state(group, "convex", "fail", within=window + 5)
+            ready_status, ready = await get_json(group, "/ready")
+            _, details = await verbose_health(group)
+            store.clear()
+            back = await wait_state(group, "convex", "pass", within=STORE_BUDGET + 3)
+    assert took >= STORE_BUDGET, took  # not before the last answer's window ran out
+    assert took <= window + 2 * 0.5 + TIMEOUT + SLACK, took
+    assert ready_status == 503
+    assert "convex is fail" in ready["reasons"], ready
+    assert "no store call answered within" in details["checks"]["convex"]["output"]
+    assert back <= STORE_BUDGET + SLACK + 1, back
+
+
+async def verbose_status(group: Group, check: str = "convex") -> str:
+    _, body = await verbose_health(group)
+    status: str = body["checks"][check]["status"]
+    return status

@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import SECRET
-from tests.support import faults, procs
+from tests.support import convex, faults, procs
 from tests.support.daemon import get, log_lines, metric, metrics_text, start_daemon, wait_for
+from tests.support.switch import switch_server
 
 INTERVAL = 1.0
 TIMEOUT = 0.5
@@ -48,23 +49,6 @@ def daemon_env(convex: procs.Proc, mastra_url: str, instance: str, **extra: str)
     }
 
 
-async def instance_rows(convex: procs.Proc, instance: str) -> list[dict[str, object]]:
-    """What Convex holds for `instance`, read with the official function."""
-    async with aiohttp.ClientSession() as session:
-        resp = await session.post(
-            f"{convex.url}/api/query",
-            json={
-                "path": "health:instance",
-                "args": {"secret": SECRET, "now": time.time() * 1000, "instance": instance},
-                "format": "json",
-            },
-        )
-        body = await resp.json()
-    assert body["status"] == "success", body
-    rows: list[dict[str, object]] = body["value"]
-    return rows
-
-
 async def test_ready_after_first_round_and_rows_in_convex(
     convex_local: procs.Proc,
     mastra: procs.Proc,
@@ -83,7 +67,7 @@ async def test_ready_after_first_round_and_rows_in_convex(
         deadline = time.monotonic() + 5
         rows: list[dict[str, object]] = []
         while time.monotonic() < deadline and len(rows) < 3:
-            rows = await instance_rows(convex_local, "it-ready")
+            rows = await convex.instance_results(convex_local.url, "it-ready")
             await asyncio.sleep(0.1)
         assert sorted(str(r["check"]) for r in rows) == ["app", "convex", "mastra"]
         assert all(r["status"] == "pass" for r in rows)
@@ -127,78 +111,70 @@ async def test_mastra_outage_and_recovery(
     assert [line["to"] for line in changes] == ["pass", "fail", "pass"]
 
 
-async def test_warm_start_from_convex(convex_local: procs.Proc, tmp_path: Path) -> None:
-    """A restarted daemon restores its fresh passing Mastra result from Convex and is ready
-    before its own first Mastra probe has finished (that one hangs)."""
+async def test_warm_start_from_the_last_sync(convex_local: procs.Proc, tmp_path: Path) -> None:
+    """A stopped daemon's last sync confirms its results; a daemon restarted soon after with
+    the same configuration serves the passing Mastra result at once and is ready before its
+    own first Mastra probe has finished (that one hangs). Both are long past their first
+    round's syncs when stopped: only the last sync (at exit) makes the result fresh."""
+    with procs.mastra(tmp_path / "mastra.log") as mastra:
+        async with switch_server(upstream=mastra.url) as mastra_proxy:
+            env = daemon_env(
+                convex_local,
+                mastra_proxy.url,
+                "it-warm",
+                SIDECAR_INTERVAL="2",
+                SIDECAR_TIMEOUT="1.5",
+            )
+            # In a thread: the proxy in this event loop must answer while the daemon starts.
+            first = await asyncio.to_thread(start_daemon, env, tmp_path / "first.log")
+            try:
+                await wait_for(first.url + "/ready", 200, within=5)
+                # Longer than a result stays fresh (2 x 2 s + 1.5 s): without the last sync,
+                # the stored results would be stale by the time the next daemon starts.
+                await asyncio.sleep(6)
+            finally:
+                assert await asyncio.to_thread(first.stop) == 0
+            mastra_proxy.inject(faults.hang())
+            second = await asyncio.to_thread(start_daemon, env, tmp_path / "second.log")
+            try:
+                took = await wait_for(second.url + "/ready", 200, within=1.4)
+                assert took < 1.4  # the hung probe cannot have finished: it takes 1.5 s
+                await wait_for(second.url + "/ready", 503, within=2 * 2 + 1.5 + 2)
+            finally:
+                await asyncio.to_thread(second.stop)
+    warm = [line for line in log_lines(second) if line["message"] == "warm start"]
+    assert [line["checks"] for line in warm] == [["convex", "mastra"]]
+
+
+async def test_no_warm_start_across_a_changed_target(
+    convex_local: procs.Proc, tmp_path: Path
+) -> None:
+    """Restarted with MASTRA_URL pointing somewhere else (a dead address that hangs), the
+    daemon does not restore the old passing Mastra result: it is not ready until its own
+    probe decides, and `mastra` is unknown meanwhile."""
     with procs.mastra(tmp_path / "mastra.log") as mastra:
         env = daemon_env(
-            convex_local, mastra.url, "it-warm", SIDECAR_INTERVAL="5", SIDECAR_TIMEOUT="3"
+            convex_local, mastra.url, "it-moved", SIDECAR_INTERVAL="5", SIDECAR_TIMEOUT="3"
         )
         first = start_daemon(env, tmp_path / "first.log")
         try:
             await wait_for(first.url + "/ready", 200, within=5)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                if len(await instance_rows(convex_local, "it-warm")) == 2:
-                    break
-                await asyncio.sleep(0.1)
         finally:
-            first.stop()
+            assert first.stop() == 0
     async with faults.fault_server(faults.hang()) as hung:
         env = daemon_env(
-            convex_local, hung.url, "it-warm", SIDECAR_INTERVAL="5", SIDECAR_TIMEOUT="3"
+            convex_local, hung.url, "it-moved", SIDECAR_INTERVAL="5", SIDECAR_TIMEOUT="3"
         )
         second = start_daemon(env, tmp_path / "second.log")
         try:
-            took = await wait_for(second.url + "/ready", 200, within=2.5)
-            assert took < 2.5  # the hung probe cannot have finished: it takes 3 s
-            await wait_for(second.url + "/ready", 503, within=5 * 2 + 3 + 2)
+            await asyncio.sleep(1.5)
+            status, body = await get(second.url + "/ready")
         finally:
             second.stop()
-    assert any(line["message"] == "warm start" for line in log_lines(second))
-
-
-async def test_stale_results_never_warm_start(convex_local: procs.Proc, tmp_path: Path) -> None:
-    """A passing row older than two intervals does not make a new daemon ready."""
-    async with aiohttp.ClientSession() as session:
-        old = (time.time() - 60) * 1000
-        row = {
-            "check": "mastra",
-            "status": "pass",
-            "observedAt": old,
-            "latencyMs": 1,
-            "output": "",
-            "consecutiveFailures": 0,
-            "consecutiveSuccesses": 5,
-            "lastSuccessAt": old,
-        }
-        resp = await session.post(
-            f"{convex_local.url}/api/mutation",
-            json={
-                "path": "health:report",
-                "args": {
-                    "secret": SECRET,
-                    "now": time.time() * 1000,
-                    "instance": "it-stale",
-                    "ttlSeconds": 300,
-                    "results": [row],
-                },
-                "format": "json",
-            },
-        )
-        assert (await resp.json())["status"] == "success"
-    async with faults.fault_server(faults.hang()) as hung:
-        env = daemon_env(
-            convex_local, hung.url, "it-stale", SIDECAR_INTERVAL="5", SIDECAR_TIMEOUT="3"
-        )
-        daemon = start_daemon(env, tmp_path / "daemon.log")
-        try:
-            await asyncio.sleep(1.5)
-            status, body = await get(daemon.url + "/ready")
-            assert status == 503
-            assert "mastra is unknown" in body["reasons"]
-        finally:
-            daemon.stop()
+    assert status == 503
+    assert "mastra is unknown" in body["reasons"]
+    warm = [line["checks"] for line in log_lines(second) if line["message"] == "warm start"]
+    assert warm == [["convex"]]  # the convex check's definition did not change
 
 
 async def test_sigterm_timeline(
@@ -286,7 +262,7 @@ async def test_wrong_secret_store_warns_probing_goes_on(
         await asyncio.sleep(2.5 * INTERVAL)
         text = await metrics_text(daemon.url)
         runs = metric(text, 'sidecar_check_runs_total{check="mastra",result="pass"}')
-        refused = metric(text, 'sidecar_store_requests_total{op="report",result="unauthorized"}')
+        refused = metric(text, 'sidecar_store_requests_total{op="sync",result="unauthorized"}')
         assert runs >= 3
         assert refused >= 2
     finally:
@@ -294,7 +270,7 @@ async def test_wrong_secret_store_warns_probing_goes_on(
     failing = [line for line in log_lines(daemon) if line["message"] == "store failing"]
     assert len(failing) == 1
     assert failing[0]["error"] == "unauthorized"
-    assert await instance_rows(convex_local, "it-secret") == []
+    assert await convex.instance_results(convex_local.url, "it-secret") == []
 
 
 async def test_metrics_are_promtool_clean(

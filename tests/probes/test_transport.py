@@ -86,7 +86,10 @@ async def test_huge_body_is_not_read_whole(session: aiohttp.ClientSession, kind:
     expected = {
         "http": ("pass", "HTTP 200"),
         "mastra": ("fail", "health: body over 64 KiB"),
-        "convex": ("fail", "version 200; runtime bad_response: response body over 65536 bytes"),
+        "convex": (
+            "fail",
+            "instance_name 200; runtime bad_response: response body over 65536 bytes",
+        ),
     }
     assert (result.status, result.output) == expected[kind]
 
@@ -110,6 +113,6 @@ async def test_redirect_to_another_host_is_refused(
             result = await probe_within(session, kind, server.url)
             assert result.status == "fail", location
             assert "redirect to another host" in result.output, location
-            # convex: /version and the runtime query each got one redirect.
+            # convex: /instance_name and the runtime query each got one redirect.
             assert server.requests == (2 if kind == "convex" else 1), location
         assert elsewhere.requests == 0

@@ -59,7 +59,7 @@ def test_alert_rules_are_valid() -> None:
     assert {
         "SidecarCheckFailing",
         "SidecarNotReady",
-        "SidecarStoreErrors",
+        "SidecarStoreDown",
         "SidecarDown",
         "SidecarTargetsMissing",
     } <= set(alert_names())
@@ -94,14 +94,17 @@ def test_every_alert_has_cases_that_fire_and_that_do_not() -> None:
             "expr: sidecar_check_up == 0\n        for: 1m",
         ),
         (" unless on (job, instance) sidecar_draining == 1", ""),
-        ('sidecar_store_requests_total{result!="ok"}[2m]', "sidecar_store_requests_total[2m]"),
+        (
+            "expr: sidecar_store_up == 0\n        for: 5m",
+            "expr: sidecar_store_up == 0\n        for: 30s",
+        ),
         ('absent(up{job="health-sidecar"})', 'absent(up{job="sidecar"})'),
     ],
-    ids=["shorter-for", "draining-not-excluded", "ok-counted-as-error", "wrong-job"],
+    ids=["shorter-for", "draining-not-excluded", "store-blip-fires", "wrong-job"],
 )
 def test_unit_tests_catch_a_broken_rule(tmp_path: Path, old: str, new: str) -> None:
-    """A plausible mistake in alerts.yml (a shorter `for`, draining counted as not ready, `ok`
-    calls counted as errors, a wrong job name) makes `promtool test rules` fail: the unit
+    """A plausible mistake in alerts.yml (a shorter `for`, draining counted as not ready, a
+    store alert that fires on a blip, a wrong job name) makes `promtool test rules` fail: the unit
     tests pin the rules' behaviour, not only their syntax."""
     text = ALERTS.read_text()
     assert text.count(old) == 1, old

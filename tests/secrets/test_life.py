@@ -30,6 +30,7 @@ from tests.secrets.conftest import CONVEX_SECRET, Recorder
 from tests.secrets.leaks import find, make_secret
 from tests.support import procs
 from tests.support.daemon import start_daemon
+from tests.support.switch import Forward, SwitchServer
 
 WRONG_SECRET = make_secret("wrong")
 DETAILS_TOKEN = make_secret("dtok")
@@ -163,9 +164,18 @@ failures_before_fail = 1
     return path
 
 
-async def live_a_life(convex: procs.Proc, tmp: Path) -> Life:
+async def live_a_life(own_convex: procs.Proc, tmp: Path) -> Life:
     life = Life()
     s = life.servers
+    sent: list[str] = []
+
+    def record(request: dict[str, Any]) -> dict[str, Any]:
+        sent.append(json.dumps(request))
+        return request
+
+    # Every request body the daemons send to Convex passes through this proxy and is kept.
+    convex = await SwitchServer(upstream=own_convex.url).start()
+    convex.inject(Forward(record))
     s["app"] = await Recorder().start()
     s["mastra"] = await Recorder(body=b'{"success":true}').start()
     s["partner"] = await Recorder().start()
@@ -178,10 +188,14 @@ async def live_a_life(convex: procs.Proc, tmp: Path) -> Life:
     finally:
         for server in s.values():
             await server.stop()
+        await convex.stop()
+    life.collected["request bodies sent to Convex"] = "\n".join(sent)
+    # What the deployment logged (a real one quotes a refused call's arguments in its logs).
+    life.collected["convex deployment log"] = own_convex.output()
     return life
 
 
-async def one_life(convex: procs.Proc, tmp: Path, life: Life) -> None:
+async def one_life(convex: SwitchServer, tmp: Path, life: Life) -> None:
     s = life.servers
     config = check_config(life, tmp)
     env = {
@@ -244,7 +258,7 @@ async def one_life(convex: procs.Proc, tmp: Path, life: Life) -> None:
 
     await wrong_secret_life(convex, tmp, life)
     await command_line(env, life)
-    life.collected["rows in convex"] = await rows_in_convex(convex)
+    life.collected["documents in convex"] = await documents_in_convex(convex.url)
 
 
 def _probed(*servers: Recorder) -> Any:
@@ -254,7 +268,7 @@ def _probed(*servers: Recorder) -> Any:
     return probe
 
 
-async def wrong_secret_life(convex: procs.Proc, tmp: Path, life: Life) -> None:
+async def wrong_secret_life(convex: SwitchServer, tmp: Path, life: Life) -> None:
     """A second daemon whose secret Convex refuses: the store fails from the start."""
     env = {
         "CONVEX_URL": convex.url,
@@ -319,18 +333,15 @@ async def command_line(env: dict[str, str], life: Life) -> None:
         life.collected[f"cli {name}"] = output
 
 
-async def rows_in_convex(convex: procs.Proc) -> str:
-    """What the daemons stored: every unexpired row, read with the official function."""
+async def documents_in_convex(url: str) -> str:
+    """What the daemons stored: every document of the sidecar's tables (the stand-in's dev
+    route)."""
     async with aiohttp.ClientSession() as session:
-        resp = await session.post(
-            f"{convex.url}/api/query",
-            json={
-                "path": "health:fleet",
-                "args": {"secret": CONVEX_SECRET, "now": time.time() * 1000},
-                "format": "json",
-            },
-        )
-        return await resp.text()
+        texts = []
+        for table in ("sidecarInstances", "sidecarHeartbeats", "sidecarResults"):
+            async with session.get(f"{url}/_dev/tables/{table}") as resp:
+                texts.append(await resp.text())
+        return "\n".join(texts)
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +374,11 @@ def test_the_life_covers_every_phase(life: Life) -> None:
     assert c["cli config"].startswith("exit 0")
     for name in ("bad port: run", "bad check: run", "checks not JSON: run", "short token: run"):
         assert c[f"cli {name}"].startswith("exit 2"), c[f"cli {name}"]
-    assert '"secrets-life"' in c["rows in convex"]
+    assert '"secrets-life"' in c["documents in convex"]
+    sent = c["request bodies sent to Convex"]
+    assert '"path": "health:sync"' in sent
+    assert '"sig": ' in sent
+    assert "bad signature" in c["convex deployment log"]
 
 
 def assert_nowhere(life: Life, secret: str) -> None:

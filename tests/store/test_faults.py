@@ -21,7 +21,7 @@ from sidecar.store import (
 from tests.support import faults
 
 TIMEOUT = 0.5
-ARGS = {"secret": "s", "now": 1.0}
+ARGS: dict[str, object] = {}
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ async def call_within(url: str, session: aiohttp.ClientSession) -> StoreError:
     client = ConvexClient(session, url=url, timeout=TIMEOUT)
     started = time.monotonic()
     with pytest.raises(StoreError) as caught:
-        await client.query("health:fleet", ARGS)
+        await client.query("health:ping", ARGS)
     elapsed = time.monotonic() - started
     assert elapsed < TIMEOUT + 0.25, f"took {elapsed:.2f}s"
     return caught.value
@@ -157,3 +157,37 @@ async def test_unresolvable_host_is_unavailable(session: aiohttp.ClientSession) 
     """A name that does not resolve (the .invalid TLD never does)."""
     error = await call_within("http://convex.invalid", session)
     assert isinstance(error, Unavailable)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_redirect_is_named_and_not_followed(
+    session: aiohttp.ClientSession, status: int
+) -> None:
+    """A redirect (a proxy or a moved deployment) is not followed - the signed call would go
+    to another host - and the error says it was a redirect, not the location."""
+    location = "https://elsewhere.example/api/query?token=do-not-print"
+    async with faults.fault_server(faults.redirect(location, status)) as server:
+        error = await call_within(server.url, session)
+        assert server.requests == 1
+    assert isinstance(error, BadResponse)
+    assert f"redirected (HTTP {status})" in str(error)
+    assert "elsewhere" not in str(error)
+    assert "the deployment's own URL" in str(error)
+
+
+async def test_413_is_rejected_as_too_large(session: aiohttp.ClientSession) -> None:
+    """A proxy refusing the request's size: a request error that says so."""
+    async with faults.fault_server(faults.respond(413, b"<html>too big</html>", "text/html")) as s:
+        error = await call_within(s.url, session)
+    assert isinstance(error, RequestRejected)
+    assert error.status == 413
+    assert "too large" in str(error)
+
+
+async def test_429_is_unavailable(session: aiohttp.ClientSession) -> None:
+    """Convex's TooManyConcurrentRequests: try again later, like any overload."""
+    body = b'{"code":"TooManyConcurrentRequests","message":"Too many concurrent requests"}'
+    async with faults.fault_server(faults.respond(429, body)) as server:
+        error = await call_within(server.url, session)
+    assert isinstance(error, Unavailable)
+    assert "429" in str(error)

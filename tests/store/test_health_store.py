@@ -1,22 +1,18 @@
-"""The health-store API against dev/convex-local (the real functions of convex/ run by
-convex-test behind Convex's HTTP wire format)."""
+"""The health store (signed `health:sync`) against dev/convex-local: the real functions of
+convex/ run by convex-test behind Convex's HTTP wire format. Python signs, TypeScript verifies."""
 
 from __future__ import annotations
 
-import asyncio
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import aiohttp
 import pytest
 
-from sidecar.store import (
-    CheckRecord,
-    ConvexClient,
-    FunctionError,
-    HealthStore,
-    Unauthorized,
-)
+from sidecar.state import Record
+from sidecar.store import ConvexClient, FunctionError, HealthStore, Unauthorized
 from tests.conftest import SECRET
 from tests.support.procs import Proc
 
@@ -28,130 +24,150 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def store(
-    session: aiohttp.ClientSession, convex: Proc, instance: str, secret: str = SECRET
+    session: aiohttp.ClientSession,
+    convex: Proc,
+    instance: str,
+    *,
+    secret: str = SECRET,
+    clock: Callable[[], float] = time.time,
 ) -> HealthStore:
     client = ConvexClient(session, url=convex.url, timeout=2.0)
-    return HealthStore(client, secret=secret, instance=instance, ttl_seconds=60)
-
-
-def record(check: str, status: str = "pass", at: float = 1_800_000_000_000.0) -> CheckRecord:
-    return CheckRecord(
-        check=check,
-        status=status,  # type: ignore[arg-type]
-        observed_at_ms=at,
-        latency_ms=12.5,
-        output=f"{check} {status}",
-        consecutive_failures=0 if status == "pass" else 3,
-        consecutive_successes=4 if status == "pass" else 0,
-        last_success_at_ms=at - 1000,
+    return HealthStore(
+        client, secret=secret, instance=instance, version="9.9.9", ttl_seconds=60, clock=clock
     )
 
 
-NOW = 1_800_000_000_000.0
+def record(check: str, status: str = "pass", output: str = "ok") -> Record:
+    return Record(
+        check=check,
+        fingerprint=f"fp-{check}",
+        status=status,  # type: ignore[arg-type]
+        age_ms=1500.0,
+        latency_ms=12.5,
+        output=output,
+        consecutive_failures=0 if status == "pass" else 3,
+        consecutive_successes=4 if status == "pass" else 0,
+        last_success_age_ms=1500.0 if status == "pass" else None,
+    )
 
 
-async def test_report_then_read_back(convex_local: Proc, session: aiohttp.ClientSession) -> None:
-    """A round written with report comes back from instance with every field, as floats and
-    ints where they belong, and expiresAt = now + TTL."""
+HELLO = {"convex": "fp-convex", "mastra": "fp-mastra"}
+
+
+async def test_first_sync_then_warm_start_after_a_restart(
+    convex_local: Proc, session: aiohttp.ClientSession
+) -> None:
+    """A new instance's hello gets no warm start; after a restart (a new hello) the stored
+    records come back as written, aged by the deployment's clock, with the last sync's age."""
     s = store(session, convex_local, "hs-roundtrip")
-    expires = await s.report([record("convex"), record("mastra", "fail")], now_ms=NOW)
-    assert expires == NOW + 60_000
-    rows = await s.instance_results(now_ms=NOW + 1)
-    assert [r.record for r in rows] == [record("convex"), record("mastra", "fail")]
-    assert all(r.instance == "hs-roundtrip" and r.expires_at_ms == expires for r in rows)
-    assert isinstance(rows[0].record.consecutive_successes, int)
+    first = await s.sync([record("convex"), record("mastra", "fail")], hello=HELLO)
+    assert first.warm is None
+    assert first.resend is False
+    assert first.written == 2
+    assert abs(first.now_ms / 1000 - time.time()) < 5
+    assert first.expires_at_ms == first.now_ms + 60_000
+    later = await store(session, convex_local, "hs-roundtrip").sync([], hello=HELLO)
+    assert later.warm is not None
+    assert 0 <= later.warm.confirmed_age_ms < 5_000
+    by_check = {r.check: r for r in later.warm.records}
+    assert sorted(by_check) == ["convex", "mastra"]
+    convex = by_check["convex"]
+    assert (convex.status, convex.output, convex.fingerprint) == ("pass", "ok", "fp-convex")
+    assert (convex.consecutive_successes, convex.latency_ms) == (4, 12.5)
+    assert isinstance(convex.consecutive_successes, int)
+    assert 1500 <= convex.age_ms < 1500 + 5000
+    assert by_check["mastra"].last_success_age_ms is None
 
 
-async def test_report_upserts(convex_local: Proc, session: aiohttp.ClientSession) -> None:
-    """A second report for the same check replaces the first."""
-    s = store(session, convex_local, "hs-upsert")
-    await s.report([record("convex")], now_ms=NOW)
-    await s.report([record("convex", "fail")], now_ms=NOW + 10)
-    rows = await s.instance_results(now_ms=NOW + 20)
-    assert [(r.record.check, r.record.status) for r in rows] == [("convex", "fail")]
-
-
-async def test_expired_rows_are_not_returned(
+async def test_hello_drops_records_of_changed_or_removed_checks(
     convex_local: Proc, session: aiohttp.ClientSession
 ) -> None:
-    """Rows past their TTL are invisible to instance and fleet for a later `now`."""
-    s = store(session, convex_local, "hs-expiry")
-    await s.report([record("convex")], now_ms=NOW)
-    assert await s.instance_results(now_ms=NOW + 61_000) == []
-    fleet = await s.fleet(now_ms=NOW + 61_000)
-    assert all(r.instance != "hs-expiry" for r in fleet)
+    """The configuration changed between two starts: the record of a check whose definition
+    changed, and of a check that is gone, are not handed back (and are deleted)."""
+    s = store(session, convex_local, "hs-prune")
+    await s.sync([record("convex"), record("mastra"), record("old")], hello=HELLO)
+    again = await s.sync([], hello={"convex": "fp-convex", "mastra": "fp-elsewhere"})
+    assert again.warm is not None
+    assert [r.check for r in again.warm.records] == ["convex"]
+    third = await s.sync([], hello={"convex": "fp-convex", "mastra": "fp-mastra"})
+    assert third.warm is not None
+    assert [r.check for r in third.warm.records] == ["convex"]
 
 
-async def test_fleet_sees_every_instance(
+async def test_non_ascii_output_is_signed_and_kept(
     convex_local: Proc, session: aiohttp.ClientSession
 ) -> None:
-    """fleet returns the unexpired rows of all instances."""
-    now = NOW + 5_000_000
-    for name in ("hs-fleet-a", "hs-fleet-b"):
-        await store(session, convex_local, name).report([record("app")], now_ms=now)
-    fleet = await store(session, convex_local, "hs-fleet-a").fleet(now_ms=now + 1)
-    assert {"hs-fleet-a", "hs-fleet-b"} <= {r.instance for r in fleet}
+    """The signature covers the UTF-8 body: non-ASCII and non-BMP outputs verify and come back
+    unchanged."""
+    text = "r\u00e9ponse \N{LARGE GREEN CIRCLE} \u65e5\u672c"
+    s = store(session, convex_local, "hs-unicode")
+    await s.sync([record("convex", output=text)], hello=HELLO)
+    warm = (await s.sync([], hello=HELLO)).warm
+    assert warm is not None
+    assert warm.records[0].output == text
 
 
 async def test_wrong_secret_is_unauthorized_and_writes_nothing(
     convex_local: Proc, session: aiohttp.ClientSession
 ) -> None:
-    """A wrong secret maps to Unauthorized on every call and leaves no row."""
-    bad = store(session, convex_local, "hs-badsecret", secret="wrong-secret-123456")
-    with pytest.raises(Unauthorized):
-        await bad.report([record("convex")], now_ms=NOW)
-    with pytest.raises(Unauthorized):
-        await bad.instance_results(now_ms=NOW)
-    with pytest.raises(Unauthorized):
-        await bad.fleet(now_ms=NOW)
-    with pytest.raises(Unauthorized):
-        await bad.claim("mastra", now_ms=NOW, fresh_ms=1000, lease_ms=1000)
-    assert await store(session, convex_local, "hs-badsecret").instance_results(now_ms=NOW) == []
+    """A signature keyed by another secret is refused (Unauthorized) and stores nothing."""
+    bad = store(session, convex_local, "hs-badsecret", secret="wrong-secret-1234567")
+    with pytest.raises(Unauthorized) as caught:
+        await bad.sync([record("convex")], hello=HELLO)
+    assert "signature" in str(caught.value)
+    answer = await store(session, convex_local, "hs-badsecret").sync([], hello=HELLO)
+    assert answer.warm is None  # no instance was ever stored under this name
 
 
-async def test_validator_error_is_a_function_error(
+@pytest.mark.parametrize("skew", [-120.0, 120.0])
+async def test_clock_off_by_two_minutes_is_refused(
+    convex_local: Proc, session: aiohttp.ClientSession, skew: float
+) -> None:
+    """The deployment's clock decides: a timestamp 120 s off (a replay, or a wrong clock) is
+    refused, and the error says to check the clock."""
+    s = store(session, convex_local, "hs-skew", clock=lambda: time.time() + skew)
+    with pytest.raises(Unauthorized) as caught:
+        await s.sync([record("convex")], hello=HELLO)
+    assert "clock" in str(caught.value)
+
+
+async def test_invalid_payload_is_a_function_error_with_its_code(
     convex_local: Proc, session: aiohttp.ClientSession
 ) -> None:
-    """An argument the validator refuses comes back as FunctionError, not a crash."""
-    client = ConvexClient(session, url=convex_local.url, timeout=2.0)
+    """A refused payload (a negative age: a result from the future) comes back as
+    FunctionError with code invalid_argument."""
+    s = store(session, convex_local, "hs-future")
     with pytest.raises(FunctionError) as caught:
-        await client.query("health:instance", {"secret": SECRET, "now": "soon", "instance": "x"})
-    assert "ArgumentValidationError" in str(caught.value)
-
-
-async def test_handler_refusal_carries_error_data(
-    convex_local: Proc, session: aiohttp.ClientSession
-) -> None:
-    """A ConvexError thrown by the handler (an empty batch) carries its code."""
-    s = store(session, convex_local, "hs-empty")
-    with pytest.raises(FunctionError) as caught:
-        await s.report([], now_ms=NOW)
+        await s.sync([replace(record("convex"), age_ms=-5000.0)], hello=HELLO)
     assert caught.value.code == "invalid_argument"
+
+
+async def test_the_secret_is_never_sent(
+    convex_local: Proc,
+) -> None:
+    """What goes over the wire: instance, ts, sig (64 hex) and the body; not the secret."""
+    sent: list[bytes] = []
+
+    async def trace(
+        _: aiohttp.ClientSession, __: object, params: aiohttp.TraceRequestChunkSentParams
+    ) -> None:
+        sent.append(params.chunk)
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_chunk_sent.append(trace)
+    async with aiohttp.ClientSession(trace_configs=[tracing]) as traced:
+        await store(traced, convex_local, "hs-wire").sync([record("convex")], hello=HELLO)
+    [body] = [json.loads(chunk) for chunk in sent]
+    args = body["args"]
+    assert sorted(args) == ["body", "instance", "sig", "ts"]
+    assert len(args["sig"]) == 64
+    assert SECRET not in b"".join(sent).decode()
 
 
 async def test_unknown_function_is_a_function_error(
     convex_local: Proc, session: aiohttp.ClientSession
 ) -> None:
-    """Functions not deployed: Convex answers a function error naming the function."""
+    """Functions not deployed: Convex answers a function error (redacted in production)."""
     client = ConvexClient(session, url=convex_local.url, timeout=2.0)
-    with pytest.raises(FunctionError) as caught:
+    with pytest.raises(FunctionError):
         await client.query("health:nope", {})
-    assert "Could not find public function" in str(caught.value)
-
-
-async def test_claim(convex_local: Proc, session: aiohttp.ClientSession) -> None:
-    """claim: one of many concurrent callers gets the lease; once a fresh result exists it is
-    handed out instead of a lease."""
-    now = time.time() * 1000
-    check = f"shared_{int(now)}"
-    stores = [store(session, convex_local, f"hs-claim-{i}") for i in range(10)]
-    claims = await asyncio.gather(
-        *(s.claim(check, now_ms=now, fresh_ms=5000, lease_ms=5000) for s in stores)
-    )
-    assert sum(c.granted for c in claims) == 1
-    winner = next(s for s, c in zip(stores, claims, strict=True) if c.granted)
-    await winner.report([record(check, at=now)], now_ms=now)
-    later = await stores[0].claim(check, now_ms=now + 10, fresh_ms=5000, lease_ms=5000)
-    assert later.granted is False
-    assert later.result is not None
-    assert later.result.instance == winner.instance

@@ -22,10 +22,11 @@ class CheckResult:
 
 def clip(text: str, limit: int) -> str:
     """`text` cut to at most `limit` UTF-16 code units (how Convex, in JavaScript, measures a
-    string's length), ending in "..." when cut."""
-    units = text.encode("utf-16-le")
+    string's length), ending in "..." when cut; a lone surrogate (from undecodable bytes)
+    becomes U+FFFD, so the text always encodes as UTF-8."""
+    units = text.encode("utf-16-le", errors="surrogatepass")
     if len(units) <= 2 * limit:
-        return text
+        return units.decode("utf-16-le", errors="replace")
     return units[: 2 * (limit - 3)].decode("utf-16-le", errors="ignore") + "..."
 
 

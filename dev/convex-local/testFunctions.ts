@@ -1,0 +1,71 @@
+/**
+ * Test-only functions and schema for server.test.ts (passed to `createConvexLocal` as
+ * `functions: { notes }, schema: testSchema`; never served by `npm start`). One table with one
+ * user-defined index, so that the byte accounting can be checked against hand-computed numbers.
+ */
+import { defineSchema, defineTable, mutationGeneric, queryGeneric } from "convex/server";
+import { ConvexError, v } from "convex/values";
+
+export const testSchema = defineSchema({
+  notes: defineTable({ author: v.string(), body: v.string() }).index("by_author", ["author"]),
+});
+
+const note = { author: v.string(), body: v.string() };
+const byId = { id: v.id("notes") };
+
+/** Module "notes": `notes:add`, `notes:byAuthor`, ... */
+export const notes = {
+  add: mutationGeneric({ args: note, handler: async (ctx, args) => await ctx.db.insert("notes", args) }),
+  byAuthor: queryGeneric({
+    args: { author: v.string() },
+    handler: async (ctx, { author }) =>
+      await ctx.db
+        .query("notes")
+        .withIndex("by_author", (q) => q.eq("author", author))
+        .collect(),
+  }),
+  get: queryGeneric({ args: byId, handler: async (ctx, { id }) => await ctx.db.get(id) }),
+  scan: queryGeneric({ args: {}, handler: async (ctx) => await ctx.db.query("notes").collect() }),
+  rewrite: mutationGeneric({
+    args: { ...byId, body: v.string() },
+    handler: async (ctx, { id, body }) => await ctx.db.patch(id, { body }),
+  }),
+  remove: mutationGeneric({ args: byId, handler: async (ctx, { id }) => await ctx.db.delete(id) }),
+  /** Inserts, then patches the same document: Convex commits (and bills) it once. */
+  addAndRewrite: mutationGeneric({
+    args: { ...note, rewritten: v.string() },
+    handler: async (ctx, { author, body, rewritten }) => {
+      const id = await ctx.db.insert("notes", { author, body });
+      await ctx.db.patch(id, { body: rewritten });
+    },
+  }),
+  addThenFail: mutationGeneric({
+    args: note,
+    handler: async (ctx, args) => {
+      await ctx.db.insert("notes", args);
+      throw new Error("boom");
+    },
+  }),
+  refuse: mutationGeneric({
+    args: {},
+    handler: async () => {
+      throw new ConvexError({ code: "refused", message: "no" });
+    },
+  }),
+  /** Writes 17 documents of about 1 MB: over the 16 MiB a transaction may write. */
+  writeTooMuch: mutationGeneric({
+    args: {},
+    handler: async (ctx) => {
+      for (let i = 0; i < 17; i++) await ctx.db.insert("notes", { author: "big", body: "x".repeat(1_000_000) });
+    },
+  }),
+  /** A get then a patch of the same document; returns convex-test's own transaction metrics. */
+  rewriteAndMeasure: mutationGeneric({
+    args: { ...byId, body: v.string() },
+    handler: async (ctx, { id, body }) => {
+      await ctx.db.get(id);
+      await ctx.db.patch(id, { body });
+      return await ctx.meta.getTransactionMetrics();
+    },
+  }),
+};

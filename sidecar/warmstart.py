@@ -1,0 +1,52 @@
+"""The warm start: which results stored in Convex a restarted daemon may serve at once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from sidecar.result import CheckResult
+from sidecar.state import CheckState, Record
+
+# Dependency checks may be restored; checks of the container beside always run first.
+WARM_KINDS = frozenset({"convex", "mastra"})
+
+
+def restorable(
+    states: Sequence[CheckState],
+    records: Sequence[Record],
+    *,
+    confirmed_age: float,
+    fingerprints: Mapping[str, str],
+    now: float,
+) -> list[CheckState]:
+    """The states a warm start may take: passing records of dependency checks whose definition
+    (fingerprint) is the one configured now, and that are not stale. Every stored record was
+    still current at the instance's last sync, `confirmed_age` seconds ago."""
+    by_name = {r.check: r for r in records}
+    confirmed_at = now - confirmed_age
+    out = []
+    for state in states:
+        record = by_name.get(state.name)
+        if (
+            state.check.kind not in WARM_KINDS
+            or record is None
+            or record.status != "pass"
+            or record.fingerprint != fingerprints.get(state.name)
+        ):
+            continue
+        result = CheckResult(
+            status="pass",
+            output=record.output,
+            latency=record.latency_ms / 1000,
+            observed_at=confirmed_at,
+        )
+        candidate = CheckState(
+            check=state.check,
+            status="pass",
+            result=result,
+            consecutive_successes=record.consecutive_successes,
+            last_success_at=confirmed_at,
+        )
+        if not candidate.is_stale(now):
+            out.append(candidate)
+    return out
