@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import sys
 import time
 
 import uvloop
@@ -18,10 +19,14 @@ from sidecar.server import MONITOR
 
 # The event loop the daemon runs on (bench/ runs its peers on the same one).
 LOOP = "uvloop"
+GIL_SWITCH_SECONDS = 0.0005
 
 
 def run(settings: Settings) -> int:
     """Serve on uvloop until a signal; returns the exit status."""
+    # /metrics renders on its own thread; while it does, the event loop gets the GIL back
+    # within 0.5 ms instead of Python's default 5 ms (one thread alone never switches).
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(serve(settings))
 
