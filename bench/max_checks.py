@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import SECRET, daemon, stop_on_sigterm, workdir
-from sidecar.checks import MAX_CHECKS
+from sidecar.limits import MAX_CHECKS
 from tests.load.measure import cpu_seconds, rss_kb
 from tests.support import procs
 from tests.support.latency import Latencies, measure

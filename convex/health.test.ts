@@ -1,23 +1,34 @@
 import { convexTest } from "convex-test";
-import { ConvexError, getDocumentSize } from "convex/values";
+import { getDocumentSize } from "convex/values";
 import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
-import type { WithoutSystemFields } from "convex/server";
 import { api, internal } from "./_generated/api";
-import type { Doc, Id } from "./_generated/dataModel";
-import type { MutationCtx } from "./_generated/server";
+import type { Id } from "./_generated/dataModel";
 import crons from "./crons";
-import { LIMITS, purgeExpired } from "./health";
+import { purgeExpired } from "./health";
+import { LIMITS } from "./healthProtocol";
 import schema from "./schema";
-import { modules, sign } from "./test.setup";
-
-const SECRET = "test-secret-0123456789";
-const NOW = 1_795_899_714_996;
-const SECOND = 1000;
-const MINUTE = 60 * SECOND;
-const HOUR = 60 * MINUTE;
-
-type T = ReturnType<typeof setup>;
-const setup = () => convexTest({ schema, modules, transactionLimits: true });
+import {
+  EMPTY,
+  HOUR,
+  MINUTE,
+  NOW,
+  SECOND,
+  SECRET,
+  enroll,
+  heartbeatOf,
+  hello,
+  modules,
+  payload,
+  refusal,
+  setup,
+  result,
+  signed,
+  snapshot,
+  storedRow,
+  sync,
+  type Call,
+  type T,
+} from "./test.setup";
 
 beforeEach(() => {
   vi.useFakeTimers();
@@ -29,88 +40,7 @@ afterEach(() => {
   vi.unstubAllEnvs();
 });
 
-// ---------------------------------------------------------------------------------------------
-// Calls, signed as the sidecar signs them.
-
-interface Call {
-  instance: string;
-  ts: number;
-  sig: string;
-  body: string;
-}
-
-/** A signed sync call; `payload` is JSON-encoded unless it is already text. */
-function signed(
-  instance: string,
-  payload: object | string,
-  { ts = Date.now(), secret = SECRET, path = "health:sync" }: { ts?: number; secret?: string; path?: string } = {},
-): Call {
-  const body = typeof payload === "string" ? payload : JSON.stringify(payload);
-  return { instance, ts, body, sig: sign(secret, path, instance, ts, body) };
-}
-
-function result(check: string, overrides: Record<string, unknown> = {}) {
-  return {
-    check,
-    fingerprint: `fp-${check}`,
-    status: "pass",
-    ageMs: 1000,
-    latencyMs: 12.5,
-    output: "200 success",
-    consecutiveFailures: 0,
-    consecutiveSuccesses: 4,
-    lastSuccessAgeMs: 1000,
-    ...overrides,
-  };
-}
-
-function payload(overrides: Record<string, unknown> = {}) {
-  return { version: "0.2.0", ttlMs: 5 * MINUTE, results: [], ...overrides };
-}
-
-const hello = (checks: string[], fingerprint = (c: string) => `fp-${c}`) =>
-  Object.fromEntries(checks.map((c) => [c, fingerprint(c)]));
-
-const sync = (t: T, call: Call) => t.mutation(api.health.sync, call);
-
-/** The three tables, whole documents (ids and creation times included). */
-const snapshot = (t: T) =>
-  t.run(async (ctx) => ({
-    instances: await ctx.db.query("sidecarInstances").collect(),
-    heartbeats: await ctx.db.query("sidecarHeartbeats").collect(),
-    results: await ctx.db.query("sidecarResults").collect(),
-  }));
-
 const rowsOf = async (t: T, instance: string) => (await snapshot(t)).results.filter((r) => r.instance === instance);
-
-/** The heartbeat id the registry holds for `instance` (what its last answer gave). */
-async function heartbeatOf(t: T, instance: string): Promise<string> {
-  const registry = (await snapshot(t)).instances.find((i) => i.instance === instance);
-  if (registry === undefined) throw new Error(`no registry document for ${instance}`);
-  return registry.heartbeat;
-}
-
-/** Registers `instance` as a hello would, with a heartbeat that expires at `expiresAt`; returns the heartbeat. */
-async function enroll(ctx: MutationCtx, instance: string, expiresAt: number): Promise<Id<"sidecarHeartbeats">> {
-  const heartbeat = await ctx.db.insert("sidecarHeartbeats", { seenAt: expiresAt - MINUTE, expiresAt });
-  await ctx.db.insert("sidecarInstances", { instance, version: "0.2.0", heartbeat });
-  return heartbeat;
-}
-
-/** A stored row of `instance` for `check`, as a sync of `result(check)` at NOW writes it. */
-function storedRow(instance: string, check: string): WithoutSystemFields<Doc<"sidecarResults">> {
-  const { ageMs, lastSuccessAgeMs, ...rest } = result(check);
-  return { instance, ...rest, status: "pass", observedAt: NOW - ageMs, lastSuccessAt: NOW - lastSuccessAgeMs };
-}
-
-async function refusal(promise: Promise<unknown>): Promise<ConvexError<{ code: string; message: string }>> {
-  const error = await promise.then(
-    () => expect.unreachable("the call should have been refused"),
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(ConvexError);
-  return error as ConvexError<{ code: string; message: string }>;
-}
 
 /** Seeds instance i1 (checks a, b) at NOW and moves the clock 30 s on. */
 async function seeded(): Promise<T> {
@@ -141,6 +71,9 @@ describe("sync", () => {
       written: 2,
       resend: false,
       warm: null,
+      outages: [],
+      shared: [],
+      drain: null,
     });
     expect(instances).toEqual([
       expect.objectContaining({ instance: "i1", version: "0.2.0", heartbeat: answer.heartbeat }),
@@ -184,6 +117,9 @@ describe("sync", () => {
       written: 1,
       resend: false,
       warm: null,
+      outages: [],
+      shared: [],
+      drain: null,
     });
 
     const after = await snapshot(t);
@@ -311,7 +247,7 @@ describe("sync", () => {
     // Expired and purged: the caller must send everything again.
     vi.setSystemTime(NOW + 5 * MINUTE);
     await t.mutation(internal.health.purgeExpired, {});
-    expect(await snapshot(t)).toEqual({ instances: [], heartbeats: [], results: [] });
+    expect(await snapshot(t)).toEqual(EMPTY);
     const again = await sync(t, signed("i1", payload({ heartbeat })));
     expect(again).toMatchObject({ resend: true, warm: null });
     expect(again.heartbeat).not.toBe(heartbeat);
@@ -780,6 +716,7 @@ describe("purgeExpired", () => {
     expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 3 + 2 * 2, more: false });
     const after = await snapshot(t);
     expect(after).toEqual({
+      ...EMPTY,
       instances: live(before.instances, liveBeat),
       heartbeats: live(before.heartbeats, liveBeat),
       results: live(before.results, liveBeat),

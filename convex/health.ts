@@ -1,265 +1,71 @@
 /**
- * health-sidecar's store, protocol v1. README.md, "Convex: deploying the functions", explains
- * the tables, the budget and how to deploy or merge these functions.
+ * health-sidecar's store, protocol v1 with the fleet additions. README.md, "Convex: deploying
+ * the functions", explains the tables, the budget and how to deploy or merge these functions.
+ * Helpers live beside this module: healthProtocol.ts (limits, signed calls, strict parse of the
+ * bodies), healthFleet.ts (summary, outage counts, shared checks, drains, the fleet listing),
+ * healthTables.ts (the tables).
  *
  * - `sync` (public mutation) is the only call an instance makes: once per store period, and
  *   promptly when a status changes. In steady state it reads and patches the instance's
  *   heartbeat document by the id the previous answer gave, and writes the results that changed;
  *   after a restart (`hello`), or when that heartbeat is gone or expired, it registers the
  *   instance by name, and on `hello` prunes the rows of checks that are gone and answers the
- *   warm start.
+ *   warm start. Its answer carries the fleet digest: the drain request in the heartbeat, and,
+ *   only when the body asks with `panic` or `shared`, outage counts and shared checks.
+ * - `drain` (public mutation, signed) drains or undrains instances, with an audit row each.
+ * - `fleet` (public query, signed) lists the live instances and the outages of the last minute.
  * - `ping` (public query) reads nothing: any answer proves the deployment's runtime runs.
  * - `purgeExpired` (internal mutation, hourly in crons.ts) deletes expired heartbeats, their
- *   instances and rows in bounded batches.
+ *   instances and rows, and what the fleet features leave behind, in bounded batches.
  *
- * Signed calls: the secret never crosses the wire. `sig` is the lowercase hex HMAC-SHA256, keyed
- * by the deployment's HEALTH_SIDECAR_SECRET, over
- * "health-sidecar/1\n" + path + "\n" + instance + "\n" + ts + "\n" + body.
- * Order of work, nothing touching the database before the last step: bounds, signature (Web
- * Crypto, constant time), `ts` within 60 s of the server's clock, strict parse of `body`, then
- * the work, timed by the server's clock alone. Every refusal is a ConvexError {code, message}
- * (code "unauthorized" | "invalid_argument" | "limit_exceeded") and changes nothing; no message
- * quotes the secret, the signature or the body.
+ * Each signed function: bounds, signature over its own path, timestamp, strict body, then the
+ * work (healthProtocol.ts); every refusal is a ConvexError {code, message} and changes nothing.
  */
-import { ConvexError, v, type Infer, type ObjectType } from "convex/values";
+import { v, type Infer } from "convex/values";
 import type { WithoutSystemFields } from "convex/server";
 import { internal } from "./_generated/api";
 import type { Doc, Id } from "./_generated/dataModel";
 import { internalMutation, mutation, query, type MutationCtx } from "./_generated/server";
-import { status } from "./healthTables";
+import {
+  applyDrain,
+  applyPanic,
+  applyShared,
+  countLive,
+  drainAnswer,
+  drainOf,
+  fleetAnswer,
+  fleetOf,
+  isLive,
+  outageAnswer,
+  purgeFailingOf,
+  registryOf,
+  sharedAnswer,
+  storeSummary,
+  summaryChange,
+  sweepFleet,
+} from "./healthFleet";
+import {
+  LIMITS,
+  authenticate,
+  parseDrainRequest,
+  parseFleetRequest,
+  parseSyncPayload,
+  refuse,
+  signedArgs,
+  toStored,
+  toWire,
+  wireResult,
+  type Summary,
+  type SyncPayload,
+  type WireResult,
+} from "./healthProtocol";
 
-/** The protocol's limits (a test checks the sidecar's Python copies against these). */
-export const LIMITS = {
-  MAX_CHECKS: 200,
-  MAX_INSTANCES: 1000,
-  MAX_BODY: 1_000_000,
-  MAX_OUTPUT: 1024,
-  TIMESTAMP_WINDOW_MS: 60_000,
-  PURGE_BATCH: 500,
-  MIN_TTL_MS: 10_000,
-  MAX_TTL_MS: 86_400_000,
-} as const;
-
-/** Bounds of single fields: string lengths in UTF-16 units, durations in ms. */
-export const FIELD_LIMITS = {
-  INSTANCE: 200,
-  VERSION: 40,
-  NAME: 64, // check names and fingerprints
-  HEARTBEAT: 64, // the heartbeat id a caller sends back (a Convex id: 32 characters for most tables)
-  MAX_AGE_MS: 86_400_000,
-  MAX_LATENCY_MS: 3_600_000,
-} as const;
-
-const SCHEME = "health-sidecar/1";
 const SYNC_PATH = "health:sync";
-const NO_SECRET = "bad signature: HEALTH_SIDECAR_SECRET is not set on the deployment";
-const BAD_SIGNATURE = "bad signature: the sidecar's HEALTH_SIDECAR_SECRET differs from the deployment's";
-const HMAC_SHA256 = { name: "HMAC", hash: "SHA-256" } as const;
-const encoder = new TextEncoder();
-
-type RefusalCode = "unauthorized" | "invalid_argument" | "limit_exceeded";
-
-function refuse(code: RefusalCode, message: string): never {
-  throw new ConvexError({ code, message });
-}
-
-function invalid(message: string): never {
-  return refuse("invalid_argument", message);
-}
+const DRAIN_PATH = "health:drain";
+const FLEET_PATH = "health:fleet";
 
 // ---------------------------------------------------------------------------------------------
-// Signed calls: bounds, signature, timestamp (steps 1 to 3; no database access).
-
-const signedArgs = { instance: v.string(), ts: v.number(), sig: v.string(), body: v.string() };
-type SignedCall = ObjectType<typeof signedArgs>;
-
-/** Refuses the call unless it is in bounds, signed with the secret for `path`, and recent. */
-async function authenticate(path: string, call: SignedCall): Promise<void> {
-  checkBounds(call);
-  await verifySignature(path, call);
-  checkTimestamp(call.ts);
-}
-
-function checkBounds({ instance, ts, sig, body }: SignedCall): void {
-  if (instance.length < 1 || instance.length > FIELD_LIMITS.INSTANCE) {
-    invalid(`instance must be 1 to ${FIELD_LIMITS.INSTANCE} characters`);
-  }
-  if (!/^[0-9a-f]{64}$/.test(sig)) invalid("sig must be 64 lowercase hex characters");
-  if (body.length > LIMITS.MAX_BODY) invalid(`body must be at most ${LIMITS.MAX_BODY} characters`);
-  if (!Number.isSafeInteger(ts) || ts < 0) invalid("ts must be an integer >= 0 (ms since the epoch)");
-}
-
-async function verifySignature(path: string, { instance, ts, sig, body }: SignedCall): Promise<void> {
-  const secret = process.env.HEALTH_SIDECAR_SECRET;
-  if (!secret) refuse("unauthorized", NO_SECRET);
-  const key = await crypto.subtle.importKey("raw", encoder.encode(secret), HMAC_SHA256, false, ["verify"]);
-  const message = encoder.encode([SCHEME, path, instance, String(ts), body].join("\n"));
-  if (!(await crypto.subtle.verify("HMAC", key, hexBytes(sig), message))) refuse("unauthorized", BAD_SIGNATURE);
-}
-
-function hexBytes(hex: string): Uint8Array<ArrayBuffer> {
-  const bytes = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  return bytes;
-}
-
-function checkTimestamp(ts: number): void {
-  const skewMs = Math.abs(ts - Date.now());
-  if (skewMs > LIMITS.TIMESTAMP_WINDOW_MS) {
-    const seconds = Math.ceil(skewMs / 1000);
-    refuse(
-      "unauthorized",
-      `timestamp ${seconds} s from the deployment's clock (at most ${LIMITS.TIMESTAMP_WINDOW_MS / 1000} s): check the sidecar's clock`,
-    );
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The payload: strict parse of `body` (step 4). Messages name the field, never quote a value.
-
-/** One result, as the sidecar sends it and as the warm answer returns it (ages, not times). */
-const wireResult = v.object({
-  check: v.string(),
-  fingerprint: v.string(),
-  status,
-  ageMs: v.number(),
-  latencyMs: v.number(),
-  output: v.string(),
-  consecutiveFailures: v.number(),
-  consecutiveSuccesses: v.number(),
-  lastSuccessAgeMs: v.union(v.number(), v.null()),
-});
-type WireResult = Infer<typeof wireResult>;
-type Status = WireResult["status"];
-
-interface Payload {
-  version: string;
-  ttlMs: number;
-  hello: Map<string, string> | null; // check -> fingerprint
-  heartbeat: string | null; // the id the previous answer gave, unchecked (ignored with hello)
-  results: WireResult[];
-}
-
-type JsonObject = Record<string, unknown>;
-const RESULT_KEYS = Object.keys(wireResult.fields);
-const STATUSES: readonly string[] = status.members.map((member) => member.value);
-
-function parsePayload(body: string): Payload {
-  let json: unknown;
-  try {
-    json = JSON.parse(body);
-  } catch {
-    invalid("body must be JSON text");
-  }
-  const payload = fields(json, "body", ["version", "ttlMs", "results"], ["hello", "heartbeat"]);
-  return {
-    version: text(payload.version, "body.version", 1, FIELD_LIMITS.VERSION),
-    ttlMs: amount(payload.ttlMs, "body.ttlMs", LIMITS.MIN_TTL_MS, LIMITS.MAX_TTL_MS),
-    hello: parseHello(payload.hello),
-    heartbeat: parseHeartbeat(payload.heartbeat),
-    results: parseResults(payload.results),
-  };
-}
-
-function parseHello(value: unknown): Map<string, string> | null {
-  if (value === undefined || value === null) return null;
-  const entries = Object.entries(jsonObject(value, "body.hello"));
-  if (entries.length > LIMITS.MAX_CHECKS) invalid(`body.hello must hold at most ${LIMITS.MAX_CHECKS} checks`);
-  return new Map(
-    entries.map(([check, fingerprint], i) => [
-      text(check, `body.hello's check #${i + 1}`, 1, FIELD_LIMITS.NAME),
-      text(fingerprint, `body.hello's fingerprint #${i + 1}`, 1, FIELD_LIMITS.NAME),
-    ]),
-  );
-}
-
-/** The heartbeat id as sent: null or absent on `hello`; any string (up to the bound) may be stale or garbage. */
-function parseHeartbeat(value: unknown): string | null {
-  if (value === undefined || value === null) return null;
-  return text(value, "body.heartbeat", 0, FIELD_LIMITS.HEARTBEAT);
-}
-
-function parseResults(value: unknown): WireResult[] {
-  if (!Array.isArray(value)) invalid("body.results must be a JSON array");
-  if (value.length > LIMITS.MAX_CHECKS) invalid(`body.results must hold at most ${LIMITS.MAX_CHECKS} results`);
-  const seen = new Set<string>();
-  return value.map((item: unknown, i) => {
-    const result = parseResult(item, `body.results[${i}]`);
-    if (seen.has(result.check)) invalid(`body.results[${i}].check repeats an earlier result's check`);
-    seen.add(result.check);
-    return result;
-  });
-}
-
-function parseResult(value: unknown, field: string): WireResult {
-  const result = fields(value, field, RESULT_KEYS);
-  return {
-    check: text(result.check, `${field}.check`, 1, FIELD_LIMITS.NAME),
-    fingerprint: text(result.fingerprint, `${field}.fingerprint`, 1, FIELD_LIMITS.NAME),
-    status: statusOf(result.status, `${field}.status`),
-    ageMs: age(result.ageMs, `${field}.ageMs`),
-    latencyMs: amount(result.latencyMs, `${field}.latencyMs`, 0, FIELD_LIMITS.MAX_LATENCY_MS),
-    output: text(result.output, `${field}.output`, 0, LIMITS.MAX_OUTPUT),
-    consecutiveFailures: count(result.consecutiveFailures, `${field}.consecutiveFailures`),
-    consecutiveSuccesses: count(result.consecutiveSuccesses, `${field}.consecutiveSuccesses`),
-    lastSuccessAgeMs:
-      result.lastSuccessAgeMs === null ? null : age(result.lastSuccessAgeMs, `${field}.lastSuccessAgeMs`),
-  };
-}
-
-function jsonObject(value: unknown, field: string): JsonObject {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) invalid(`${field} must be a JSON object`);
-  return value as JsonObject;
-}
-
-/** A JSON object with exactly the `required` keys and at most the `optional` ones. */
-function fields(
-  value: unknown,
-  field: string,
-  required: readonly string[],
-  optional: readonly string[] = [],
-): JsonObject {
-  const object = jsonObject(value, field);
-  const allowed = [...required, ...optional];
-  if (Object.keys(object).some((key) => !allowed.includes(key))) {
-    invalid(`${field} has an unknown key (allowed: ${allowed.join(", ")})`);
-  }
-  const missing = required.find((key) => !Object.hasOwn(object, key));
-  if (missing !== undefined) invalid(`${field}.${missing} is missing`);
-  return object;
-}
-
-function text(value: unknown, field: string, min: number, max: number): string {
-  if (typeof value !== "string" || value.length < min || value.length > max) {
-    invalid(`${field} must be a string of ${min} to ${max} characters`);
-  }
-  return value;
-}
-
-function amount(value: unknown, field: string, min: number, max: number): number {
-  if (typeof value !== "number" || !Number.isFinite(value) || value < min || value > max) {
-    invalid(`${field} must be a number from ${min} to ${max}`);
-  }
-  return value;
-}
-
-/** How long ago a result was observed: never negative (a result from the future). */
-function age(value: unknown, field: string): number {
-  return amount(value, field, 0, FIELD_LIMITS.MAX_AGE_MS);
-}
-
-function count(value: unknown, field: string): number {
-  if (!Number.isSafeInteger(value) || (value as number) < 0) invalid(`${field} must be an integer >= 0`);
-  return value as number;
-}
-
-function statusOf(value: unknown, field: string): Status {
-  if (typeof value !== "string" || !STATUSES.includes(value)) invalid(`${field} must be one of ${STATUSES.join(", ")}`);
-  return value as Status;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The work (step 5), with the server's clock.
+// The sync's work, with the server's clock.
 
 type Registry = Doc<"sidecarInstances">;
 type Heartbeat = Doc<"sidecarHeartbeats">;
@@ -273,29 +79,52 @@ const syncAnswer = v.object({
   written: v.number(),
   resend: v.boolean(),
   warm: v.union(v.null(), v.object({ confirmedAgeMs: v.number(), results: v.array(wireResult) })),
+  outages: v.array(outageAnswer),
+  shared: v.array(sharedAnswer),
+  drain: drainAnswer,
 });
 type SyncAnswer = Infer<typeof syncAnswer>;
+type Synced = Pick<SyncAnswer, "heartbeat" | "resend" | "warm" | "drain">;
 
-async function applySync(ctx: MutationCtx, instance: string, payload: Payload, now: number): Promise<SyncAnswer> {
-  const expiresAt = now + payload.ttlMs;
-  const renewed = { seenAt: now, expiresAt };
-  const written = payload.results.length;
-  if (payload.hello === null) {
-    // The steady state: one get and one patch of a ~98-byte document, by id. A signed caller is
-    // trusted with any instance (the secret is shared), so the registry is not read to check
-    // that the heartbeat is this instance's.
-    const beat = await heartbeatOf(ctx, payload.heartbeat);
-    if (beat !== null && isLive(beat, now)) {
-      await writeResults(ctx, instance, payload.results, now, null);
-      await ctx.db.patch("sidecarHeartbeats", beat._id, renewed);
-      return { now, expiresAt, heartbeat: beat._id, written, resend: false, warm: null };
-    }
-  }
-  // `hello`, or a heartbeat that is unknown, purged or expired: (re-)register by name.
-  const registry = await ctx.db
-    .query("sidecarInstances")
-    .withIndex("by_instance", (q) => q.eq("instance", instance))
-    .unique();
+async function applySync(ctx: MutationCtx, instance: string, payload: SyncPayload, now: number): Promise<SyncAnswer> {
+  const renewed = { seenAt: now, expiresAt: now + payload.ttlMs, left: payload.leaving ? (true as const) : undefined };
+  const synced =
+    (payload.hello === null ? await steadyState(ctx, instance, payload, renewed) : null) ??
+    (await registration(ctx, instance, payload, renewed));
+  // The fleet digest, asked for by the body only: a sync without these keys touches nothing more.
+  const outages = await applyPanic(ctx, instance, payload.panic, now);
+  const shared = await applyShared(ctx, instance, payload.shared, now);
+  return { now, expiresAt: renewed.expiresAt, written: payload.results.length, ...synced, outages, shared };
+}
+
+/**
+ * The steady state: one get and one patch of a ~98-byte document, by id; null when the heartbeat
+ * the caller names is unknown or expired. A signed caller is trusted with any instance (the
+ * secret is shared), so the registry is not read to check that the heartbeat is this instance's.
+ */
+async function steadyState(
+  ctx: MutationCtx,
+  instance: string,
+  payload: SyncPayload,
+  renewed: Renewal,
+): Promise<Synced | null> {
+  const beat = await heartbeatOf(ctx, payload.heartbeat);
+  if (beat === null || !isLive(beat, renewed.seenAt)) return null;
+  await writeResults(ctx, instance, payload.results, renewed.seenAt, null);
+  await renew(ctx, beat, renewed);
+  await storeSummary(ctx, instance, payload.summary);
+  return { heartbeat: beat._id, resend: false, warm: null, drain: drainOf(beat, renewed.seenAt) };
+}
+
+/** `hello`, or a heartbeat that is unknown, purged or expired: (re-)registers the instance by name. */
+async function registration(
+  ctx: MutationCtx,
+  instance: string,
+  payload: SyncPayload,
+  renewed: Renewal,
+): Promise<Synced> {
+  const now = renewed.seenAt;
+  const registry = await registryOf(ctx, instance);
   const previous = registry ? await ctx.db.get("sidecarHeartbeats", registry.heartbeat) : null;
   // An expired heartbeat is as good as purged: its instance's rows may be half deleted already.
   const live = previous !== null && isLive(previous, now);
@@ -303,14 +132,21 @@ async function applySync(ctx: MutationCtx, instance: string, payload: Payload, n
   const kept = payload.hello ? await pruneRows(ctx, instance, payload.hello) : null;
   const warm = kept && live ? warmAnswer(kept, previous, now) : null;
   await writeResults(ctx, instance, payload.results, now, kept?.length ?? null);
-  const heartbeat = await renewHeartbeat(ctx, previous, renewed);
-  await register(ctx, registry, { instance, version: payload.version, heartbeat });
+  const heartbeat =
+    previous === null ? await ctx.db.insert("sidecarHeartbeats", renewed) : await renew(ctx, previous, renewed);
+  await register(ctx, registry, { instance, version: payload.version, heartbeat }, payload.summary);
+  const drain = previous === null ? null : drainOf(previous, now);
   // Without hello, the caller's acknowledged results may be gone: it must send them all again.
-  return { now, expiresAt, heartbeat, written, resend: payload.hello === null, warm };
+  return { heartbeat, resend: payload.hello === null, warm, drain };
 }
 
-function isLive(beat: Heartbeat, now: number): boolean {
-  return beat.expiresAt > now;
+type Renewal = { seenAt: number; expiresAt: number; left: true | undefined };
+
+/** Patches a heartbeat's seenAt and expiresAt; a drain that ended leaves the mailbox in the same patch. */
+async function renew(ctx: MutationCtx, beat: Heartbeat, renewed: Renewal): Promise<Id<"sidecarHeartbeats">> {
+  const ended = beat.drain !== undefined && drainOf(beat, renewed.seenAt) === null;
+  await ctx.db.patch("sidecarHeartbeats", beat._id, ended ? { ...renewed, drain: undefined } : renewed);
+  return beat._id;
 }
 
 /** The heartbeat the caller names, or null when the id is absent, not a heartbeat's, or deleted. */
@@ -321,25 +157,27 @@ async function heartbeatOf(ctx: MutationCtx, id: string | null): Promise<Heartbe
 
 /** The rows `hello` kept, aged by the server's clock; all were current at the previous sync. */
 function warmAnswer(kept: Row[], previous: Heartbeat, now: number): Warm {
-  return { confirmedAgeMs: now - previous.seenAt, results: kept.map((row) => toWire(row, now)) };
+  return {
+    confirmedAgeMs: now - previous.seenAt,
+    results: kept.map((row) => toWire(row.check, row.fingerprint, row, now)),
+  };
 }
 
-/** Renews the instance's previous heartbeat (live or not) or, when it has none, inserts one. */
-async function renewHeartbeat(
+/** Inserts the registry document, or patches it when its version, heartbeat or summary changed. */
+async function register(
   ctx: MutationCtx,
-  previous: Heartbeat | null,
-  renewed: WithoutSystemFields<Heartbeat>,
-): Promise<Id<"sidecarHeartbeats">> {
-  if (previous === null) return await ctx.db.insert("sidecarHeartbeats", renewed);
-  await ctx.db.patch("sidecarHeartbeats", previous._id, renewed);
-  return previous._id;
-}
-
-/** Inserts the registry document, or patches it when its version or heartbeat changed. */
-async function register(ctx: MutationCtx, registry: Registry | null, wanted: WithoutSystemFields<Registry>) {
-  if (registry === null) await ctx.db.insert("sidecarInstances", wanted);
-  else if (registry.version !== wanted.version || registry.heartbeat !== wanted.heartbeat) {
-    await ctx.db.patch("sidecarInstances", registry._id, { version: wanted.version, heartbeat: wanted.heartbeat });
+  registry: Registry | null,
+  wanted: Pick<Registry, "instance" | "version" | "heartbeat">,
+  summary: Summary | null,
+): Promise<void> {
+  const change = summaryChange(registry, summary);
+  if (registry === null) await ctx.db.insert("sidecarInstances", { ...wanted, ...change });
+  else if (registry.version !== wanted.version || registry.heartbeat !== wanted.heartbeat || change !== null) {
+    await ctx.db.patch("sidecarInstances", registry._id, {
+      version: wanted.version,
+      heartbeat: wanted.heartbeat,
+      ...change,
+    });
   }
 }
 
@@ -349,11 +187,8 @@ async function register(ctx: MutationCtx, registry: Registry | null, wanted: Wit
  * at MAX_INSTANCES live ones; it runs only when an instance is not live.
  */
 async function admitInstance(ctx: MutationCtx, now: number): Promise<void> {
-  let live = 0;
-  for await (const beat of ctx.db.query("sidecarHeartbeats")) {
-    if (isLive(beat, now) && ++live >= LIMITS.MAX_INSTANCES) {
-      refuse("limit_exceeded", `the deployment already has ${LIMITS.MAX_INSTANCES} live instances`);
-    }
+  if ((await countLive(ctx, now)) >= LIMITS.MAX_INSTANCES) {
+    refuse("limit_exceeded", `the deployment already has ${LIMITS.MAX_INSTANCES} live instances`);
   }
 }
 
@@ -385,7 +220,12 @@ async function writeResults(
 ): Promise<void> {
   let rows = rowCount;
   for (const result of results) {
-    const row = toRow(instance, result, now);
+    const row: WithoutSystemFields<Row> = {
+      instance,
+      check: result.check,
+      fingerprint: result.fingerprint,
+      ...toStored(result, now),
+    };
     const current = await rowsOf(ctx, instance, result.check).unique();
     if (current) {
       await ctx.db.replace("sidecarResults", current._id, row);
@@ -398,32 +238,41 @@ async function writeResults(
   }
 }
 
-function toRow(instance: string, result: WireResult, now: number): WithoutSystemFields<Row> {
-  const { ageMs, lastSuccessAgeMs, ...same } = result;
-  return {
-    instance,
-    ...same,
-    observedAt: now - ageMs,
-    lastSuccessAt: lastSuccessAgeMs === null ? null : now - lastSuccessAgeMs,
-  };
-}
-
-function toWire(row: Row, now: number): WireResult {
-  const { _id, _creationTime, instance, observedAt, lastSuccessAt, ...same } = row;
-  return { ...same, ageMs: now - observedAt, lastSuccessAgeMs: lastSuccessAt === null ? null : now - lastSuccessAt };
-}
-
 // ---------------------------------------------------------------------------------------------
 // The functions.
 
-/** An instance's one call per store period: liveness, changed results, and the warm start after `hello`. */
+/** An instance's one call per store period: liveness, changed results, the warm start, the fleet digest. */
 export const sync = mutation({
   args: signedArgs,
   returns: syncAnswer,
   handler: async (ctx, call) => {
     await authenticate(SYNC_PATH, call);
-    const payload = parsePayload(call.body);
+    const payload = parseSyncPayload(call.body);
     return await applySync(ctx, call.instance, payload, Date.now());
+  },
+});
+
+/** Drains or undrains live instances (`instances: null`: all of them), with one sidecarDrainLog row each. */
+export const drain = mutation({
+  args: signedArgs,
+  returns: v.object({ instances: v.array(v.string()) }),
+  handler: async (ctx, call) => {
+    await authenticate(DRAIN_PATH, call);
+    const request = parseDrainRequest(call.body);
+    return await applyDrain(ctx, request, Date.now());
+  },
+});
+
+/** The live instances with their summary and drain, and the recent outage counts, as of the caller's verified `ts`. */
+export const fleet = query({
+  args: signedArgs,
+  returns: fleetAnswer,
+  handler: async (ctx, call) => {
+    await authenticate(FLEET_PATH, call);
+    parseFleetRequest(call.body);
+    // A query takes its time from its arguments: Convex caches queries and does not re-run them
+    // as time passes.
+    return await fleetOf(ctx, call.ts);
   },
 });
 
@@ -439,7 +288,8 @@ const purgeAnswer = v.object({ deleted: v.number(), more: v.boolean() });
 /**
  * Deletes expired heartbeats with their instances and rows, at most PURGE_BATCH documents a run.
  * It walks the heartbeats one page at a time (one `paginate` per run, as Convex requires) and
- * schedules itself with the cursor to go on from while expired documents may remain. The cron
+ * schedules itself with the cursor to go on from while expired documents may remain. The run
+ * that reaches the last page also sweeps the fleet's leftovers (never the drain log). The cron
  * calls it with `{}`: from the first page.
  */
 export const purgeExpired = internalMutation({
@@ -454,6 +304,7 @@ export const purgeExpired = internalMutation({
       budget = await purgeHeartbeat(ctx, beat, budget);
       if (budget === 0) break;
     }
+    if (page.isDone && budget > 0) budget = await sweepFleet(ctx, now, budget);
     const deleted = LIMITS.PURGE_BATCH - budget;
     // Out of budget: this page again (what is deleted is gone); else the next page, if any.
     const next = budget === 0 ? cursor : page.isDone ? undefined : page.continueCursor;
@@ -463,9 +314,9 @@ export const purgeExpired = internalMutation({
 });
 
 /**
- * Deletes an expired heartbeat: first the rows and the registry document of each instance that
- * points at it, then the heartbeat itself (an orphan heartbeat has no instance). Stops where
- * `budget` (documents still to delete) runs out and returns what is left of it.
+ * Deletes an expired heartbeat: first the result and failing rows and the registry document of
+ * each instance that points at it, then the heartbeat itself (an orphan heartbeat has no
+ * instance). Stops where `budget` (documents still to delete) runs out and returns what is left.
  */
 async function purgeHeartbeat(ctx: MutationCtx, beat: Heartbeat, budget: number): Promise<number> {
   const registries = await ctx.db
@@ -476,6 +327,7 @@ async function purgeHeartbeat(ctx: MutationCtx, beat: Heartbeat, budget: number)
     const rows = await rowsOf(ctx, registry.instance).take(budget);
     for (const row of rows) await ctx.db.delete("sidecarResults", row._id);
     budget -= rows.length;
+    budget -= await purgeFailingOf(ctx, registry.instance, budget);
     if (budget === 0) return 0; // rows may remain: the registry document stays till they are gone
     await ctx.db.delete("sidecarInstances", registry._id);
     budget -= 1;

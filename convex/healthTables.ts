@@ -14,12 +14,37 @@ import { v } from "convex/values";
 
 export const status = v.union(v.literal("pass"), v.literal("warn"), v.literal("fail"), v.literal("unknown"));
 
+/** A check's result as stored, timed by the server's clock (rows of sidecarResults, shared results). */
+export const resultFields = {
+  status,
+  observedAt: v.number(), // server ms (server now - ageMs)
+  latencyMs: v.number(),
+  output: v.string(),
+  consecutiveFailures: v.number(),
+  consecutiveSuccesses: v.number(),
+  lastSuccessAt: v.union(v.number(), v.null()), // server ms
+};
+
+/** A drain request in an instance's mailbox (its heartbeat). */
+export const drainFields = {
+  reason: v.string(),
+  by: v.string(), // who asked, e.g. "ops@bastion"
+  at: v.number(), // server ms of the request
+  until: v.union(v.number(), v.null()), // server ms it ends, null: until undrained
+};
+
 export const healthTables = {
-  /** The registry: one document per instance name, written only on `hello` or a re-registration. */
+  /**
+   * The registry: one document per instance name, written on `hello` or a re-registration, and
+   * when the instance's summary changes (optional fields: documents written before stay valid).
+   */
   sidecarInstances: defineTable({
     instance: v.string(),
     version: v.string(), // the sidecar's version
     heartbeat: v.id("sidecarHeartbeats"), // the instance's liveness document
+    ready: v.optional(v.boolean()),
+    reasons: v.optional(v.array(v.string())),
+    failing: v.optional(v.array(v.string())),
   })
     .index("by_instance", ["instance"])
     .index("by_heartbeat", ["heartbeat"]),
@@ -27,13 +52,16 @@ export const healthTables = {
   /**
    * Liveness: one document per instance, read and patched by every sync (by id: the caller sends
    * the id its previous answer gave). No user-defined index, on purpose: a write then costs only
-   * the document itself (98 bytes). Keep it minimal; the fleet features to come will add the
-   * drain requests for the instance here, so that the instance sees them in the steady-state read
-   * it already pays for.
+   * the document itself (98 bytes). It is also the instance's drain mailbox: the steady-state
+   * read delivers a drain request for free, and a sync's patch (a merge) leaves it in place.
    */
   sidecarHeartbeats: defineTable({
     seenAt: v.number(), // server ms of the last sync
     expiresAt: v.number(), // seenAt + ttlMs (server clock)
+    drain: v.optional(v.object(drainFields)),
+    // Set by the instance's last sync before it stopped: no longer counted in the fleet (its
+    // results stay, for the warm start of its next start); cleared by its next sync.
+    left: v.optional(v.literal(true)),
   }),
 
   /** One row per (instance, check), written only when the result changes; lives as long as its instance. */
@@ -41,12 +69,42 @@ export const healthTables = {
     instance: v.string(),
     check: v.string(),
     fingerprint: v.string(), // the check's definition hash (sidecar-computed, opaque here)
-    status,
-    observedAt: v.number(), // server ms (server now - ageMs)
-    latencyMs: v.number(),
-    output: v.string(),
-    consecutiveFailures: v.number(),
-    consecutiveSuccesses: v.number(),
-    lastSuccessAt: v.union(v.number(), v.null()), // server ms
+    ...resultFields,
   }).index("by_instance_check", ["instance", "check"]),
+
+  /** One row per (instance, panic check) failing there, refreshed by each sync while it fails. */
+  sidecarFailing: defineTable({
+    check: v.string(),
+    instance: v.string(),
+    until: v.number(), // server ms after which the row no longer counts
+  })
+    .index("by_check_until", ["check", "until"])
+    .index("by_instance_check", ["instance", "check"]),
+
+  /** One row per panic check that failed somewhere lately: how many live instances, how many failing. */
+  sidecarCensus: defineTable({
+    check: v.string(),
+    failing: v.number(),
+    live: v.number(),
+    computedAt: v.number(), // server ms of the last full count
+  }).index("by_check", ["check"]),
+
+  /** One row per shared check definition: who probes it for the fleet (the lease) and its latest result. */
+  sidecarShared: defineTable({
+    check: v.string(),
+    fingerprint: v.string(),
+    holder: v.string(), // the instance holding the lease
+    leaseUntil: v.number(), // server ms
+    result: v.union(v.null(), v.object(resultFields)),
+  }).index("by_check_fingerprint", ["check", "fingerprint"]),
+
+  /** The audit trail of drains: one row per instance per drain or undrain; never purged. */
+  sidecarDrainLog: defineTable({
+    instance: v.string(),
+    action: v.union(v.literal("drain"), v.literal("undrain")),
+    reason: v.union(v.string(), v.null()),
+    by: v.string(),
+    at: v.number(), // server ms
+    until: v.union(v.number(), v.null()),
+  }).index("by_instance_at", ["instance", "at"]),
 };

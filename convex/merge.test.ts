@@ -227,9 +227,13 @@ describe("merging the functions into an app's convex/ folder (README steps)", ()
     expect(Object.keys(schema.tables).sort()).toEqual([
       "cache",
       "messages",
+      "sidecarCensus",
+      "sidecarDrainLog",
+      "sidecarFailing",
       "sidecarHeartbeats",
       "sidecarInstances",
       "sidecarResults",
+      "sidecarShared",
     ]);
     const crons = (await import(/* @vite-ignore */ pathToFileURL(join(app, "convex/crons.ts")).href)).default;
     expect(Object.keys(crons.crons).sort()).toEqual([
@@ -255,6 +259,16 @@ describe("merging the functions into an app's convex/ folder (README steps)", ()
       });
       expect(answer).toMatchObject({ written: 0, resend: false, warm: null, heartbeat: expect.any(String) });
       expect(await t.query(anyApi.health.ping, {})).toBeNull();
+      // The fleet functions, reaching the helper modules copied beside health.ts.
+      const signedAs = (path: string, payload: object) => {
+        const body = JSON.stringify(payload);
+        return { instance: "cli", ts, body, sig: sign(SECRET, path, "cli", ts, body) };
+      };
+      const drain = { action: "drain", instances: ["web-1"], reason: "merge test", by: "ci", forMs: null };
+      expect(await t.mutation(anyApi.health.drain, signedAs("health:drain", drain))).toEqual({ instances: ["web-1"] });
+      expect(await t.query(anyApi.health.fleet, signedAs("health:fleet", {}))).toMatchObject({
+        instances: [{ instance: "web-1", drain: { reason: "merge test", by: "ci" } }],
+      });
 
       // The app's own tables and functions still work beside them.
       await t.mutation(anyApi.cache.set, { key: "greeting", value: { text: "hi" }, ttlSeconds: 60 });
@@ -265,8 +279,9 @@ describe("merging the functions into an app's convex/ folder (README steps)", ()
         cache: (await ctx.db.query("cache").collect()).length,
         sidecarInstances: (await ctx.db.query("sidecarInstances").collect()).length,
         sidecarHeartbeats: (await ctx.db.query("sidecarHeartbeats").collect()).length,
+        sidecarDrainLog: (await ctx.db.query("sidecarDrainLog").collect()).length,
       }));
-      expect(counts).toEqual({ cache: 1, sidecarInstances: 1, sidecarHeartbeats: 1 });
+      expect(counts).toEqual({ cache: 1, sidecarInstances: 1, sidecarHeartbeats: 1, sidecarDrainLog: 1 });
     } finally {
       vi.unstubAllEnvs();
     }

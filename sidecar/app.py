@@ -11,6 +11,7 @@ from aiohttp import web
 
 from sidecar import __version__, logs
 from sidecar.config import Settings
+from sidecar.fleet import FleetView
 from sidecar.monitor import Monitor
 from sidecar.probes import runner
 from sidecar.scheduler import Scheduler
@@ -18,7 +19,7 @@ from sidecar.server import create_app
 from sidecar.store import ConvexClient, HealthStore
 from sidecar.store.evidence import RuntimeEvidence
 from sidecar.store.signing import fingerprint
-from sidecar.sync import Syncer
+from sidecar.sync import Syncer, SyncTiming
 
 # Set by a second signal: exit at once, without the last sync.
 FORCED = web.AppKey("forced", asyncio.Event)
@@ -27,7 +28,13 @@ FORCED = web.AppKey("forced", asyncio.Event)
 def build_app(settings: Settings) -> web.Application:
     """The aiohttp app; its cleanup context runs the scheduler and the store sync."""
     checks = settings.resolved_checks()
-    monitor = Monitor(instance=settings.instance, version=__version__, checks=checks)
+    timing = SyncTiming(period=settings.store_interval, timeout=settings.store_timeout)
+    monitor = Monitor(
+        instance=settings.instance,
+        version=__version__,
+        checks=checks,
+        fleet=FleetView(threshold=settings.panic_threshold, grace=timing.grace),
+    )
     token = settings.details_token.get_secret_value() if settings.details_token else ""
     app = create_app(monitor, details_token=token)
     app[FORCED] = asyncio.Event()
@@ -60,7 +67,8 @@ def build_app(settings: Settings) -> web.Application:
             metrics=monitor.metrics,
             evidence=evidence,
             fingerprints={c.name: fingerprint(secret, c.definition()) for c in checks},
-            period=settings.store_interval,
+            timing=timing,
+            threshold=settings.panic_threshold,
         )
         scheduler = Scheduler(
             monitor=monitor, session=probe_session, checks=checks, probe=runner(evidence)
@@ -71,8 +79,9 @@ def build_app(settings: Settings) -> web.Application:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if not app[FORCED].is_set():
-            # The last sync confirms the results as of now: a restart soon after warm-starts.
-            await syncer.sync_once()
+            # The last sync confirms the results as of now (a restart soon after warm-starts)
+            # and takes this instance out of the fleet's counts.
+            await syncer.sync_once(leaving=True)
         await probe_session.close()
         await store_session.close()
 

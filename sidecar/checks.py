@@ -16,10 +16,9 @@ from pydantic import (
 )
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
-# The most checks one daemon runs (and Convex keeps per instance: convex/health.ts's LIMITS),
-# and the most probe runs a second they may add up to (sum of 1 / interval): at that rate the
-# daemon spends about half a core and /live still answers in milliseconds (README, Measured).
-MAX_CHECKS = 200
+# The most probe runs a second the checks may add up to (sum of 1 / interval): at that rate
+# the daemon spends about half a core and /live still answers in milliseconds (README,
+# Measured). The most checks is the store's own bound (Convex keeps one row per check).
 MAX_PROBES_PER_SECOND = 1000
 HTTP_METHODS = Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"]
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
@@ -34,8 +33,13 @@ _NOT_PROBED = frozenset(
         "critical",
         "failures_before_fail",
         "successes_before_pass",
+        "shared",
+        "panic",
     }
 )
+# The check of the container beside: never shared, never excused by a shared outage.
+APP_CHECK = "app"
+PANIC_KINDS = frozenset({"convex", "mastra"})
 
 
 def http_url(value: str) -> str:
@@ -73,6 +77,12 @@ class _Check(BaseModel):
     critical: bool = True
     failures_before_fail: int = Field(default=2, ge=1, le=100)
     successes_before_pass: int = Field(default=1, ge=1, le=100)
+    # One instance of the fleet probes it and the others take its result from Convex.
+    shared: bool = False
+    # A failure shared by at least SIDECAR_PANIC_THRESHOLD of the live instances keeps this
+    # instance ready (a shared outage drains nobody). Resolved by the settings: true for
+    # convex, mastra and shared checks, false for the others and always for `app`.
+    panic: bool | None = None
 
     @model_validator(mode="after")
     def _timeout_fits_interval(self) -> _Check:

@@ -30,19 +30,20 @@ from pydantic_settings import (
 )
 
 from sidecar.checks import (
-    MAX_CHECKS,
+    APP_CHECK,
     MAX_PROBES_PER_SECOND,
+    PANIC_KINDS,
     Check,
     ConvexCheck,
     HttpCheck,
     MastraCheck,
     http_url,
 )
+from sidecar.limits import MAX_CHECKS, MAX_TTL_MS, MIN_TTL_MS
 
 CONFIG_ENV = "SIDECAR_CONFIG"
-# convex/health.ts's LIMITS.MIN_TTL_MS and MAX_TTL_MS, in seconds.
-MIN_STORE_TTL = 10.0
-MAX_STORE_TTL = 86400.0
+MIN_STORE_TTL = MIN_TTL_MS / 1000
+MAX_STORE_TTL = MAX_TTL_MS / 1000
 KINDS = ("convex", "mastra", "http", "tcp")
 RESERVED_NAMES = {"store": "/health reports the Convex store's status as services.store"}
 
@@ -115,6 +116,9 @@ class Settings(BaseSettings):
     )
     store_timeout: float = Field(2.0, gt=0, le=60, validation_alias=_env("SIDECAR_STORE_TIMEOUT"))
     convex_allow_http: bool = Field(False, validation_alias=_env("SIDECAR_CONVEX_ALLOW_HTTP"))
+    panic_threshold: float = Field(
+        0.5, gt=0, le=1, validation_alias=_env("SIDECAR_PANIC_THRESHOLD")
+    )
     checks: tuple[Check, ...] = Field((), validation_alias=_env("SIDECAR_CHECKS"))
 
     @field_validator("convex_url", "mastra_url", "app_url")
@@ -180,6 +184,11 @@ class Settings(BaseSettings):
                 where = f"checks[{first[check.name]}]"
                 problems.append(_problem(loc, f"duplicate check name (also {where})", label))
             first.setdefault(check.name, index)
+            if check.name == APP_CHECK:
+                for option in ("shared", "panic"):
+                    if getattr(check, option):
+                        why = "the app check (the container beside) is never shared or excused"
+                        problems.append(_problem(("checks", index, option), why, label))
             late = check.interval is None and (check.timeout or 0) > self.interval
             if late:
                 message = (
@@ -244,7 +253,10 @@ class Settings(BaseSettings):
     def _fill(self, check: Check) -> Check:
         interval = check.interval if check.interval is not None else self.interval
         timeout = check.timeout if check.timeout is not None else min(self.timeout, interval)
-        return check.model_copy(update={"interval": interval, "timeout": timeout})
+        panic = check.panic
+        if panic is None:
+            panic = check.name != APP_CHECK and (check.kind in PANIC_KINDS or check.shared)
+        return check.model_copy(update={"interval": interval, "timeout": timeout, "panic": panic})
 
     @classmethod
     def settings_customise_sources(

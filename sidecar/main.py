@@ -1,4 +1,4 @@
-"""The `health-sidecar` command line: `run`, `check` and `config`."""
+"""The `health-sidecar` command line: `run`, `check`, `config`, `fleet`, `drain` and `undrain`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--port", type=int, help="the daemon's port (default: SIDECAR_PORT or 8099)")
     check.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     commands.add_parser("config", help="print the effective settings, secrets masked")
+    fleet = commands.add_parser(
+        "fleet", help="every live instance as Convex sees it; exit 0 when all are ready"
+    )
+    fleet.add_argument("--json", action="store_true", help="JSON for scripts")
+    for name, what in (("drain", "take instances out of the pool"), ("undrain", "undo a drain")):
+        cmd = commands.add_parser(name, help=f"{what}, through Convex (audited)")
+        cmd.add_argument("--instance", action="append", default=[], help="an instance's name")
+        cmd.add_argument("--all", action="store_true", help="every live instance (with --yes)")
+        cmd.add_argument("--yes", action="store_true", help="confirm --all")
+        if name == "drain":
+            cmd.add_argument("--reason", help="why (shows in /ready and the audit trail)")
+            cmd.add_argument("--for", dest="duration", help="how long: 90s, 15m, 2h, 1d")
     args = parser.parse_args(argv)
     if args.command == "check":
         return check_command(ready=args.ready, port=args.port, timeout=args.timeout)
@@ -51,6 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(effective(settings), indent=2))
         return 0
+    if args.command in ("fleet", "drain", "undrain"):
+        from sidecar import fleetcli
+
+        if args.command == "fleet":
+            return fleetcli.fleet(settings, as_json=args.json)
+        return fleetcli.drain(
+            settings,
+            undo=args.command == "undrain",
+            instances=args.instance,
+            every=args.all,
+            yes=args.yes,
+            reason=getattr(args, "reason", None),
+            duration=getattr(args, "duration", None),
+        )
     from sidecar import daemon, logs
 
     logs.configure(level=settings.log_level, instance=settings.instance)

@@ -125,8 +125,20 @@ class SnapshotCollector(Collector):
             "The configured checks (always 1): kind, and whether it counts for readiness.",
             labels=["check", "kind", "critical"],
         )
+        shared = GaugeMetricFamily(
+            "sidecar_shared_outage",
+            "1 while the check fails on at least SIDECAR_PANIC_THRESHOLD of the live instances.",
+            labels=["check"],
+        )
+        holder = GaugeMetricFamily(
+            "sidecar_check_holder",
+            "1 while this instance probes the shared check for the fleet.",
+            labels=["check"],
+        )
         for state in snap.states:
             info.add_metric([state.name, state.check.kind, str(state.check.critical).lower()], 1.0)
+            shared.add_metric([state.name], float(state.name in snap.shared_outages))
+            holder.add_metric([state.name], float(state.name in snap.fleet.holders))
             current = snap.statuses[state.name]
             up.add_metric([state.name], 1.0 if current in ("pass", "warn") else 0.0)
             for value in sorted(STATUSES):
@@ -134,6 +146,8 @@ class SnapshotCollector(Collector):
             last.add_metric([state.name], state.last_success_at or 0.0)
             failures.add_metric([state.name], float(state.consecutive_failures))
         yield info
+        yield shared
+        yield holder
         yield up
         yield status
         yield last

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from sidecar import logs
 from sidecar.checks import Check
+from sidecar.fleet import NO_FLEET, FleetView
 from sidecar.metrics import Metrics
 from sidecar.result import CheckResult
 from sidecar.snapshot import Snapshot, StoreState
@@ -30,6 +31,7 @@ class Monitor:
         instance: str,
         version: str,
         checks: Sequence[Check],
+        fleet: FleetView = NO_FLEET,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -43,6 +45,7 @@ class Monitor:
             states=tuple(CheckState(check=c) for c in checks),
             built_at=clock(),
             heartbeat=monotonic(),
+            fleet=fleet,
         )
         self.metrics = Metrics(
             checks=[c.name for c in checks],
@@ -56,11 +59,22 @@ class Monitor:
         return self._monotonic() - self.snapshot.heartbeat <= HEARTBEAT_MAX_AGE
 
     def record(self, name: str, result: CheckResult) -> None:
-        """Take one probe result for check `name`."""
+        """Take one probe result for check `name` (of a shared check this instance holds:
+        for the sync to publish at once)."""
         self.metrics.check_runs.labels(check=name, result=result.status).inc()
         self.metrics.check_duration.labels(check=name).observe(result.latency)
+        self.adopt(name, result)
+        if name in self.snapshot.fleet.holders:
+            self.changed.set()
+
+    def adopt(self, name: str, result: CheckResult) -> None:
+        """Take a result of check `name` that another instance probed (a shared check)."""
         states = tuple(s.observe(result) if s.name == name else s for s in self.snapshot.states)
         self._publish(replace(self.snapshot, states=states, built_at=self._clock()))
+
+    def apply_fleet(self, fleet: FleetView) -> None:
+        """Take the fleet facts of a sync answer (the one door they come in by)."""
+        self._publish(replace(self.snapshot, fleet=fleet, built_at=self._clock()))
 
     def restore(self, states: Iterable[CheckState]) -> None:
         """Take states restored from Convex at start (the warm start); a check that already has
@@ -105,6 +119,7 @@ class Monitor:
             self._log.info(
                 "ready" if new.ready else "not ready", ready=new.ready, reasons=list(new.reasons)
             )
+        self._log_fleet(old, new)
         for state in new.states:
             before, after = old.statuses[state.name], new.statuses[state.name]
             if before == after:
@@ -122,3 +137,21 @@ class Monitor:
                 fields["duration"] = round(result.latency * 1000, 1)
             log = self._log.warning if after in ("fail", "unknown") else self._log.info
             log(f"check {state.name} is {after}", **fields)
+
+    def _log_fleet(self, old: Snapshot, new: Snapshot) -> None:
+        """One line when a shared outage starts or ends, and when a drain comes or goes."""
+        for name, outage in new.shared_outages.items():
+            if name not in old.shared_outages:
+                self._log.warning(
+                    f"shared outage: {outage.describe(name)}",
+                    check=name,
+                    failing=outage.failing,
+                    live=outage.live,
+                )
+        for name in old.shared_outages.keys() - new.shared_outages.keys():
+            self._log.info(f"shared outage over: {name}", check=name)
+        before, after = old.fleet.drained(old.built_at), new.fleet.drained(new.built_at)
+        if after is not None and after != before:
+            self._log.warning(f"drained: {after.reason}", by=after.by, until=after.until)
+        elif after is None and before is not None:
+            self._log.info("drain over")

@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from sidecar.limits import MAX_OUTPUT
+
 Verdict = Literal["pass", "warn", "fail"]
-MAX_OUTPUT = 1024
 
 
 @dataclass(frozen=True, slots=True)

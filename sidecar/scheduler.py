@@ -87,7 +87,8 @@ class Scheduler:
         while True:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += self._spacing(check)
-            self._monitor.record(check.name, await self._run(check))
+            if self._monitor.snapshot.probes(check):  # else another instance does
+                self._monitor.record(check.name, await self._run(check))
             # A probe slower than its interval does not make the next ones pile up.
             next_at = max(next_at, time.monotonic())
 

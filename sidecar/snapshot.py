@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import orjson
 
+from sidecar.checks import Check
+from sidecar.fleet import FleetView, Outage
 from sidecar.state import CheckState, Status
 
 HealthStatus = Literal["ok", "degraded", "error"]
@@ -48,9 +50,11 @@ class Snapshot:
     states: tuple[CheckState, ...]
     built_at: float
     heartbeat: float
+    fleet: FleetView
     store: StoreState = StoreState()
     draining: bool = False
     statuses: Mapping[str, Status] = field(init=False)
+    shared_outages: Mapping[str, Outage] = field(init=False)
     ready: bool = field(init=False)
     reasons: tuple[str, ...] = field(init=False)
     health: HealthStatus = field(init=False)
@@ -58,12 +62,25 @@ class Snapshot:
     health_body: bytes = field(init=False)
 
     def __post_init__(self) -> None:
-        statuses = {s.name: s.effective_status(self.built_at) for s in self.states}
+        now = self.built_at
+        statuses = {s.name: s.effective_status(now) for s in self.states}
+        shared = {
+            s.name: outage
+            for s in self.states
+            if s.check.panic
+            and statuses[s.name] == "fail"
+            and (outage := self.fleet.shared_outage(s, now)) is not None
+        }
         reasons = ["draining"] if self.draining else []
+        drain = self.fleet.drained(now)
+        if drain is not None:
+            reasons.append(f"drained: {drain.reason}")
         reasons += [
             f"{s.name} is {statuses[s.name]}"
             for s in self.states
-            if s.check.critical and statuses[s.name] not in ("pass", "warn")
+            if s.check.critical
+            and statuses[s.name] not in ("pass", "warn")
+            and not self._excused(s, statuses[s.name], shared)
         ]
         if not self.states:
             reasons.append("no checks configured")
@@ -72,11 +89,26 @@ class Snapshot:
         health: HealthStatus = "error" if critical_fail else "ok" if all_ok else "degraded"
         setattr_ = object.__setattr__
         setattr_(self, "statuses", statuses)
+        setattr_(self, "shared_outages", shared)
         setattr_(self, "ready", not reasons)
         setattr_(self, "reasons", tuple(reasons))
         setattr_(self, "health", health)
         setattr_(self, "ready_body", dumps(self.ready_document()))
         setattr_(self, "health_body", dumps(self.health_document(details=False)))
+
+    def _excused(self, state: CheckState, status: Status, shared: Mapping[str, Outage]) -> bool:
+        """A failing panic check keeps the instance ready during a shared outage, and while
+        Convex (answering) has yet to count the others after it just failed."""
+        if not state.check.panic or status != "fail":
+            return False
+        if state.name in shared:
+            return True
+        return self.store.status != "error" and self.fleet.pending(state, self.built_at)
+
+    def probes(self, check: Check) -> bool:
+        """Whether this instance probes `check` itself: a shared check only while it holds
+        the lease, or while Convex cannot tell who does (every instance then probes)."""
+        return not check.shared or check.name in self.fleet.holders or self.store.status != "ok"
 
     @property
     def health_ok(self) -> bool:
@@ -109,7 +141,26 @@ class Snapshot:
                 "error": self.store.kind,
                 "output": self.store.message,
             }
+            doc["fleet"] = self._fleet_details()
         return doc
+
+    def _fleet_details(self) -> dict[str, Any]:
+        drain = self.fleet.drained(self.built_at)
+        return {
+            "shared_outages": {
+                name: f"shared outage: {outage.describe(name)}"
+                for name, outage in self.shared_outages.items()
+            },
+            "drain": None
+            if drain is None
+            else {
+                "reason": drain.reason,
+                "by": drain.by,
+                "until": None if drain.until is None else iso(drain.until),
+            },
+            "holder": sorted(self.fleet.holders),
+            "synced_at": None if self.fleet.at is None else iso(self.fleet.at),
+        }
 
     def health_json_document(self, *, details: bool) -> dict[str, Any]:
         """The IETF health-check format (`application/health+json`)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from sidecar.checks import Check
+from sidecar.limits import MAX_AGE_MS
 from sidecar.result import CheckResult
 
 Status = Literal["pass", "warn", "fail", "unknown"]
@@ -23,6 +24,8 @@ class CheckState:
     consecutive_failures: int = 0
     consecutive_successes: int = 0
     last_success_at: float | None = None
+    since: float | None = None  # when the status last changed (the result's end)
+    previous: Status = "unknown"  # the status before that change
 
     @property
     def name(self) -> str:
@@ -53,15 +56,19 @@ class CheckState:
             consecutive_failures=failures,
             consecutive_successes=successes,
             last_success_at=result.observed_at if ok else self.last_success_at,
+            since=result.observed_at + result.latency if status != self.status else self.since,
+            previous=self.status if status != self.status else self.previous,
         )
 
     def is_stale(self, now: float) -> bool:
         """True when there is no result, or the last one finished more than two intervals ago
-        (plus the timeout the probe now in flight may still take)."""
+        (plus the timeout the probe now in flight may still take; plus one more interval for
+        a shared check, whose result may come from another instance through Convex)."""
         if self.result is None:
             return True
         finished = self.result.observed_at + self.result.latency
-        return now - finished > STALE_INTERVALS * self.check.every + self.check.limit
+        intervals = STALE_INTERVALS + (1 if self.check.shared else 0)
+        return now - finished > intervals * self.check.every + self.check.limit
 
     def effective_status(self, now: float) -> Status:
         """The status to serve: `unknown` once the last result has gone stale."""
@@ -109,5 +116,26 @@ def record_of(state: CheckState, *, fingerprint: str, now: float) -> Record:
     )
 
 
+def probe_record(state: CheckState, *, fingerprint: str, now: float) -> Record:
+    """A shared check's last probe result itself (not the status its thresholds made of it),
+    for the other instances to observe through their own thresholds."""
+    result = state.result
+    assert result is not None, "only checks with a result are shared"
+    return Record(
+        check=state.name,
+        fingerprint=fingerprint,
+        status=result.status,
+        age_ms=_age_ms(now, result.observed_at),
+        latency_ms=result.latency * 1000,
+        output=result.output,
+        consecutive_failures=state.consecutive_failures,
+        consecutive_successes=state.consecutive_successes,
+        last_success_age_ms=None
+        if state.last_success_at is None
+        else _age_ms(now, state.last_success_at),
+    )
+
+
 def _age_ms(now: float, then: float) -> float:
-    return round(max(0.0, now - then) * 1000, 3)
+    """How long ago, in ms; a day at most (the store's bound: older is old enough)."""
+    return min(round(max(0.0, now - then) * 1000, 3), MAX_AGE_MS)

@@ -1,21 +1,28 @@
-"""Keeps this instance's results in Convex: one signed `health:sync` per store period, one
-within about a second of a status change (at most one a second), the warm start from the first
-answer, and a last sync on the way out."""
+"""Keeps this instance's results in Convex and brings the fleet's facts back: one signed
+`health:sync` per store period, one within about a second of a status change (at most one a
+second), one every check interval while a panic check fails or a shared check is configured,
+the warm start from the first answer, and a last sync on the way out."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from sidecar import logs
+from sidecar.checks import Check
+from sidecar.fleet import Drain, FleetView, Outage
+from sidecar.limits import MAX_HOLD_MS, MAX_REASONS, MIN_HOLD_MS, REASON
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
-from sidecar.snapshot import StoreState
-from sidecar.state import Record, record_of
+from sidecar.result import CheckResult, clip
+from sidecar.snapshot import Snapshot, StoreState
+from sidecar.state import Record, probe_record, record_of
 from sidecar.store import FunctionError, HealthStore, RequestRejected, StoreError, Unauthorized
 from sidecar.store.evidence import RuntimeEvidence
+from sidecar.store.messages import SharedAsk, Summary, SyncAnswer, SyncRequest
 from sidecar.warmstart import restorable
 
 T = TypeVar("T")
@@ -25,8 +32,23 @@ COALESCE = 0.2  # a change waits this long for the changes that come with it
 RUNTIME_ANSWERS = (Unauthorized, FunctionError, RequestRejected)
 
 
+@dataclass(frozen=True, slots=True)
+class SyncTiming:
+    """The store's pace: `period` between syncs in steady state, `timeout` per call."""
+
+    period: float
+    timeout: float
+
+    @property
+    def grace(self) -> float:
+        """How long an answer may take to come after a change: coalescing, the gap between
+        calls, and the call itself."""
+        return COALESCE + MIN_GAP + self.timeout
+
+
 class Syncer:
-    """Writes what changed in the Snapshot to Convex; a store failure never stops probing."""
+    """Writes what changed in the Snapshot to Convex and hands the answer's fleet facts to
+    the Monitor; a store failure never stops probing."""
 
     def __init__(
         self,
@@ -36,18 +58,27 @@ class Syncer:
         metrics: Metrics,
         evidence: RuntimeEvidence,
         fingerprints: Mapping[str, str],
-        period: float,
+        timing: SyncTiming,
+        threshold: float,
     ) -> None:
         self._monitor = monitor
         self._store = store
         self._metrics = metrics
         self._evidence = evidence
         self._fingerprints = dict(fingerprints)
-        self._period = period
+        self._timing = timing
+        self._threshold = threshold
         self._log = logs.get("store")
-        # What Convex holds for each check (Record.essence), as far as its answers said.
+        # What Convex holds, as far as its answers said: each check's Record.essence, this
+        # instance's summary and its failing panic checks.
         self._acked: dict[str, tuple[str, str, int, str]] = {}
+        self._acked_summary: Summary | None = None
+        self._acked_panic: tuple[str, ...] = ()
         self._hello = True
+        # Shared checks: when this holder last sent its own result, and when (deployment ms)
+        # the result last taken from the holder was observed.
+        self._published: dict[str, float] = {}
+        self._adopted: dict[str, float] = {}
 
     async def run(self) -> None:
         """Sync at once, then every period or soon after a change, until cancelled."""
@@ -60,33 +91,118 @@ class Syncer:
                 self._log.exception("sync failed unexpectedly")
             await self._until_next(started)
 
-    async def sync_once(self) -> None:
-        """One `health:sync`: the records that changed since Convex last acknowledged them."""
+    async def sync_once(self, *, leaving: bool = False) -> None:
+        """One `health:sync`: what changed since Convex last acknowledged it. `leaving` (the
+        last one, as the process stops) takes the instance out of the fleet's counts; its
+        results stay in Convex for its next start's warm start."""
         self._monitor.changed.clear()
-        pending = self._pending(time.time())
-        hello = self._fingerprints if self._hello else None
-        answer = await self._call(self._store.sync(pending, hello=hello))
+        now = time.time()
+        request = replace(self._request(self._monitor.snapshot, now), leaving=leaving)
+        answer = await self._call(self._store.sync(request))
         if answer is None:
             return
-        if hello is not None:
+        if request.hello is not None:
             self._hello = False
             self._acked = {}
             if answer.warm is not None:
                 self._acked = {r.check: r.essence for r in answer.warm.records}
                 self._warm_start(answer.warm.records, answer.warm.confirmed_age_ms / 1000)
+        self._monitor.apply_fleet(self._fleet_view(answer))
+        self._adopt(answer)
+        self._published.update(
+            (ask.check, now - ask.result.age_ms / 1000)
+            for ask in request.shared
+            if ask.result is not None
+        )
+        self._acked_summary = request.summary or self._acked_summary
+        self._acked_panic = request.panic if request.panic is not None else self._acked_panic
         if answer.resend:  # Convex lost this instance (purged): send everything again, soon
-            self._acked = {}
+            self._acked, self._acked_summary = {}, None
             self._monitor.changed.set()
             return
-        self._acked.update((r.check, r.essence) for r in pending)
+        self._acked.update((r.check, r.essence) for r in request.records)
 
-    def _pending(self, now: float) -> list[Record]:
-        records = (
+    def _request(self, snap: Snapshot, now: float) -> SyncRequest:
+        """The next sync's content: changed records, and the fleet's parts when they apply."""
+        records = [
             record_of(s, fingerprint=self._fingerprints[s.name], now=now)
-            for s in self._monitor.snapshot.states
+            for s in snap.states
             if s.result is not None
+        ]
+        summary = Summary(
+            ready=snap.ready,
+            reasons=tuple(clip(r, REASON) for r in snap.reasons[:MAX_REASONS]),
+            failing=tuple(name for name, status in snap.statuses.items() if status == "fail"),
         )
-        return [r for r in records if self._acked.get(r.check) != r.essence]
+        panic = _failing_panic_checks(snap)
+        return SyncRequest(
+            records=[r for r in records if self._acked.get(r.check) != r.essence],
+            hello=self._fingerprints if self._hello else None,
+            summary=summary if self._hello or summary != self._acked_summary else None,
+            panic=panic if panic or self._acked_panic else None,
+            hold_ms=_lease_ms(2 * _longest(snap, panic) + self._timing.grace),
+            shared=[self._ask(snap, s.check, now) for s in snap.states if s.check.shared],
+        )
+
+    def _ask(self, snap: Snapshot, check: Check, now: float) -> SharedAsk:
+        """The lease request of a shared check, with this holder's newest own result."""
+        state = next(s for s in snap.states if s.name == check.name)
+        fingerprint = self._fingerprints[check.name]
+        result = None
+        if (
+            check.name in snap.fleet.holders
+            and state.result is not None
+            and state.result.observed_at > self._published.get(check.name, float("-inf"))
+        ):
+            result = probe_record(state, fingerprint=fingerprint, now=now)
+        return SharedAsk(
+            check=check.name,
+            fingerprint=fingerprint,
+            lease_ms=_lease_ms(2 * check.every + self._timing.grace),
+            result=result,
+        )
+
+    def _fleet_view(self, answer: SyncAnswer) -> FleetView:
+        now = time.time()
+        drain = answer.drain
+        return FleetView(
+            threshold=self._threshold,
+            grace=self._timing.grace,
+            at=now,
+            outages={
+                check: Outage(failing=failing, live=live)
+                for check, (failing, live) in answer.outages.items()
+            },
+            drain=None
+            if drain is None
+            else Drain(
+                reason=drain.reason,
+                by=drain.by,
+                until=None if drain.remaining_ms is None else now + drain.remaining_ms / 1000,
+            ),
+            holders=frozenset(a.check for a in answer.shared if a.holder),
+        )
+
+    def _adopt(self, answer: SyncAnswer) -> None:
+        """Take the holders' newer results of the shared checks this instance does not hold."""
+        now = time.time()
+        for shared in answer.shared:
+            record = shared.record
+            if shared.holder or record is None or record.status == "unknown":
+                continue
+            observed = answer.now_ms - record.age_ms  # the deployment's clock: stable
+            if observed <= self._adopted.get(shared.check, float("-inf")):
+                continue
+            self._adopted[shared.check] = observed
+            self._monitor.adopt(
+                shared.check,
+                CheckResult(
+                    status=record.status,
+                    output=record.output,
+                    latency=record.latency_ms / 1000,
+                    observed_at=now - record.age_ms / 1000,
+                ),
+            )
 
     def _warm_start(self, records: tuple[Record, ...], confirmed_age: float) -> None:
         states = restorable(
@@ -100,18 +216,40 @@ class Syncer:
             self._monitor.restore(states)
             self._log.info("warm start", checks=sorted(s.name for s in states))
 
+    def _period(self, snap: Snapshot) -> float:
+        """The store period; a check's interval while it is a failing panic check (the
+        fleet's count converges fast) or a shared one (the holder's results stay fresh)."""
+        periods = [self._timing.period]
+        periods += [
+            s.check.every
+            for s in snap.states
+            if s.check.shared or (s.check.panic and snap.statuses[s.name] == "fail")
+        ]
+        return max(MIN_GAP, min(periods))
+
+    def _due(self, snap: Snapshot) -> bool:
+        request = self._request(snap, time.time())
+        return bool(
+            request.hello
+            or request.records
+            or request.summary
+            or (request.panic is not None and request.panic != self._acked_panic)
+            or any(ask.result is not None for ask in request.shared)
+        )
+
     async def _until_next(self, started: float) -> None:
         """Wait for the next period, or for a change worth writing (coalesced, and never
         sooner than MIN_GAP after the last call started)."""
         loop = asyncio.get_running_loop()
         while True:
             try:
-                async with asyncio.timeout_at(started + self._period):
+                deadline = started + self._period(self._monitor.snapshot)
+                async with asyncio.timeout_at(deadline):
                     await self._monitor.changed.wait()
             except TimeoutError:
                 return
             await asyncio.sleep(max(COALESCE, started + MIN_GAP - loop.time()))
-            if self._hello or self._pending(time.time()):
+            if self._due(self._monitor.snapshot):
                 return
             self._monitor.changed.clear()
 
@@ -137,3 +275,17 @@ class Syncer:
         self._evidence.answered()
         self._monitor.set_store(StoreState(status="ok"))
         return value
+
+
+def _failing_panic_checks(snap: Snapshot) -> tuple[str, ...]:
+    return tuple(s.name for s in snap.states if s.check.panic and snap.statuses[s.name] == "fail")
+
+
+def _longest(snap: Snapshot, names: tuple[str, ...]) -> float:
+    """The longest interval of the named checks (0 when none)."""
+    return max((s.check.every for s in snap.states if s.name in names), default=0.0)
+
+
+def _lease_ms(seconds: float) -> float:
+    """A lease or hold in ms, within what the functions accept (1 s to 1 h)."""
+    return min(max(1000 * seconds, MIN_HOLD_MS), MAX_HOLD_MS)

@@ -15,6 +15,8 @@ import type {
 } from "convex/server";
 import type * as crons from "../crons.js";
 import type * as health from "../health.js";
+import type * as healthFleet from "../healthFleet.js";
+import type * as healthProtocol from "../healthProtocol.js";
 import type * as healthTables from "../healthTables.js";
 
 /**
@@ -28,6 +30,8 @@ import type * as healthTables from "../healthTables.js";
 declare const fullApi: ApiFromModules<{
   crons: typeof crons;
   health: typeof health;
+  healthFleet: typeof healthFleet;
+  healthProtocol: typeof healthProtocol;
   healthTables: typeof healthTables;
 }>;
 export declare const api: FilterApi<

@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { ConvexHttpClient } from "convex/browser";
 import { makeFunctionReference } from "convex/server";
 import { ConvexError } from "convex/values";
-import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, test, vi } from "vitest";
 import { api } from "../../convex/_generated/api";
 import { startServer, type ConvexLocal } from "./server";
 import { notes, testSchema } from "./testFunctions";
@@ -574,6 +574,167 @@ describe("usage stats of the store protocol (the repo's functions, in process)",
     } finally {
       local.server.close();
     }
+  });
+});
+
+describe("usage stats of the fleet additions (the repo's functions, in process, the clock faked)", () => {
+  // Sizes, as Convex bills them (dev/convex-local/bandwidth.ts; README "Usage stats"), for
+  // 7-character instance names ("stats-1"), check "mastra", shared check "agent" with a
+  // 16-character fingerprint. A document is 63 bytes (braces, _id, _creationTime) plus its
+  // fields: name + 1 + value, a number 9, a string 2 + length, null 1.
+  const BEAT = 98; // heartbeat: 63 + seenAt 16 + expiresAt 19
+  // A failing row {check: "mastra", instance: "stats-1", until}: 63 + 14 + 18 + 15.
+  const FAILING = 110;
+  // Written with its by_check_until entry (76 + "mastra" 8 + until 9 = 93) and by_instance_check
+  // entry (76 + "stats-1" 9 + "mastra" 8 = 93).
+  const FAILING_WRITE = FAILING + 93 + 93;
+  // Read through by_instance_check: + key "stats-1" 9 + "mastra" 8 + _creationTime 9 + _id 34 = 60;
+  // through by_check_until: + key "mastra" 8 + until 9 + 9 + 34 = 60.
+  const FAILING_KEY = 60;
+  // A census {check: "mastra", failing, live, computedAt}: 63 + 14 + 17 + 14 + 20; written with
+  // its by_check entry (76 + 8), read through by_check with its key (8 + 9 + 34 = 51).
+  const CENSUS = 128;
+  const CENSUS_ENTRY = 84;
+  const CENSUS_KEY = 51;
+  // A lease {check: "agent", fingerprint, holder: "stats-1", leaseUntil, result}: 63 + 13 + 30
+  // + 16 + 20 + result; result null: 8; the stored result of `result("agent")`: 6 + 1 + 158
+  // (status 13, observedAt 20, latencyMs 19, output 30, consecutiveFailures 29,
+  // consecutiveSuccesses 30, lastSuccessAt null 15, braces 2) = 165.
+  const LEASE = 63 + 13 + 30 + 16 + 20 + 165;
+  const LEASE_ENTRY = 76 + 7 + 18; // by_check_fingerprint: "agent" 7, the fingerprint 18
+  const LEASE_KEY = 7 + 18 + 9 + 34;
+
+  let local: ConvexLocal & { url: string };
+  let store: ConvexHttpClient;
+  const sync = () => local.stats().functions["health:sync"];
+  const beats: Record<string, string> = {};
+  const send = (instance: string, extra: object) =>
+    store.mutation(api.health.sync, signed(instance, payload({ heartbeat: beats[instance], ...extra })));
+  const panic = (instance: string, failing: string[]) => send(instance, { panic: { failing, holdMs: 25_000 } });
+  const shared = (instance: string, probed: boolean) =>
+    send(instance, {
+      shared: [{ check: "agent", fingerprint: "3f2a9c0d1e2b4a5c", leaseMs: 30_000, result: probed ? result("agent") : null }],
+    });
+  /** Usage of one call of health:sync. */
+  async function measured(call: () => Promise<unknown>): Promise<FunctionStats> {
+    local.resetStats();
+    await call();
+    return sync();
+  }
+
+  beforeAll(async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    vi.setSystemTime(1_800_000_000_000);
+    process.env.HEALTH_SIDECAR_SECRET = SECRET;
+    local = await startServer(0, { log: () => {} });
+    store = new ConvexHttpClient(local.url, { skipConvexDeploymentUrlCheck: true });
+    for (const instance of ["stats-1", "stats-2", "stats-3"]) {
+      beats[instance] = (await store.mutation(api.health.sync, signed(instance, payload({ hello: {} })))).heartbeat;
+    }
+  });
+
+  afterAll(() => {
+    local.server.close();
+    vi.useRealTimers();
+  });
+
+  test("(a) a steady sync, and one with panic while nothing fails, get and patch the heartbeat only", async () => {
+    const steady = usage({ documentsRead: 2, bytesRead: BEAT + BEAT, documentsWritten: 1, bytesWritten: BEAT });
+    expect(await measured(() => send("stats-1", {}))).toEqual(steady);
+    // panic.failing [] with no rows: one more index range, empty: no byte.
+    expect(await measured(() => panic("stats-1", []))).toEqual(steady);
+  });
+
+  test("(b) a failing sync with a fresh census, (c) a census recount with N instances", async () => {
+    // (c) stats-2 is the first to fail: no census yet, so it counts. Reads: the heartbeat twice,
+    // its own rows (none), the census (none), then the recount: its new row through
+    // by_check_until (110 + 60), and the N = 3 heartbeats scanned (3 x 98). Writes: the
+    // heartbeat, the new row with its two index entries, the census with its entry.
+    expect(await measured(() => panic("stats-2", ["mastra"]))).toEqual(
+      usage({
+        documentsRead: 2 + 1 + 3,
+        bytesRead: 2 * BEAT + (FAILING + FAILING_KEY) + 3 * BEAT, // 196 + 170 + 294 = 660
+        documentsWritten: 3,
+        bytesWritten: BEAT + FAILING_WRITE + CENSUS + CENSUS_ENTRY, // 98 + 296 + 212 = 606
+      }),
+    );
+    expect(sync()).toMatchObject({ bytesRead: 660, bytesWritten: 606 });
+
+    // (b) stats-1 fails too, the census fresh: the heartbeat twice, its own rows (none), the
+    // census through by_check and again for its patch. Writes: the heartbeat, the new row, the
+    // census's +1. O(1) in the number of instances: 1109 bytes.
+    expect(await measured(() => panic("stats-1", ["mastra"]))).toEqual(
+      usage({
+        documentsRead: 4,
+        bytesRead: 2 * BEAT + (CENSUS + CENSUS_KEY) + CENSUS, // 196 + 179 + 128 = 503
+        documentsWritten: 3,
+        bytesWritten: BEAT + FAILING_WRITE + CENSUS + CENSUS_ENTRY, // 98 + 296 + 212 = 606
+      }),
+    );
+    expect(sync()).toMatchObject({ bytesRead: 503, bytesWritten: 606 });
+    // (b') its next failing sync (the one every check interval while it fails): the row is read
+    // and refreshed, the census read and left alone (already counted): 1049 bytes.
+    expect(await measured(() => panic("stats-1", ["mastra"]))).toEqual(
+      usage({
+        documentsRead: 5,
+        bytesRead: 2 * BEAT + (FAILING + FAILING_KEY) + FAILING + (CENSUS + CENSUS_KEY), // 196 + 170 + 110 + 179 = 655
+        documentsWritten: 2,
+        bytesWritten: BEAT + FAILING_WRITE, // 98 + 296 = 394
+      }),
+    );
+    expect(sync()).toMatchObject({ bytesRead: 655, bytesWritten: 394 });
+
+    // (c) 16 s later the census is stale: stats-3's first failing sync recounts it: the census
+    // (read, then patched), F = 3 failing rows through by_check_until (stats-1's, stats-2's and
+    // its new one), the N = 3 heartbeats: 196 + 179 + 128 + 3 x 170 + 3 x 98 = 1307 bytes read
+    // (in general 503 + 170 F + 98 N).
+    vi.setSystemTime(Date.now() + 16_000);
+    expect(await measured(() => panic("stats-3", ["mastra"]))).toEqual(
+      usage({
+        documentsRead: 2 + 1 + 3 + 3 + 1,
+        bytesRead: 2 * BEAT + (CENSUS + CENSUS_KEY) + 3 * (FAILING + FAILING_KEY) + 3 * BEAT + CENSUS,
+        documentsWritten: 3,
+        bytesWritten: BEAT + FAILING_WRITE + CENSUS + CENSUS_ENTRY,
+      }),
+    );
+    expect(sync()).toMatchObject({ bytesRead: 1307, bytesWritten: 606 });
+
+    // Recovery: the row read and deleted (no byte written), the census read and patched (-1).
+    expect(await measured(() => panic("stats-1", []))).toEqual(
+      usage({
+        documentsRead: 2 + 2 + 2,
+        bytesRead: 2 * BEAT + (FAILING + FAILING_KEY) + FAILING + (CENSUS + CENSUS_KEY) + CENSUS, // 783
+        documentsWritten: 3,
+        bytesWritten: BEAT + 0 + CENSUS + CENSUS_ENTRY, // 310
+      }),
+    );
+    expect(sync()).toMatchObject({ bytesRead: 783, bytesWritten: 310 });
+  });
+
+  test("(d) a shared-check sync as holder and as non-holder", async () => {
+    // The first caller takes the lease and stores its result: the range read finds nothing;
+    // the heartbeat and the new lease (307, with its 101-byte index entry) are written: 98 + 307 + 101 = 506.
+    expect(await measured(() => shared("stats-1", true))).toEqual(
+      usage({ documentsRead: 2, bytesRead: 2 * BEAT, documentsWritten: 2, bytesWritten: BEAT + LEASE + LEASE_ENTRY }),
+    );
+    expect(sync()).toMatchObject({ bytesRead: 196, bytesWritten: 506 });
+    // The holder renews (no new result): the lease read through its index and again for the
+    // patch, and rewritten: 196 + 375 + 307 = 878 read, 98 + 307 + 101 = 506 written.
+    expect(await measured(() => shared("stats-1", false))).toEqual(
+      usage({
+        documentsRead: 4,
+        bytesRead: 2 * BEAT + (LEASE + LEASE_KEY) + LEASE,
+        documentsWritten: 2,
+        bytesWritten: BEAT + LEASE + LEASE_ENTRY,
+      }),
+    );
+    expect(sync()).toMatchObject({ bytesRead: 878, bytesWritten: 506 });
+    // A non-holder reads the lease (and the holder's result) and writes its heartbeat only:
+    // 196 + 375 = 571 read, 98 written.
+    expect(await measured(() => shared("stats-2", false))).toEqual(
+      usage({ documentsRead: 3, bytesRead: 2 * BEAT + (LEASE + LEASE_KEY), documentsWritten: 1, bytesWritten: BEAT }),
+    );
+    expect(sync()).toMatchObject({ bytesRead: 571, bytesWritten: 98 });
   });
 });
 

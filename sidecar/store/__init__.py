@@ -11,7 +11,8 @@ from sidecar.store.errors import (
     Unauthorized,
     Unavailable,
 )
-from sidecar.store.health import PING, HealthStore, SyncAnswer, Warm
+from sidecar.store.health import PING, HealthStore
+from sidecar.store.messages import SyncAnswer, Warm
 
 __all__ = [
     "PING",

@@ -405,3 +405,28 @@ def test_a_url_with_credentials_is_refused_without_quoting_it(
     assert PASSWORD not in message
     assert "4430" not in message
     assert "host.example" not in message
+
+
+def test_panic_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`panic` resolves to true for convex, mastra and shared checks, false for the others
+    and for `app` whatever its kind; an explicit value wins; the threshold defaults to 0.5."""
+    seed_env(clean_env)
+    clean_env.setenv("SIDECAR_APP_URL", "http://127.0.0.1:3000/api/health")
+    with_file(
+        clean_env,
+        tmp_path,
+        '[[checks]]\nname = "agent"\nkind = "http"\ntarget = "http://x:1"\nshared = true\n'
+        '[[checks]]\nname = "db"\nkind = "tcp"\ntarget = "db:5432"\n'
+        '[[checks]]\nname = "quiet"\nkind = "mastra"\ntarget = "http://m:1"\npanic = false\n',
+    )
+    settings = load_settings()
+    panics = {c.name: c.panic for c in settings.resolved_checks()}
+    assert panics == {
+        "convex": True,
+        "mastra": True,
+        "app": False,
+        "agent": True,
+        "db": False,
+        "quiet": False,
+    }
+    assert settings.panic_threshold == 0.5

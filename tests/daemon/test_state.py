@@ -88,7 +88,8 @@ def test_no_result_is_unknown() -> None:
 def test_output_is_clipped_in_utf16_units() -> None:
     """Probe output is cut to 1024 UTF-16 code units, Convex's measure, so a long output of
     characters outside the BMP can never make Convex refuse a whole report."""
-    from sidecar.result import MAX_OUTPUT, Stopwatch
+    from sidecar.limits import MAX_OUTPUT
+    from sidecar.result import Stopwatch
 
     text = Stopwatch().result("fail", "😀" * 1000).output
     assert len(text.encode("utf-16-le")) <= 2 * MAX_OUTPUT

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
-from sidecar.checks import MAX_CHECKS, MAX_PROBES_PER_SECOND
+from sidecar.checks import MAX_PROBES_PER_SECOND
+from sidecar.limits import MAX_CHECKS
 from tests.conftest import SECRET
 from tests.support import convex, procs
 from tests.support.daemon import start_daemon, wait_for

@@ -60,6 +60,7 @@ def test_alert_rules_are_valid() -> None:
         "SidecarCheckFailing",
         "SidecarNotReady",
         "SidecarStoreDown",
+        "SidecarSharedOutage",
         "SidecarDown",
         "SidecarTargetsMissing",
     } <= set(alert_names())

@@ -13,6 +13,7 @@ import pytest
 
 from sidecar.state import Record
 from sidecar.store import ConvexClient, FunctionError, HealthStore, Unauthorized
+from sidecar.store.messages import SyncRequest
 from tests.conftest import SECRET
 from tests.support.procs import Proc
 
@@ -60,13 +61,15 @@ async def test_first_sync_then_warm_start_after_a_restart(
     """A new instance's hello gets no warm start; after a restart (a new hello) the stored
     records come back as written, aged by the deployment's clock, with the last sync's age."""
     s = store(session, convex_local, "hs-roundtrip")
-    first = await s.sync([record("convex"), record("mastra", "fail")], hello=HELLO)
+    first = await s.sync(
+        SyncRequest(records=[record("convex"), record("mastra", "fail")], hello=HELLO)
+    )
     assert first.warm is None
     assert first.resend is False
     assert first.written == 2
     assert abs(first.now_ms / 1000 - time.time()) < 5
     assert first.expires_at_ms == first.now_ms + 60_000
-    later = await store(session, convex_local, "hs-roundtrip").sync([], hello=HELLO)
+    later = await store(session, convex_local, "hs-roundtrip").sync(SyncRequest(hello=HELLO))
     assert later.warm is not None
     assert 0 <= later.warm.confirmed_age_ms < 5_000
     by_check = {r.check: r for r in later.warm.records}
@@ -85,11 +88,13 @@ async def test_hello_drops_records_of_changed_or_removed_checks(
     """The configuration changed between two starts: the record of a check whose definition
     changed, and of a check that is gone, are not handed back (and are deleted)."""
     s = store(session, convex_local, "hs-prune")
-    await s.sync([record("convex"), record("mastra"), record("old")], hello=HELLO)
-    again = await s.sync([], hello={"convex": "fp-convex", "mastra": "fp-elsewhere"})
+    await s.sync(
+        SyncRequest(records=[record("convex"), record("mastra"), record("old")], hello=HELLO)
+    )
+    again = await s.sync(SyncRequest(hello={"convex": "fp-convex", "mastra": "fp-elsewhere"}))
     assert again.warm is not None
     assert [r.check for r in again.warm.records] == ["convex"]
-    third = await s.sync([], hello={"convex": "fp-convex", "mastra": "fp-mastra"})
+    third = await s.sync(SyncRequest(hello={"convex": "fp-convex", "mastra": "fp-mastra"}))
     assert third.warm is not None
     assert [r.check for r in third.warm.records] == ["convex"]
 
@@ -101,8 +106,8 @@ async def test_non_ascii_output_is_signed_and_kept(
     unchanged."""
     text = "r\u00e9ponse \N{LARGE GREEN CIRCLE} \u65e5\u672c"
     s = store(session, convex_local, "hs-unicode")
-    await s.sync([record("convex", output=text)], hello=HELLO)
-    warm = (await s.sync([], hello=HELLO)).warm
+    await s.sync(SyncRequest(records=[record("convex", output=text)], hello=HELLO))
+    warm = (await s.sync(SyncRequest(hello=HELLO))).warm
     assert warm is not None
     assert warm.records[0].output == text
 
@@ -113,9 +118,9 @@ async def test_wrong_secret_is_unauthorized_and_writes_nothing(
     """A signature keyed by another secret is refused (Unauthorized) and stores nothing."""
     bad = store(session, convex_local, "hs-badsecret", secret="wrong-secret-1234567")
     with pytest.raises(Unauthorized) as caught:
-        await bad.sync([record("convex")], hello=HELLO)
+        await bad.sync(SyncRequest(records=[record("convex")], hello=HELLO))
     assert "signature" in str(caught.value)
-    answer = await store(session, convex_local, "hs-badsecret").sync([], hello=HELLO)
+    answer = await store(session, convex_local, "hs-badsecret").sync(SyncRequest(hello=HELLO))
     assert answer.warm is None  # no instance was ever stored under this name
 
 
@@ -127,7 +132,7 @@ async def test_clock_off_by_two_minutes_is_refused(
     refused, and the error says to check the clock."""
     s = store(session, convex_local, "hs-skew", clock=lambda: time.time() + skew)
     with pytest.raises(Unauthorized) as caught:
-        await s.sync([record("convex")], hello=HELLO)
+        await s.sync(SyncRequest(records=[record("convex")], hello=HELLO))
     assert "clock" in str(caught.value)
 
 
@@ -138,7 +143,7 @@ async def test_invalid_payload_is_a_function_error_with_its_code(
     FunctionError with code invalid_argument."""
     s = store(session, convex_local, "hs-future")
     with pytest.raises(FunctionError) as caught:
-        await s.sync([replace(record("convex"), age_ms=-5000.0)], hello=HELLO)
+        await s.sync(SyncRequest(records=[replace(record("convex"), age_ms=-5000.0)], hello=HELLO))
     assert caught.value.code == "invalid_argument"
 
 
@@ -156,7 +161,9 @@ async def test_the_secret_is_never_sent(
     tracing = aiohttp.TraceConfig()
     tracing.on_request_chunk_sent.append(trace)
     async with aiohttp.ClientSession(trace_configs=[tracing]) as traced:
-        await store(traced, convex_local, "hs-wire").sync([record("convex")], hello=HELLO)
+        await store(traced, convex_local, "hs-wire").sync(
+            SyncRequest(records=[record("convex")], hello=HELLO)
+        )
     [body] = [json.loads(chunk) for chunk in sent]
     args = body["args"]
     assert sorted(args) == ["body", "instance", "sig", "ts"]

@@ -1,0 +1,213 @@
+"""`health-sidecar fleet`, `drain` and `undrain`: the fleet as Convex sees it, with the daemon's
+own settings (CONVEX_URL and the secret), and its central drain."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import re
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import aiohttp
+
+from sidecar import __version__
+from sidecar.config import Settings
+from sidecar.fleet import MIN_SHARED_FAILING
+from sidecar.limits import INSTANCE, MAX_DRAIN_MS, MIN_DRAIN_MS, REASON
+from sidecar.store import ConvexClient, FunctionError, HealthStore, StoreError
+from sidecar.store.messages import DrainAnswer, FleetReport, Member
+
+T = TypeVar("T")
+EXIT_OK, EXIT_NOT_READY, EXIT_USAGE = 0, 1, 2
+CALLER = "health-sidecar-cli"  # the `instance` a CLI call is signed as
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+
+
+class UsageError(Exception):
+    """A bad argument: the message names the option; nothing was changed."""
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `15m`, `2h`, `1d` or plain seconds, from 1 s to 30 days; seconds."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise UsageError(f"--for: {text!r} is not a duration (e.g. 90s, 15m, 2h, 1d)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if not MIN_DRAIN_MS <= seconds * 1000 <= MAX_DRAIN_MS:
+        raise UsageError(f"--for: {text!r} is not between 1 s and 30 days")
+    return seconds
+
+
+def caller() -> str:
+    """Who drains: user@host of this command."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:INSTANCE]
+
+
+def fleet(settings: Settings, *, as_json: bool) -> int:
+    """Print every live instance; exit 0 when each is ready, 1 otherwise (or none is live)."""
+    report = _run(settings, lambda store: store.fleet())
+    if isinstance(report, int):
+        return report
+    if as_json:
+        print(json.dumps(fleet_document(report, settings.panic_threshold), indent=2))
+    else:
+        print(fleet_table(report, settings.panic_threshold))
+    ready = [m.ready for m in report.members]
+    return EXIT_OK if ready and all(ready) else EXIT_NOT_READY
+
+
+def drain(
+    settings: Settings,
+    *,
+    undo: bool,
+    instances: Sequence[str],
+    every: bool,
+    yes: bool,
+    reason: str | None,
+    duration: str | None,
+) -> int:
+    """Drain (or undrain) the named instances, or every live one with `--all --yes`."""
+    try:
+        targets = _targets(instances, every=every, yes=yes)
+        for_ms = None if duration is None else 1000 * parse_duration(duration)
+        if not undo and not reason:
+            raise UsageError("--reason: required to drain (it shows in /ready and the audit)")
+        if undo and (reason is not None or duration is not None):
+            raise UsageError("--reason and --for: only for drain")
+        if reason is not None and not 1 <= len(reason.encode("utf-16-le")) // 2 <= REASON:
+            raise UsageError(f"--reason: 1 to {REASON} characters")
+    except UsageError as exc:
+        return _usage(exc)
+    done = _run(
+        settings,
+        lambda store: store.drain(
+            drain=not undo, instances=targets, reason=reason, by=caller(), for_ms=for_ms
+        ),
+    )
+    if isinstance(done, int):
+        return done
+    print(f"{'undrained' if undo else 'drained'}: {', '.join(done) or '(none live)'}")
+    return EXIT_OK
+
+
+def fleet_table(report: FleetReport, threshold: float) -> str:
+    """The fleet as a table: one line per instance."""
+    header = ("INSTANCE", "READY", "DRAINING", "FAILING", "SHARED OUTAGES", "LAST SEEN", "VERSION")
+    rows = [header]
+    for m in report.members:
+        doc = _member_document(m, report, threshold)
+        rows.append(
+            (
+                m.instance,
+                {True: "yes", False: "no", None: "?"}[m.ready],
+                "-" if m.drain is None else f"yes: {m.drain.reason} ({m.drain.by})",
+                ", ".join(m.failing) or "-",
+                ", ".join(doc["shared_outages"]) or "-",
+                f"{m.seen_age_ms / 1000:.0f}s ago",
+                m.version,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    if not report.members:
+        lines.append("(no live instance)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def fleet_document(report: FleetReport, threshold: float) -> dict[str, Any]:
+    """The fleet for scripts (`--json`)."""
+    return {
+        "instances": [_member_document(m, report, threshold) for m in report.members],
+        "outages": {
+            check: {"failing": failing, "live": live, "shared": _shared(failing, live, threshold)}
+            for check, (failing, live) in report.outages.items()
+        },
+        "ready": bool(report.members) and all(m.ready for m in report.members),
+    }
+
+
+def _member_document(m: Member, report: FleetReport, threshold: float) -> dict[str, Any]:
+    outages = [
+        f"{check} ({failing}/{live})"
+        for check in m.failing
+        if check in report.outages
+        for failing, live in [report.outages[check]]
+        if _shared(failing, live, threshold)
+    ]
+    return {
+        "instance": m.instance,
+        "ready": m.ready,
+        "reasons": list(m.reasons),
+        "draining": _drain_document(m.drain),
+        "failing": list(m.failing),
+        "shared_outages": outages,
+        "last_seen_seconds": round(m.seen_age_ms / 1000, 1),
+        "version": m.version,
+    }
+
+
+def _drain_document(drain: DrainAnswer | None) -> dict[str, Any] | None:
+    if drain is None:
+        return None
+    remaining = None if drain.remaining_ms is None else round(drain.remaining_ms / 1000)
+    return {"reason": drain.reason, "by": drain.by, "remaining_seconds": remaining}
+
+
+def _shared(failing: int, live: int, threshold: float) -> bool:
+    return failing >= MIN_SHARED_FAILING and failing / live >= threshold
+
+
+def _targets(instances: Sequence[str], *, every: bool, yes: bool) -> list[str] | None:
+    if every and instances:
+        raise UsageError("--all and --instance: one or the other")
+    if every and not yes:
+        raise UsageError("--all: applies to every live instance; add --yes to confirm")
+    if not every and not instances:
+        raise UsageError("--instance: name at least one instance (or --all --yes)")
+    for name in instances:
+        if not 1 <= len(name) <= INSTANCE:
+            raise UsageError(f"--instance: names are 1 to {INSTANCE} characters")
+    return None if every else sorted(set(instances))
+
+
+def _usage(exc: Exception) -> int:
+    print(f"health-sidecar: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _run(settings: Settings, call: Callable[[HealthStore], Awaitable[T]]) -> T | int:
+    """Run one signed call with the daemon's settings; an exit status when it failed."""
+
+    async def run() -> T:
+        async with aiohttp.ClientSession(
+            headers={"User-Agent": f"health-sidecar/{__version__}"}
+        ) as session:
+            client = ConvexClient(session, url=settings.convex_url, timeout=settings.store_timeout)
+            store = HealthStore(
+                client,
+                secret=settings.secret.get_secret_value(),
+                instance=CALLER,
+                version=__version__,
+                ttl_seconds=settings.ttl,
+            )
+            return await call(store)
+
+    try:
+        return asyncio.run(run())
+    except FunctionError as exc:
+        # The functions' own refusal of an argument (an unknown instance): nothing changed.
+        status = EXIT_USAGE if exc.code == "invalid_argument" else EXIT_NOT_READY
+        print(f"health-sidecar: {exc}", file=sys.stderr)
+        return status
+    except StoreError as exc:
+        print(f"health-sidecar: Convex: {exc}", file=sys.stderr)
+        return EXIT_NOT_READY

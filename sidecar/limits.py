@@ -1,0 +1,17 @@
+"""The store protocol's bounds, as the Convex functions enforce them (convex/healthProtocol.ts:
+LIMITS and FIELD_LIMITS; tests/store/test_limits.py checks that these copies agree)."""
+
+from __future__ import annotations
+
+MAX_CHECKS = 200  # checks per instance (and per daemon)
+MAX_OUTPUT = 1024  # UTF-16 units of a result's output
+MIN_TTL_MS = 10_000  # an instance's life after its last sync
+MAX_TTL_MS = 86_400_000
+MAX_AGE_MS = 86_400_000  # the age of a result (older ones are sent as a day old)
+MAX_REASONS = 20  # reasons in an instance's summary
+REASON = 300  # UTF-16 units of a reason, and of a drain's reason
+INSTANCE = 200  # UTF-16 units of an instance name, and of a drain's `by`
+MIN_HOLD_MS = 1_000  # how long a failing panic check or a shared lease counts
+MAX_HOLD_MS = 3_600_000
+MIN_DRAIN_MS = 1_000  # how long a drain lasts
+MAX_DRAIN_MS = 30 * 86_400_000

@@ -1,0 +1,308 @@
+"""The messages of the `health:*` functions: what a call sends and what its answer holds,
+and their JSON shapes on the wire (ages in ms; Convex writes every number as a float)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sidecar.state import STATUSES, Record, Status
+from sidecar.store.errors import BadResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Warm:
+    """The answer to a hello: this instance's stored results, all still current
+    `confirmed_age_ms` ago (its last sync), by the deployment's clock."""
+
+    confirmed_age_ms: float
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the fleet sees of this instance (`health-sidecar fleet`), sent when it changes."""
+
+    ready: bool
+    reasons: tuple[str, ...]
+    failing: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAsk:
+    """One shared check: the lease to ask for (or renew), and the holder's latest result."""
+
+    check: str
+    fingerprint: str
+    lease_ms: float
+    result: Record | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """Everything one `health:sync` sends; only `records` (what changed) in steady state.
+
+    `panic` lists the panic checks failing here (sent while any fails, and once empty after);
+    `hold_ms` is how long Convex counts them without a refresh."""
+
+    records: Sequence[Record] = ()
+    hello: Mapping[str, str] | None = None
+    summary: Summary | None = None
+    panic: tuple[str, ...] | None = None
+    hold_ms: float = 0.0
+    shared: Sequence[SharedAsk] = ()
+    leaving: bool = False  # the last sync before the process stops
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAnswer:
+    """The lease's verdict for one shared check, and the holder's latest result (ages by the
+    deployment's clock)."""
+
+    check: str
+    holder: bool
+    record: Record | None
+
+
+@dataclass(frozen=True, slots=True)
+class DrainAnswer:
+    """A drain of this instance in force: its reason, who asked, for how much longer."""
+
+    reason: str
+    by: str
+    remaining_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAnswer:
+    """What `health:sync` answered. `heartbeat` names this instance's liveness document: the
+    next sync sends it back, so a steady-state sync touches that one small document only.
+    `outages` maps each panic check sent as failing to (failing, live) instances."""
+
+    now_ms: float
+    expires_at_ms: float
+    written: int
+    resend: bool
+    warm: Warm | None
+    heartbeat: str
+    outages: Mapping[str, tuple[int, int]]
+    shared: tuple[SharedAnswer, ...]
+    drain: DrainAnswer | None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One live instance as `health:fleet` lists it (what it last said of itself)."""
+
+    instance: str
+    version: str
+    ready: bool | None
+    reasons: tuple[str, ...]
+    failing: tuple[str, ...]
+    seen_age_ms: float
+    drain: DrainAnswer | None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReport:
+    """Every live instance, and the outage counts of the last minute: check -> (failing,
+    live)."""
+
+    members: tuple[Member, ...]
+    outages: Mapping[str, tuple[int, int]]
+
+
+def _wire(record: Record) -> dict[str, Any]:
+    return {
+        "check": record.check,
+        "fingerprint": record.fingerprint,
+        "status": record.status,
+        "ageMs": record.age_ms,
+        "latencyMs": record.latency_ms,
+        "output": record.output,
+        "consecutiveFailures": record.consecutive_failures,
+        "consecutiveSuccesses": record.consecutive_successes,
+        "lastSuccessAgeMs": record.last_success_age_ms,
+    }
+
+
+def sync_payload(
+    request: SyncRequest, *, version: str, ttl_ms: int, heartbeat: str | None
+) -> dict[str, Any]:
+    """The body of a `health:sync`: the fleet's keys only when the request has them."""
+    payload: dict[str, Any] = {
+        "version": version,
+        "ttlMs": ttl_ms,
+        "hello": None if request.hello is None else dict(request.hello),
+        "heartbeat": heartbeat,
+        "results": [_wire(r) for r in request.records],
+    }
+    if request.summary is not None:
+        summary = request.summary
+        payload["summary"] = {
+            "ready": summary.ready,
+            "reasons": list(summary.reasons),
+            "failing": list(summary.failing),
+        }
+    if request.panic is not None:
+        payload["panic"] = {"failing": list(request.panic), "holdMs": request.hold_ms}
+    if request.leaving:
+        payload["leaving"] = True
+    if request.shared:
+        payload["shared"] = [
+            {
+                "check": ask.check,
+                "fingerprint": ask.fingerprint,
+                "leaseMs": ask.lease_ms,
+                "result": None if ask.result is None else _wire(ask.result),
+            }
+            for ask in request.shared
+        ]
+    return payload
+
+
+def fleet_report(value: Any) -> FleetReport:
+    """The answer of `health:fleet`."""
+    report = as_object(value, "fleet")
+    return FleetReport(
+        members=tuple(_member(item) for item in as_list(report, "instances")),
+        outages=_outages(report),
+    )
+
+
+def instance_names(value: Any) -> tuple[str, ...]:
+    """The answer of `health:drain`: the instances it applied to."""
+    return _strings(as_object(value, "drain"), "instances")
+
+
+def _outages(answer: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    return {
+        as_string(o, "check"): (int(as_number(o, "failing")), int(as_number(o, "live")))
+        for o in (as_object(item, "outage") for item in as_list(answer, "outages"))
+    }
+
+
+def sync_answer(value: Any) -> SyncAnswer:
+    answer = as_object(value, "answer")
+    resend = answer.get("resend")
+    if not isinstance(resend, bool):
+        raise BadResponse("'resend' is not a boolean")
+    warm = answer.get("warm")
+    drain = answer.get("drain")
+    return SyncAnswer(
+        now_ms=as_number(answer, "now"),
+        expires_at_ms=as_number(answer, "expiresAt"),
+        written=int(as_number(answer, "written")),
+        resend=resend,
+        warm=None if warm is None else _warm(warm),
+        heartbeat=as_string(answer, "heartbeat"),
+        outages=_outages(answer),
+        shared=tuple(_shared(item) for item in as_list(answer, "shared")),
+        drain=None if drain is None else _drain(drain),
+    )
+
+
+def _shared(value: Any) -> SharedAnswer:
+    item = as_object(value, "shared answer")
+    holder = item.get("holder")
+    if not isinstance(holder, bool):
+        raise BadResponse("'holder' is not a boolean")
+    result = item.get("result")
+    return SharedAnswer(
+        check=as_string(item, "check"),
+        holder=holder,
+        record=None if result is None else _record(result),
+    )
+
+
+def _member(value: Any) -> Member:
+    item = as_object(value, "instance")
+    ready = item.get("ready")
+    if ready is not None and not isinstance(ready, bool):
+        raise BadResponse("'ready' is not a boolean")
+    drain = item.get("drain")
+    return Member(
+        instance=as_string(item, "instance"),
+        version=as_string(item, "version"),
+        ready=ready,
+        reasons=_strings(item, "reasons"),
+        failing=_strings(item, "failing"),
+        seen_age_ms=as_number(item, "seenAgeMs"),
+        drain=None if drain is None else _drain(drain),
+    )
+
+
+def _strings(row: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    values = as_list(row, key)
+    if not all(isinstance(v, str) for v in values):
+        raise BadResponse(f"{key!r} is not a list of strings")
+    return tuple(values)
+
+
+def _drain(value: Any) -> DrainAnswer:
+    drain = as_object(value, "drain")
+    remaining = drain.get("remainingMs")
+    return DrainAnswer(
+        reason=as_string(drain, "reason"),
+        by=as_string(drain, "by"),
+        remaining_ms=None if remaining is None else as_number(drain, "remainingMs"),
+    )
+
+
+def as_list(row: Mapping[str, Any], key: str) -> list[Any]:
+    value = row.get(key)
+    if not isinstance(value, list):
+        raise BadResponse(f"{key!r} is not a list")
+    return value
+
+
+def _warm(value: Any) -> Warm:
+    warm = as_object(value, "warm")
+    rows = warm.get("results")
+    if not isinstance(rows, list):
+        raise BadResponse("'warm.results' is not a list")
+    return Warm(
+        confirmed_age_ms=as_number(warm, "confirmedAgeMs"),
+        records=tuple(_record(row) for row in rows),
+    )
+
+
+def _record(value: Any) -> Record:
+    row = as_object(value, "warm result")
+    status = as_string(row, "status")
+    if status not in STATUSES:
+        raise BadResponse(f"unknown status {status[:20]!r}")
+    last = row.get("lastSuccessAgeMs")
+    return Record(
+        check=as_string(row, "check"),
+        fingerprint=as_string(row, "fingerprint"),
+        status=cast(Status, status),
+        age_ms=as_number(row, "ageMs"),
+        latency_ms=as_number(row, "latencyMs"),
+        output=as_string(row, "output"),
+        consecutive_failures=int(as_number(row, "consecutiveFailures")),
+        consecutive_successes=int(as_number(row, "consecutiveSuccesses")),
+        last_success_age_ms=None if last is None else as_number(row, "lastSuccessAgeMs"),
+    )
+
+
+def as_object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise BadResponse(f"{what} is not an object")
+    return value
+
+
+def as_string(row: Mapping[str, Any], key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str):
+        raise BadResponse(f"{key!r} is not a string")
+    return value
+
+
+def as_number(row: Mapping[str, Any], key: str) -> float:
+    """Convex writes every number as a float (1.0); accept ints too, refuse the rest."""
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise BadResponse(f"{key!r} is not a number")
+    return float(value)
