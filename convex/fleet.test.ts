@@ -238,6 +238,32 @@ describe("panic: failing rows and the census", () => {
     expect((await fleet(t)).instances.map((i) => i.instance)).toEqual(["gone", "i1", "i2"]);
   });
 
+  test("instances that leave while failing take their rows with them; joins and leaves void the census", async () => {
+    const t = setup();
+    const old = await register(t, ["o1", "o2", "o3"]);
+    for (const name of ["o1", "o2", "o3"]) await panic(t, old, name, ["mastra"]);
+    expect((await panic(t, old, "o3", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 3, live: 3 }]);
+    // A rolling deploy during the outage: the old ones stop (their last sync still lists the
+    // failing check), new ones start, and one of them has a local fault.
+    for (const name of ["o1", "o2", "o3"]) {
+      await steady(t, old, name, { leaving: true, panic: { failing: ["mastra"], holdMs: HOLD } });
+    }
+    const fresh = await register(t, ["n1", "n2", "n3", "n4"]);
+    expect((await panic(t, fresh, "n1", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 1, live: 4 }]);
+    expect((await snapshot(t)).failing.map((row) => row.instance)).toEqual(["n1"]);
+  });
+
+  test("a census with more failing than live instances is recounted at once", async () => {
+    const t = setup();
+    const beats = await register(t, ["i1", "i2"]);
+    await panic(t, beats, "i1", ["mastra"]);
+    await t.run(async (ctx) => {
+      const census = await ctx.db.query("sidecarCensus").first();
+      if (census) await ctx.db.patch("sidecarCensus", census._id, { failing: 5, live: 2 });
+    });
+    expect((await panic(t, beats, "i2", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 2, live: 2 }]);
+  });
+
   test("leaving must be a boolean", async () => {
     const t = setup();
     const beats = await register(t, ["i1"]);

@@ -31,11 +31,13 @@ import {
   applyPanic,
   applyShared,
   countLive,
+  inFleet,
   drainAnswer,
   drainOf,
   fleetAnswer,
   fleetOf,
   isLive,
+  voidCensus,
   outageAnswer,
   purgeFailingOf,
   registryOf,
@@ -46,6 +48,7 @@ import {
 } from "./healthFleet";
 import {
   LIMITS,
+  FIELD_LIMITS,
   authenticate,
   parseDrainRequest,
   parseFleetRequest,
@@ -92,7 +95,11 @@ async function applySync(ctx: MutationCtx, instance: string, payload: SyncPayloa
     (payload.hello === null ? await steadyState(ctx, instance, payload, renewed) : null) ??
     (await registration(ctx, instance, payload, renewed));
   // The fleet digest, asked for by the body only: a sync without these keys touches nothing more.
-  const outages = await applyPanic(ctx, instance, payload.panic, now);
+  // Leaving, the instance's failing rows go too (it no longer counts), and every census is
+  // recounted without it.
+  if (payload.leaving) await voidCensus(ctx);
+  const panic = payload.leaving ? { failing: [], holdMs: FIELD_LIMITS.MIN_HOLD_MS } : payload.panic;
+  const outages = await applyPanic(ctx, instance, panic, now);
   const shared = await applyShared(ctx, instance, payload.shared, now);
   return { now, expiresAt: renewed.expiresAt, written: payload.results.length, ...synced, outages, shared };
 }
@@ -128,7 +135,10 @@ async function registration(
   const previous = registry ? await ctx.db.get("sidecarHeartbeats", registry.heartbeat) : null;
   // An expired heartbeat is as good as purged: its instance's rows may be half deleted already.
   const live = previous !== null && isLive(previous, now);
-  if (!live) await admitInstance(ctx, now);
+  if (previous === null || !inFleet(previous, now)) {
+    await admitInstance(ctx, now);
+    await voidCensus(ctx); // one more instance in the fleet: recount
+  }
   const kept = payload.hello ? await pruneRows(ctx, instance, payload.hello) : null;
   const warm = kept && live ? warmAnswer(kept, previous, now) : null;
   await writeResults(ctx, instance, payload.results, now, kept?.length ?? null);

@@ -182,7 +182,9 @@ export async function applyPanic(
 /** The census of `check` after this instance's row was upserted (`before`: the row as it was). */
 async function countOutage(ctx: MutationCtx, check: string, before: FailingRow | null, now: number): Promise<Outage> {
   const census = await censusOf(ctx, check);
-  if (census === null || census.computedAt < now - FLEET.CENSUS_MAX_AGE_MS) {
+  // Recount when the census is old, was voided (an instance joined or left), or cannot be
+  // right (more failing than live: a dead instance's row still counted).
+  if (census === null || census.computedAt < now - FLEET.CENSUS_MAX_AGE_MS || census.failing > census.live) {
     const counted = { failing: await countFailing(ctx, check, now), live: await countLive(ctx, now), computedAt: now };
     if (census === null) await ctx.db.insert("sidecarCensus", { check, ...counted });
     else await ctx.db.patch("sidecarCensus", census._id, counted);
@@ -191,6 +193,17 @@ async function countOutage(ctx: MutationCtx, check: string, before: FailingRow |
   if (counts(census, before)) return { check, failing: census.failing, live: census.live };
   await ctx.db.patch("sidecarCensus", census._id, { failing: census.failing + 1 });
   return { check, failing: census.failing + 1, live: census.live };
+}
+
+/**
+ * Voids every census (the next failing sync of each check recounts it): called when an instance
+ * joins the fleet or leaves it, which changes `live` at once. The census table holds one row per
+ * panic check that failed lately, so this reads a handful of documents, on joins and leaves only.
+ */
+export async function voidCensus(ctx: MutationCtx): Promise<void> {
+  for (const census of await ctx.db.query("sidecarCensus").take(LIMITS.PURGE_BATCH)) {
+    if (census.computedAt !== 0) await ctx.db.patch("sidecarCensus", census._id, { computedAt: 0 });
+  }
 }
 
 async function countFailing(ctx: Reader, check: string, now: number): Promise<number> {

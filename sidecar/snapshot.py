@@ -55,6 +55,7 @@ class Snapshot:
     draining: bool = False
     statuses: Mapping[str, Status] = field(init=False)
     shared_outages: Mapping[str, Outage] = field(init=False)
+    awaiting_count: tuple[str, ...] = field(init=False)
     ready: bool = field(init=False)
     reasons: tuple[str, ...] = field(init=False)
     health: HealthStatus = field(init=False)
@@ -71,6 +72,16 @@ class Snapshot:
             and statuses[s.name] == "fail"
             and (outage := self.fleet.shared_outage(s, now)) is not None
         }
+        # A panic check that just failed, waiting for Convex's count (the store answering).
+        awaiting = tuple(
+            s.name
+            for s in self.states
+            if s.check.panic
+            and statuses[s.name] == "fail"
+            and s.name not in shared
+            and self.store.status != "error"
+            and self.fleet.pending(s, now)
+        )
         reasons = ["draining"] if self.draining else []
         drain = self.fleet.drained(now)
         if drain is not None:
@@ -80,7 +91,8 @@ class Snapshot:
             for s in self.states
             if s.check.critical
             and statuses[s.name] not in ("pass", "warn")
-            and not self._excused(s, statuses[s.name], shared)
+            and s.name not in shared
+            and s.name not in awaiting
         ]
         if not self.states:
             reasons.append("no checks configured")
@@ -90,20 +102,12 @@ class Snapshot:
         setattr_ = object.__setattr__
         setattr_(self, "statuses", statuses)
         setattr_(self, "shared_outages", shared)
+        setattr_(self, "awaiting_count", awaiting)
         setattr_(self, "ready", not reasons)
         setattr_(self, "reasons", tuple(reasons))
         setattr_(self, "health", health)
         setattr_(self, "ready_body", dumps(self.ready_document()))
         setattr_(self, "health_body", dumps(self.health_document(details=False)))
-
-    def _excused(self, state: CheckState, status: Status, shared: Mapping[str, Outage]) -> bool:
-        """A failing panic check keeps the instance ready during a shared outage, and while
-        Convex (answering) has yet to count the others after it just failed."""
-        if not state.check.panic or status != "fail":
-            return False
-        if state.name in shared:
-            return True
-        return self.store.status != "error" and self.fleet.pending(state, self.built_at)
 
     def probes(self, check: Check) -> bool:
         """Whether this instance probes `check` itself: a shared check only while it holds
@@ -158,6 +162,7 @@ class Snapshot:
                 "by": drain.by,
                 "until": None if drain.until is None else iso(drain.until),
             },
+            "awaiting_count": list(self.awaiting_count),
             "holder": sorted(self.fleet.holders),
             "synced_at": None if self.fleet.at is None else iso(self.fleet.at),
         }

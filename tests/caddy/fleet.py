@@ -1,10 +1,12 @@
 """The real Caddy, run from config/Caddyfile, in front of app containers with their sidecars.
 
-Each container gets its own loopback address (127.0.0.2, 127.0.0.3): its app listens on
-APP_PORT and its sidecar on SIDECAR_PORT of that address, so Caddy's `health_port` reaches the
-sidecar beside each upstream, as in production. Caddy runs the shipped Caddyfile with its
-placeholders set (upstreams, ports, a short health_interval); the only change made to what
-it adapts to is that its sites listen on 127.0.0.1 instead of every interface.
+Each container gets its own loopback address (127.0.0.2, 127.0.0.3, ... up to 127.0.0.6): its
+app listens on APP_PORT and its sidecar on SIDECAR_PORT of that address, so Caddy's
+`health_port` reaches the sidecar beside each upstream, as in production. Caddy runs the
+shipped Caddyfile with its placeholders set (upstreams, ports, a short health_interval); the
+only change made to what it adapts to is that its sites listen on 127.0.0.1 instead of every
+interface. Every sidecar has its own Mastra URL (the real Mastra, or a switchable proxy in
+front of it), and all of them share one Convex: they are one fleet.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ import aiohttp
 
 from tests.conftest import SECRET
 from tests.support import loopback, procs
-from tests.support.daemon import metric, metrics_text
+from tests.support.daemon import metric, metrics_text, wait_for
 
 CADDYFILE = procs.ROOT / "config" / "Caddyfile"
-HOSTS = ("127.0.0.2", "127.0.0.3")
+# One loopback address per container, in order: app-1 on 127.0.0.2, app-2 on 127.0.0.3...
+HOSTS = tuple(f"127.0.0.{n}" for n in range(2, 7))
 # The Caddyfile's placeholders ({$NAME:default}); the tests set every one of them.
 PLACEHOLDERS = (
     "SITE_ADDRESS",
@@ -114,6 +116,7 @@ class Container:
     host: str
     app: loopback.AppServer
     sidecar: procs.Proc
+    instance: str  # the sidecar's SIDECAR_INSTANCE, as Convex knows it
 
     @property
     def upstream(self) -> str:
@@ -184,10 +187,17 @@ class Fleet:
 
 
 def sidecar_env(
-    convex_url: str, mastra_url: str, app: loopback.AppServer, *, drain: float, interval: float
+    convex_url: str,
+    mastra_url: str,
+    app: loopback.AppServer,
+    *,
+    drain: float,
+    interval: float,
+    settings: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """A sidecar beside `app`: the seed's checks plus a critical `app` check, every
-    `interval` seconds, with the default thresholds (2 failures before it fails)."""
+    `interval` seconds, with the default thresholds (2 failures before it fails); the seed's
+    checks every second unless `settings` (applied last) says otherwise."""
     app_check = {
         "name": "app",
         "kind": "http",
@@ -205,6 +215,7 @@ def sidecar_env(
         "SIDECAR_TIMEOUT": "0.5",
         "SIDECAR_DRAIN_SECONDS": str(drain),
         "SIDECAR_CHECKS": json.dumps([app_check]),
+        **(settings or {}),
     }
 
 
@@ -233,61 +244,75 @@ def start_caddy(workdir: Path, placeholders: Mapping[str, str], admin: str) -> p
     return procs.Proc(popen=popen, url=admin, log=log)
 
 
-@contextlib.contextmanager
-def running_fleet(
+@contextlib.asynccontextmanager
+async def running_fleet(
     workdir: Path,
     convex_url: str,
-    mastra_url: str,
+    mastra_urls: Sequence[str],
     *,
     drain: float = 2.0,
     app_interval: float = 0.25,
     caddy_interval: str = "250ms",
     app_delay: float = 0.05,
-) -> Iterator[Fleet]:
-    """Two containers (app-1 on 127.0.0.2, app-2 on 127.0.0.3) behind the real Caddy, every
-    sidecar ready; everything is stopped (by PID, apps by their own handle) on exit."""
-    for host in HOSTS:
+    settings: Mapping[str, str] | None = None,
+) -> AsyncIterator[Fleet]:
+    """One container per Mastra URL (app-1 on 127.0.0.2 using the first, app-2 on 127.0.0.3
+    the second, ... at most five) behind the real Caddy, every sidecar ready; `settings` go
+    to every sidecar's environment. Whatever blocks runs in a thread, so servers in the
+    caller's event loop (Mastra proxies) keep answering. Everything is stopped on exit (by
+    PID, apps by their own handle), the sidecars as a rolling restart stops them, so that
+    each leaves the fleet in Convex with its last sync."""
+    if not 1 <= len(mastra_urls) <= len(HOSTS):
+        raise ValueError(f"one to {len(HOSTS)} containers, not {len(mastra_urls)}")
+    hosts = HOSTS[: len(mastra_urls)]
+    for host in hosts:
         if not loopback.bindable(host):
             raise RuntimeError(
                 f"cannot bind {host}: each container needs its own loopback address "
                 "(Linux routes all of 127.0.0.0/8 to lo; macOS needs `ifconfig lo0 alias`)"
             )
-    workdir.mkdir(parents=True, exist_ok=True)
-    app_port = loopback.free_port_on(*HOSTS)
-    sidecar_port = loopback.free_port_on(*HOSTS)
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    app_port = loopback.free_port_on(*hosts)
+    sidecar_port = loopback.free_port_on(*hosts)
     site_port = procs.free_port()
     admin_port = procs.free_port()
     metrics_port = procs.free_port()
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         apps = []
-        for index, host in enumerate(HOSTS, start=1):
+        for index, host in enumerate(hosts, start=1):
             app = loopback.AppServer(f"app-{index}", host, app_port, delay=app_delay)
-            stack.callback(app.kill)
-            apps.append(app.start())
+            stack.push_async_callback(asyncio.to_thread, app.kill)
+            apps.append(await asyncio.to_thread(app.start))
+        popens: list[subprocess.Popen[bytes]] = []  # stopped together, as they are spawned
+        stack.push_async_callback(asyncio.to_thread, stop_sidecars, popens, drain=drain)
         spawned = []
-        for app in apps:
-            env = sidecar_env(convex_url, mastra_url, app, drain=drain, interval=app_interval)
+        for app, mastra_url in zip(apps, mastra_urls, strict=True):
+            env = sidecar_env(
+                convex_url, mastra_url, app, drain=drain, interval=app_interval, settings=settings
+            )
             log = workdir / f"sidecar-{app.name}.log"
             popen = loopback.spawn_daemon_at(app.host, sidecar_port, env, log)
-            stack.callback(loopback.stop_at_once, popen)
-            spawned.append((app, popen, log))
+            popens.append(popen)
+            spawned.append((app, env["SIDECAR_INSTANCE"], popen, log))
         containers = []
-        for app, popen, log in spawned:
-            sidecar = loopback.await_daemon(popen, app.host, sidecar_port, log)
-            containers.append(Container(app.name, app.host, app, sidecar))
+        for app, instance, popen, log in spawned:
+            sidecar = await asyncio.to_thread(
+                loopback.await_daemon, popen, app.host, sidecar_port, log
+            )
+            containers.append(Container(app.name, app.host, app, sidecar, instance))
         for container in containers:
-            _wait_status(container.sidecar.url + "/ready", 200, within=15)
+            await wait_for(container.sidecar.url + "/ready", 200, within=15)
         admin = f"http://127.0.0.1:{admin_port}"
         placeholders = {
             "SITE_ADDRESS": f"http://127.0.0.1:{site_port}",
-            "APP_UPSTREAMS": " ".join(f"{host}:{app_port}" for host in HOSTS),
+            "APP_UPSTREAMS": " ".join(f"{host}:{app_port}" for host in hosts),
             "SIDECAR_PORT": str(sidecar_port),
             "CADDY_HEALTH_INTERVAL": caddy_interval,
             "CADDY_ADMIN": f"127.0.0.1:{admin_port}",
             "CADDY_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
         }
-        proxy = start_caddy(workdir, placeholders, admin)
-        stack.callback(proxy.stop)
+        proxy = await asyncio.to_thread(start_caddy, workdir, placeholders, admin)
+        stack.push_async_callback(asyncio.to_thread, proxy.stop)
         yield Fleet(
             url=f"http://127.0.0.1:{site_port}",
             admin=admin,
@@ -297,6 +322,23 @@ def running_fleet(
             drain_seconds=drain,
             caddy_interval=_seconds(caddy_interval),
         )
+
+
+def stop_sidecars(popens: Sequence[subprocess.Popen[bytes]], *, drain: float) -> None:
+    """SIGTERM every sidecar we started at once (by PID), and give each its drain period and
+    the last sync that takes it out of the fleet's counts in Convex (an instance killed
+    without it counts as live for its TTL, and would skew the next test's shared-outage
+    count); one still running after that is stopped at once."""
+    for popen in popens:
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGTERM)
+    deadline = time.monotonic() + drain + 5.0  # the drain, then the last sync's call
+    for popen in popens:
+        try:
+            popen.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            loopback.stop_at_once(popen)
 
 
 async def until(condition: Callable[[], bool], *, within: float, step: float = 0.01) -> float:
@@ -319,24 +361,6 @@ def _seconds(duration: str) -> float:
     if duration.endswith("ms"):
         return float(duration[:-2]) / 1000
     return float(duration.removesuffix("s"))
-
-
-def _wait_status(url: str, status: int, *, within: float) -> None:
-    """Blocking poll (setup only) until `url` answers `status`."""
-    deadline = time.monotonic() + within
-    last: int | str = "nothing"
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                last = resp.status
-        except urllib.error.HTTPError as exc:
-            last = exc.code
-        except OSError as exc:
-            last = str(exc)
-        if last == status:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{url} did not answer {status} within {within}s (last: {last})")
 
 
 # Steady client traffic ----------------------------------------------------------------------
@@ -388,3 +412,75 @@ async def steady_traffic(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(pause, 0))
         return list(await asyncio.gather(*tasks))
+
+
+# Readiness of every sidecar over time -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The /ready status of every container's sidecar, asked at one moment (`at`, monotonic;
+    a status None: no answer in time)."""
+
+    at: float
+    statuses: tuple[int | None, ...]
+
+    @property
+    def unready(self) -> int:
+        """How many did not answer 200."""
+        return sum(status != 200 for status in self.statuses)
+
+
+async def sample_readiness(
+    containers: Sequence[Container], stop: asyncio.Event, *, every: float = 0.05, most: int
+) -> list[Sample]:
+    """Ask every sidecar's /ready at once, every `every` seconds, until `stop` is set or
+    `most` samples were taken; every sample."""
+    samples: list[Sample] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+
+        async def status(container: Container) -> int | None:
+            try:
+                async with session.get(container.sidecar.url + "/ready") as resp:
+                    await resp.read()
+                    return resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+
+        while not stop.is_set() and len(samples) < most:
+            at = time.monotonic()
+            statuses = await asyncio.gather(*(status(c) for c in containers))
+            samples.append(Sample(at, tuple(statuses)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(every - (time.monotonic() - at), 0.005))
+    return samples
+
+
+async def live_instances(convex_url: str) -> list[str]:
+    """The instances Convex counts in the fleet now, as `health-sidecar fleet --json` lists
+    them (run as a subprocess without blocking the event loop)."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/"),
+        "CONVEX_URL": convex_url,
+        "HEALTH_SIDECAR_SECRET": SECRET,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "fleet",
+        "--json",
+        cwd=procs.ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode in (0, 1), f"health-sidecar fleet exited {proc.returncode}: {err!r}"
+    return [member["instance"] for member in json.loads(out)["instances"]]

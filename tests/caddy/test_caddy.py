@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -36,8 +36,11 @@ NS = 1e9  # Caddy's JSON durations are nanoseconds
 
 
 @pytest.fixture
-def fleet(convex_local: procs.Proc, mastra_local: procs.Proc, tmp_path: Path) -> Iterator[Fleet]:
-    with running_fleet(tmp_path / "fleet", convex_local.url, mastra_local.url) as running:
+async def fleet(
+    convex_local: procs.Proc, mastra_local: procs.Proc, tmp_path: Path
+) -> AsyncIterator[Fleet]:
+    mastra = [mastra_local.url] * 2  # two containers, both on the real Mastra
+    async with running_fleet(tmp_path / "fleet", convex_local.url, mastra) as running:
         yield running
 
 

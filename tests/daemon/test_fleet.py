@@ -92,6 +92,7 @@ def test_a_check_that_just_failed_waits_for_the_count() -> None:
     assert not failing_mastra(view, now=T0 + GRACE + 0.1).ready
     snap = failing_mastra(view, now=T0 + 0.5)
     assert snap.ready
+    assert snap.health_document(details=True)["fleet"]["awaiting_count"] == ["mastra"]
     store_down = replace(snap, store=StoreState(status="error", kind="unavailable"))
     assert not store_down.ready
 

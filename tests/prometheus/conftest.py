@@ -1,7 +1,9 @@
-"""A real sidecar for the Prometheus and Grafana tests: Convex and Mastra pass, `app` fails."""
+"""A real sidecar for the Prometheus and Grafana tests: Convex and Mastra pass, `app` fails, and
+it holds the lease of a shared check."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -14,14 +16,25 @@ from tests.conftest import SECRET
 from tests.support import faults, procs
 from tests.support.daemon import start_daemon
 
+# A shared check (one instance of the fleet probes it for all): alone in its fleet, the sidecar
+# takes the lease, so sidecar_check_holder has a 1 to show.
+SHARED_CHECK = "mastra_agents"
+
 
 @pytest.fixture(scope="package")
 def failing_app_sidecar(
     convex_local: procs.Proc, mastra_local: procs.Proc, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[procs.Proc]:
     """A sidecar whose `app` check points where nothing listens, so every kind of series is on
-    its /metrics page (passes, failures, transitions to both, store calls); yielded once
-    `app` has failed (`/health` 503)."""
+    its /metrics page (passes, failures, transitions to both, store calls), with a shared
+    check (Mastra's agent list) besides the seed's; yielded once `app` has failed (`/health`
+    503) and the sidecar holds the shared check's lease."""
+    shared = {
+        "name": SHARED_CHECK,
+        "kind": "http",
+        "target": f"{mastra_local.url}/api/agents",
+        "shared": True,
+    }
     log: Path = tmp_path_factory.mktemp("sidecar") / "daemon.log"
     env = {
         "CONVEX_URL": convex_local.url,
@@ -32,17 +45,21 @@ def failing_app_sidecar(
         "SIDECAR_INTERVAL": "1",
         "SIDECAR_TIMEOUT": "0.5",
         "SIDECAR_DRAIN_SECONDS": "0",
+        "SIDECAR_CHECKS": json.dumps([shared]),
     }
     daemon = start_daemon(env, log)
     try:
         deadline = time.monotonic() + 15
+        holder = f'sidecar_check_holder{{check="{SHARED_CHECK}"}} 1.0'
         while True:
             try:
                 urllib.request.urlopen(daemon.url + "/health", timeout=2).close()
             except urllib.error.HTTPError as exc:
                 if exc.code == 503:
-                    break
-            assert time.monotonic() < deadline, f"app never failed:\n{daemon.output()}"
+                    with urllib.request.urlopen(daemon.url + "/metrics", timeout=2) as resp:
+                        if holder in resp.read().decode().splitlines():
+                            break
+            assert time.monotonic() < deadline, f"app never failed, or no lease:\n{daemon.output()}"
             time.sleep(0.1)
         yield daemon
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.prometheus.conftest import SHARED_CHECK
 from tests.support import procs, promql
 from tests.support import prometheus as prom
 
@@ -62,8 +63,9 @@ def all_expressions(board: dict[str, Any]) -> list[str]:
 def test_dashboard_shape() -> None:
     """The dashboard imports as it should: schemaVersion 39, a Prometheus datasource variable
     DS_PROMETHEUS that every panel and target uses, multi-value `instance` and `check`
-    variables every query filters on, unique panel ids, a 24-column grid, and a panel for each
-    subject of the issue."""
+    variables every query filters on, unique panel ids, a 24-column grid with no two panels
+    overlapping, rows that only title what follows them, and a panel for each subject of the
+    issues (the fleet row's included)."""
     board = dashboard()
     assert board["schemaVersion"] == 39
     assert board["uid"] == "health-sidecar"
@@ -77,10 +79,20 @@ def test_dashboard_shape() -> None:
         assert variables[name]["includeAll"]
     ids = [panel["id"] for panel in panels(board)]
     assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], str] = {}
     for panel in panels(board):
         grid = panel["gridPos"]
         assert grid["x"] >= 0, panel["title"]
         assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, (panel["title"], "overlaps", cells[(x, y)])
+                cells[(x, y)] = panel["title"]
+        if panel["type"] == "row":  # a full-width title bar; its panels follow it
+            assert (grid["x"], grid["w"], grid["h"]) == (0, 24, 1), panel["title"]
+            assert "targets" not in panel, panel["title"]
+            assert panel["panels"] == [] or panel["collapsed"], panel["title"]
+            continue
         assert panel["datasource"] == DATASOURCE, panel["title"]
         assert panel["targets"], panel["title"]
         refs = [target["refId"] for target in panel["targets"]]
@@ -89,8 +101,11 @@ def test_dashboard_shape() -> None:
             assert target["datasource"] == DATASOURCE, panel["title"]
             assert "$instance" in target["expr"], (panel["title"], target["expr"])
     titles = " | ".join(panel["title"] for panel in panels(board)).lower()
-    for subject in ("check status", "latency", "readiness", "store", "drain", "transitions"):
+    subjects = ("check status", "latency", "readiness", "store", "drain", "transitions")
+    for subject in (*subjects, "fleet", "ready instances", "shared outages", "holders"):
         assert subject in titles, subject
+    rows = [panel["title"] for panel in board["panels"] if panel["type"] == "row"]
+    assert rows == ["Fleet"]
     latency = next(p for p in panels(board) if p["title"].startswith("Check latency"))
     quantiles = {re.match(r"histogram_quantile\(([\d.]+),", t["expr"]) for t in latency["targets"]}
     assert {m.group(1) for m in quantiles if m} == {"0.5", "0.9", "0.99"}
@@ -139,6 +154,8 @@ def test_every_metric_the_dashboard_queries_is_on_a_real_metrics_page(
         "sidecar_store_requests_total",
         "sidecar_draining",
         "sidecar_check_transitions_total",
+        "sidecar_shared_outage",
+        "sidecar_check_holder",
     } <= used
 
 
@@ -161,8 +178,10 @@ async def test_every_dashboard_query_returns_data_through_prometheus(
     """Every panel target and variable query, with Grafana's variables filled in, is valid
     PromQL for the real Prometheus scraping a real sidecar and returns at least one series;
     every `{{label}}` of a legend is a label of every series it names; every variable's label
-    is on its series. The check-status timeline shows app as "fail", Convex and Mastra as
-    "pass", as the sidecar reports them."""
+    is on its series. The check-status timeline shows app as "fail", Convex, Mastra and the
+    shared check as "pass", as the sidecar reports them; the fleet row shows the job's one
+    sidecar reporting and not ready, no shared outage, and the sidecar as the one holder of
+    the shared check (0 for every other check)."""
     board = dashboard()
     queries = [
         (title, promql.grafana_variables(expr, VARIABLES), legend)
@@ -196,4 +215,20 @@ async def test_every_dashboard_query_returns_data_through_prometheus(
     shown = {
         s["metric"]["check"]: texts[str(int(float(s["value"][1])))]["text"] for s in results[expr]
     }
-    assert shown == {"convex": "pass", "mastra": "pass", "app": "fail"}
+    assert shown == {"convex": "pass", "mastra": "pass", "app": "fail", SHARED_CHECK: "pass"}
+
+    # The fleet row, from Prometheus' own aggregation of the sidecars' series.
+    def by(title: str, label: str) -> dict[tuple[str, str], float]:
+        panel = next(p for p in panels(board) if p["title"] == title)
+        values = {}
+        for target in panel["targets"]:
+            expr = promql.grafana_variables(target["expr"], VARIABLES)
+            for s in results[expr]:
+                values[(target["refId"], s["metric"][label])] = float(s["value"][1])
+        return values
+
+    checks = {"convex", "mastra", "app", SHARED_CHECK}
+    assert by("Fleet: ready instances", "job") == {("A", prom.JOB): 0.0, ("B", prom.JOB): 1.0}
+    assert by("Shared outages", "check") == {("A", check): 0.0 for check in checks}
+    holders = by("Shared-check holders", "check")
+    assert holders == {("A", check): float(check == SHARED_CHECK) for check in checks}
