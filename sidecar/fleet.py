@@ -40,8 +40,9 @@ class FleetView:
 
     `grace` is how long Convex may take to answer a sync (the store timeout plus the sync's
     coalescing): a verdict counts for two of the check's intervals plus the grace, and a panic
-    check that failed less than the grace ago waits for Convex's count before it takes the
-    instance out of the pool.
+    check that failed less than one interval plus the grace ago keeps the instance in the pool
+    while the fleet's count catches up (a shared cause fails every instance within about one
+    interval; counted sooner, the first ones to fail would look like local faults).
     """
 
     threshold: float
@@ -62,13 +63,14 @@ class FleetView:
         return outage if outage.failing / outage.live >= self.threshold else None
 
     def pending(self, state: CheckState, now: float) -> bool:
-        """True for a check that was passing and failed less than the grace ago, which no
-        answer since has counted: the instance stays ready until Convex says whether the
-        others fail too (a check that fails from the start never waits)."""
+        """True for a check that was passing and failed less than one of its intervals plus
+        the grace ago: the instance stays ready while the others' failures, which come within
+        an interval of its own when the cause is shared, reach Convex's count (a check that
+        fails from the start never waits)."""
         since = state.since
-        if since is None or now - since > self.grace or state.previous not in ("pass", "warn"):
+        if since is None or state.previous not in ("pass", "warn"):
             return False
-        return self.at is None or self.at < since
+        return now - since <= state.check.every + self.grace
 
     def drained(self, now: float) -> Drain | None:
         """The drain in force, if any."""

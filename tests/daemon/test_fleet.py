@@ -14,6 +14,8 @@ from sidecar.snapshot import Snapshot, StoreState
 
 T0 = 1_800_000_000.0
 GRACE = 3.0
+# A panic check that failed waits one of its intervals plus the grace for the fleet's count.
+SETTLED = 10 + GRACE + 0.5
 MASTRA = MastraCheck(name="mastra", target="http://m:4111", interval=10, timeout=2, panic=True)
 APP = HttpCheck(name="app", target="http://127.0.0.1:3000", interval=10, timeout=2, panic=False)
 
@@ -63,9 +65,10 @@ def test_shared_outage_keeps_ready_but_health_says_error() -> None:
 
 
 def test_below_the_threshold_it_is_a_local_fault() -> None:
-    """2 of 5 (< 0.5): the instance leaves the pool as without a fleet."""
-    view = fleet(at=T0 + 1, outages={"mastra": Outage(failing=2, live=5)})
-    snap = failing_mastra(view, now=T0 + 2)
+    """2 of 5 (< 0.5), once the count had time to include the others: the instance leaves
+    the pool as without a fleet."""
+    view = fleet(at=T0 + SETTLED - 1, outages={"mastra": Outage(failing=2, live=5)})
+    snap = failing_mastra(view, now=T0 + SETTLED)
     assert not snap.ready
     assert snap.reasons == ("mastra is fail",)
     assert snap.shared_outages == {}
@@ -85,12 +88,13 @@ def test_a_count_goes_stale() -> None:
 
 
 def test_a_check_that_just_failed_waits_for_the_count() -> None:
-    """No answer since Mastra failed: ready for at most the grace, then out; with the store
-    failing (no fleet view at all), out at once."""
-    view = fleet(at=T0 - 5)
-    assert failing_mastra(view, now=T0 + GRACE - 0.1).ready
-    assert not failing_mastra(view, now=T0 + GRACE + 0.1).ready
-    snap = failing_mastra(view, now=T0 + 0.5)
+    """Mastra just failed: ready for one interval plus the grace whatever the count says so
+    far (the others fail within an interval when the cause is shared), then out unless the
+    count says shared; with the store failing (no fleet view at all), out at once."""
+    early = fleet(at=T0 + 1, outages={"mastra": Outage(failing=1, live=5)})
+    assert failing_mastra(early, now=T0 + 10 + GRACE - 0.1).ready
+    assert not failing_mastra(early, now=T0 + 10 + GRACE + 0.1).ready
+    snap = failing_mastra(early, now=T0 + 0.5)
     assert snap.ready
     assert snap.health_document(details=True)["fleet"]["awaiting_count"] == ["mastra"]
     store_down = replace(snap, store=StoreState(status="error", kind="unavailable"))
@@ -175,5 +179,5 @@ def test_one_failing_instance_is_never_a_shared_outage() -> None:
     """A fleet of one (1 of 1) or two at 0.5 (1 of 2): the failure is this instance's own as
     far as anyone can tell; 2 of 2 is shared."""
     for failing, live, shared in ((1, 1, False), (1, 2, False), (2, 2, True), (2, 4, True)):
-        view = fleet(at=T0 + 1, outages={"mastra": Outage(failing=failing, live=live)})
-        assert failing_mastra(view, now=T0 + 2).ready is shared, (failing, live)
+        view = fleet(at=T0 + SETTLED - 1, outages={"mastra": Outage(failing=failing, live=live)})
+        assert failing_mastra(view, now=T0 + SETTLED).ready is shared, (failing, live)

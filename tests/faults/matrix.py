@@ -69,7 +69,9 @@ SLACK = 0.5
 FAIL_BUDGET = FAILURES_BEFORE_FAIL * INTERVAL + TIMEOUT
 RECOVER_BUDGET = SUCCESSES_BEFORE_PASS * INTERVAL + TIMEOUT
 STORE_BUDGET = STORE_PERIOD + STORE_TIMEOUT
-PENDING = SyncTiming(period=STORE_PERIOD, timeout=STORE_TIMEOUT).grace
+# A panic check (convex, mastra) that just failed keeps the instance ready for one interval
+# plus the sync's grace, while the fleet's count catches up.
+PENDING = INTERVAL + SyncTiming(period=STORE_PERIOD, timeout=STORE_TIMEOUT).grace
 P99_LIMIT = 0.050
 ROUNDS = 200
 RSS_GROWTH_LIMIT = 20 * 1024 * 1024
@@ -492,8 +494,8 @@ async def run_cell(group: Group, cell: Cell) -> None:
     try:
         if cell.expect == "fail":
             result.to_state = await wait_state(group, check, "fail", within=FAIL_BUDGET + SLACK + 3)
-            # A panic check (convex, mastra) that just failed waits for Convex's count of the
-            # fleet before it takes the instance out: at most the sync's grace.
+            # A panic check (convex, mastra) that just failed waits for the fleet's count
+            # before it takes the instance out.
             ready_status, ready = await wait_ready(group, 503, within=PENDING + SLACK)
             health_status, health = await get_json(group, "/health")
             result.state = "fail"

@@ -96,8 +96,9 @@ async def test_mastra_outage_and_recovery(
         await wait_for(daemon.url + "/ready", 200, within=5)
         mastra.stop()
         # Default thresholds: two failures in a row, each within interval (+jitter) + timeout;
-        # then Convex's count of the fleet (Mastra is a panic check): at most the sync's grace.
-        budget = 2 * INTERVAL * 1.1 + TIMEOUT + 0.5 + SyncTiming(period=60, timeout=2).grace
+        # then the wait for the fleet's count (Mastra is a panic check): an interval + grace.
+        grace = SyncTiming(period=60, timeout=2).grace
+        budget = 3 * INTERVAL * 1.1 + TIMEOUT + 0.5 + grace
         took = await wait_for(daemon.url + "/ready", 503, within=budget + 1)
         assert took <= budget
         status, body = await get(daemon.url + "/health")
@@ -141,7 +142,9 @@ async def test_warm_start_from_the_last_sync(convex_local: procs.Proc, tmp_path:
             try:
                 took = await wait_for(second.url + "/ready", 200, within=1.4)
                 assert took < 1.4  # the hung probe cannot have finished: it takes 1.5 s
-                await wait_for(second.url + "/ready", 503, within=2 * 2 + 1.5 + 2)
+                # Its own probes fail (twice, then the wait for the fleet's count).
+                grace = SyncTiming(period=60, timeout=2).grace
+                await wait_for(second.url + "/ready", 503, within=3 * 2 + 1.5 + grace + 2)
             finally:
                 await asyncio.to_thread(second.stop)
     warm = [line for line in log_lines(second) if line["message"] == "warm start"]

@@ -140,7 +140,8 @@ async def test_local_fault_leaves_shared_outage_stays(
     names = ["fl-a", "fl-b", "fl-c"]
     async with fleet_of(names, fleet_convex, mastra_local, tmp_path) as members:
         members[0].mastra.inject(MASTRA_DOWN)
-        await wait_for(members[0].daemon.url + "/ready", 503, within=5)
+        # Two failures, then an interval and the grace waiting for the fleet's count.
+        await wait_for(members[0].daemon.url + "/ready", 503, within=10)
         await asyncio.sleep(3)  # several syncs: still a local fault
         assert await readiness(members) == [503, 200, 200]
         for member in members[1:]:

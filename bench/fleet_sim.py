@@ -1,0 +1,931 @@
+"""Scale, by simulation: N sidecars in one process against one dev/convex-local.
+
+    .venv/bin/python bench/fleet_sim.py [--sizes 10,50,200] [--interval 1] [--store-interval 5]
+        [--store-timeout 2] [--steady 20] [--session per-instance|shared] [--connections 64]
+
+Each simulated instance is the sidecar's own objects, wired as sidecar/app.py wires them: its
+Settings (sidecar.config, from the environment a daemon would get: CONVEX_URL, MASTRA_URL, the
+secret, SIDECAR_INSTANCE and the timings), so the `convex` and `mastra` checks are resolved
+(interval, thresholds, `panic`) by the real code; a Monitor; and a Syncer with a HealthStore and
+ConvexClient against the stand-in. There are no probes and no HTTP servers: a small loop per
+check feeds Monitor.record() a result every check interval (with the scheduler's jitter) and
+one per instance beats the heartbeat every second, standing in for the scheduler. `mastra`
+passes, or fails for every instance during the simulated outage; Mastra itself is never
+contacted. The Syncer runs unchanged: one sync per store period, one soon after a change, one
+every check interval while a panic check fails.
+
+For each N, against a fresh dev/convex-local (its `/_dev/stats` counts calls, documents and
+bytes as Convex bills them):
+
+1. steady state: calls per second (all, and per instance), documents and bytes read and
+   written per sync, after a reset of the counters;
+2. a shared outage: at t0 every instance's `mastra` starts failing. Every instance's
+   Snapshot is sampled every 50 ms: the time until every one has `mastra` in shared_outages
+   and is ready (the fleet recognised it), the most instances unready at once meanwhile, and
+   the cost per sync while the outage lasts (instances then sync every check interval);
+3. recovery: `mastra` passes again; the time until every instance is ready and healthy with
+   no shared outage, and until Convex holds no failing rows.
+
+Then, with the simulated instances stopped, the stand-in's own capacity: syncs a second it
+serves to 8 closed-loop clients, for a steady-state sync and for an outage-time sync (a
+changed record and the panic list), with its CPU time per call. That tells whether a slow
+convergence is the stand-in (convex-test runs one function at a time, in one Node thread) or
+the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import shlex
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiohttp
+
+from bench.common import SECRET, stop_on_sigterm, workdir
+from sidecar import __version__, logs
+from sidecar.checks import Check
+from sidecar.config import ConfigError, Settings, load_settings
+from sidecar.fleet import FleetView
+from sidecar.monitor import Monitor
+from sidecar.result import CheckResult
+from sidecar.snapshot import Snapshot
+from sidecar.state import Record
+from sidecar.store import ConvexClient, HealthStore, StoreError
+from sidecar.store.evidence import RuntimeEvidence
+from sidecar.store.messages import SyncAnswer, SyncRequest
+from sidecar.store.signing import fingerprint
+from sidecar.sync import Syncer, SyncTiming
+from tests.support import procs
+
+MASTRA_URL = "http://127.0.0.1:4111"  # resolved into the `mastra` check, never contacted
+TICK = 1.0  # the scheduler's heartbeat
+SAMPLE = 0.05  # every instance's Snapshot is read this often during the outage and recovery
+PROBE_LATENCY = 0.002  # what a simulated probe says it took
+FAIL_OUTPUT = "HTTP 503 from /health"
+# Environment variables a daemon reads (and their prefix): cleared, then set, per instance.
+DAEMON_KEYS = (
+    "CONVEX_URL",
+    "NEXT_PUBLIC_CONVEX_URL",
+    "MASTRA_URL",
+    "NEXT_PUBLIC_MASTRA_URL",
+    "HEALTH_SIDECAR_SECRET",
+    "HOSTNAME",
+)
+CAPACITY_CLIENTS = 8
+CAPACITY_SECONDS = 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Options.
+
+
+@dataclass(frozen=True)
+class Options:
+    sizes: tuple[int, ...]
+    interval: float
+    timeout: float
+    store_interval: float
+    store_timeout: float
+    threshold: float | None
+    steady: float
+    outage_limit: float
+    outage_hold: float
+    recovery_limit: float
+    session: str
+    connections: int
+    seed: int
+    logs: Path
+
+    def env(self, convex_url: str, instance: str) -> dict[str, str]:
+        """The environment a daemon of this simulated fleet would get."""
+        env = {
+            "CONVEX_URL": convex_url,
+            "MASTRA_URL": MASTRA_URL,
+            "HEALTH_SIDECAR_SECRET": SECRET,
+            "SIDECAR_INSTANCE": instance,
+            "SIDECAR_INTERVAL": f"{self.interval:g}",
+            "SIDECAR_TIMEOUT": f"{self.timeout:g}",
+            "SIDECAR_STORE_INTERVAL": f"{self.store_interval:g}",
+            "SIDECAR_STORE_TIMEOUT": f"{self.store_timeout:g}",
+            "SIDECAR_LOG_LEVEL": "warning",
+        }
+        if self.threshold is not None:
+            env["SIDECAR_PANIC_THRESHOLD"] = f"{self.threshold:g}"
+        return env
+
+
+@contextlib.contextmanager
+def daemon_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """os.environ as a daemon started with `env` would see it (nothing else of ours leaks in:
+    no SIDECAR_* or CONVEX_URL of the caller, no SIDECAR_CONFIG file)."""
+    saved = dict(os.environ)
+    try:
+        for key in list(os.environ):
+            upper = key.upper()
+            if upper.startswith("SIDECAR_") or upper in DAEMON_KEYS:
+                del os.environ[key]
+        os.environ.update(env)
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def settings_for(options: Options, convex_url: str, instance: str) -> Settings:
+    with daemon_environment(options.env(convex_url, instance)):
+        return load_settings()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the stand-in counts, and the CPU its processes use.
+
+
+async def dev_stats(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """`/_dev/stats` summed over every function: calls, errors, documents and bytes."""
+    async with session.get(f"{url}/_dev/stats") as resp:
+        functions: dict[str, dict[str, float]] = (await resp.json())["functions"]
+    keys = ("calls", "errors", "documentsRead", "bytesRead", "documentsWritten", "bytesWritten")
+    return {k: sum(f.get(k, 0.0) for f in functions.values()) for k in keys}
+
+
+async def dev_reset(session: aiohttp.ClientSession, url: str) -> None:
+    async with session.post(f"{url}/_dev/stats/reset") as resp:
+        await resp.read()
+
+
+async def dev_table(session: aiohttp.ClientSession, url: str, table: str) -> list[Any]:
+    """Every document of `table` (a dev route; not counted in the stats)."""
+    async with session.get(f"{url}/_dev/tables/{table}") as resp:
+        rows: list[Any] = await resp.json()
+        return rows
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) of the live processes in process group `pgid` (the stand-in
+    is started in its own session: tsx and the node it runs)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Meter:
+    """Counters over one phase: the stand-in's, its CPU and ours, and the syncs we saw."""
+
+    url: str
+    pgid: int
+    calls: Calls
+    started: float = 0.0
+    cpu_convex: float = 0.0
+    cpu_self: float = 0.0
+    mark: int = 0
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        await dev_reset(session, self.url)
+        self.started = time.monotonic()
+        self.cpu_convex = group_cpu(self.pgid)
+        self.cpu_self = time.process_time()
+        self.mark = len(self.calls.log)
+
+    async def read(self, session: aiohttp.ClientSession) -> Phase:
+        counted = await dev_stats(session, self.url)
+        seconds = time.monotonic() - self.started
+        return Phase(
+            seconds=seconds,
+            stats=counted,
+            cpu_convex=(group_cpu(self.pgid) - self.cpu_convex) / seconds,
+            cpu_self=(time.process_time() - self.cpu_self) / seconds,
+            syncs=self.calls.log[self.mark :],
+        )
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What one phase cost: the stand-in's counters over `seconds`, the CPU (in cores) of the
+    stand-in and of this process, and the syncs this process made (end, duration, outcome)."""
+
+    seconds: float
+    stats: Mapping[str, float]
+    cpu_convex: float
+    cpu_self: float
+    syncs: Sequence[tuple[float, float, str]]
+
+    @property
+    def calls(self) -> float:
+        return self.stats["calls"]
+
+    def per_call(self, key: str) -> float:
+        return self.stats[key] / max(self.calls, 1)
+
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+    def failed(self) -> Counter[str]:
+        return Counter(kind for _, _, kind in self.syncs if kind != "ok")
+
+    def latency(self, q: float) -> float:
+        durations = sorted(d for _, d, _ in self.syncs)
+        if not durations:
+            return float("nan")
+        return durations[min(len(durations) - 1, int(q * len(durations)))]
+
+    def convex_ms_per_call(self) -> float:
+        return 1000 * self.cpu_convex * self.seconds / max(self.calls, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# One simulated instance.
+
+
+@dataclass
+class Calls:
+    """Every sync of the simulated fleet, as the client saw it: (end, seconds, outcome)."""
+
+    log: list[tuple[float, float, str]] = field(default_factory=list)
+
+
+class TimedStore(HealthStore):
+    """The sidecar's HealthStore, timing each sync for the report (nothing else changes)."""
+
+    calls: Calls
+
+    async def sync(self, request: SyncRequest) -> SyncAnswer:
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            return await super().sync(request)
+        except StoreError as exc:
+            outcome = exc.kind
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            end = time.monotonic()
+            if outcome != "cancelled":
+                self.calls.log.append((end, end - started, outcome))
+
+
+@dataclass
+class Weather:
+    """What the simulated probes find: whether Mastra is down for everyone."""
+
+    mastra_failing: bool = False
+
+
+class Instance:
+    """One sidecar without probes or HTTP server: Monitor + Syncer as sidecar/app.py wires
+    them, fed by a loop per check instead of the scheduler."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        *,
+        calls: Calls,
+        weather: Weather,
+        rng: random.Random,
+    ) -> None:
+        self.name = settings.instance
+        self.checks = settings.resolved_checks()
+        timing = SyncTiming(period=settings.store_interval, timeout=settings.store_timeout)
+        self.monitor = Monitor(
+            instance=settings.instance,
+            version=__version__,
+            checks=self.checks,
+            fleet=FleetView(threshold=settings.panic_threshold, grace=timing.grace),
+        )
+        secret = settings.secret.get_secret_value()
+        self.store = TimedStore(
+            ConvexClient(session, url=settings.convex_url, timeout=settings.store_timeout),
+            secret=secret,
+            instance=settings.instance,
+            version=__version__,
+            ttl_seconds=settings.ttl,
+        )
+        self.store.calls = calls
+        evidence = RuntimeEvidence(
+            url=settings.convex_url,
+            window=2 * settings.store_interval + settings.store_timeout,
+        )
+        self.fingerprints = {c.name: fingerprint(secret, c.definition()) for c in self.checks}
+        self.syncer = Syncer(
+            monitor=self.monitor,
+            store=self.store,
+            metrics=self.monitor.metrics,
+            evidence=evidence,
+            fingerprints=self.fingerprints,
+            timing=timing,
+            threshold=settings.panic_threshold,
+        )
+        self._weather = weather
+        self._rng = rng
+
+    async def run(self, delay: float, deadline: float) -> None:
+        """Start after `delay`; feed the checks and sync until cancelled or `deadline`
+        (event-loop time)."""
+        await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as group:
+            group.create_task(self._heartbeat(loop))
+            for check in self.checks:
+                group.create_task(self._feed(check, loop))
+            group.create_task(self.syncer.run())
+
+    async def _heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            self.monitor.heartbeat()
+            await asyncio.sleep(TICK)
+
+    async def _feed(self, check: Check, loop: asyncio.AbstractEventLoop) -> None:
+        """The scheduler's loop for one check, with a simulated probe: a result every interval
+        (jittered as the scheduler jitters it), from a random phase."""
+        next_at = loop.time() + self._rng.uniform(0, min(check.every, 0.2))
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            jitter = check.every * check.jitter
+            next_at += check.every + self._rng.uniform(-jitter, jitter)
+            if self.monitor.snapshot.probes(check):
+                failing = check.name == "mastra" and self._weather.mastra_failing
+                self.monitor.record(
+                    check.name,
+                    CheckResult(
+                        status="fail" if failing else "pass",
+                        output=FAIL_OUTPUT if failing else "",
+                        latency=PROBE_LATENCY,
+                        observed_at=time.time() - PROBE_LATENCY,
+                    ),
+                )
+            next_at = max(next_at, loop.time())
+
+
+# ---------------------------------------------------------------------------------------------
+# One fleet size.
+
+
+@dataclass
+class Row:
+    n: int
+    steady: Phase
+    outage: Phase
+    onset: Phase
+    recovery: Phase
+    first_fail: float | None  # s after t0: the first instance whose mastra status is fail
+    all_fail: float | None  # ... every instance's
+    recognised: float | None  # ... every instance ready with mastra in shared_outages
+    relapses: int  # samples after recognition where that no longer held
+    most_unready: int
+    unready_seconds: float  # sum over samples of unready instances x SAMPLE: instance-seconds
+    recovered: float | None  # s after t1: every instance ready, healthy, no shared outage
+    convex_clean: float | None  # ... no sidecarFailing row left in Convex
+    recovery_unready: int
+    steady_unready: int
+    loop_lag: float  # the sampler's worst lateness (s): how busy this process was
+    warmup: float
+    warm: Phase  # from the stand-in's start until every instance is ready: the hellos
+    capacity: dict[str, Phase]
+
+
+def sessions_for(
+    options: Options, n: int
+) -> tuple[list[aiohttp.ClientSession], Callable[[int], aiohttp.ClientSession]]:
+    """One session per instance as the daemon has it (force_close, at most 10 connections),
+    or one shared session with `connections` connections for the whole fleet."""
+    headers = {"User-Agent": f"health-sidecar/{__version__} (fleet-sim)"}
+    if options.session == "shared":
+        shared = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=options.connections), headers=headers
+        )
+        return [shared], lambda i: shared
+    own = [
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True, limit=10), headers=headers
+        )
+        for _ in range(n)
+    ]
+    return own, lambda i: own[i]
+
+
+async def wait_for(
+    predicate: Callable[[], bool], *, within: float, step: float = 0.1
+) -> float | None:
+    """Seconds until `predicate` holds, or None after `within`."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if predicate():
+            return time.monotonic() - started
+        await asyncio.sleep(step)
+    return None
+
+
+async def run_size(n: int, options: Options, out: Callable[[str], None]) -> Row:
+    """Start a fresh stand-in, run N simulated instances through the three phases, measure
+    the stand-in's capacity, and stop everything."""
+    log_dir = options.logs / f"n{n}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    with procs.convex_local(log_dir / "convex-local.log", SECRET) as convex:
+        url, pgid = convex.url, convex.popen.pid
+        calls, weather = Calls(), Weather()
+        meter = Meter(url=url, pgid=pgid, calls=calls)
+        admin = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        owned, session_of = sessions_for(options, n)
+        fleet = [
+            Instance(
+                settings_for(options, url, f"sim-{i:04d}"),
+                session_of(i),
+                calls=calls,
+                weather=weather,
+                rng=random.Random(options.seed * 100_003 + i),
+            )
+            for i in range(n)
+        ]
+        # Every loop below is bounded by its own limit; this bounds the instances themselves.
+        budget = 60 + options.store_interval * 3 + options.steady
+        budget += options.outage_limit + options.outage_hold + options.recovery_limit + 30
+        deadline = loop.time() + budget
+        # Start times spread over one store period, as a fleet's are, so the steady-state
+        # syncs are spread over the period too.
+        ramp = options.store_interval
+        warm_meter = Meter(url=url, pgid=pgid, calls=calls)
+        await warm_meter.start(admin)
+        tasks = [
+            asyncio.create_task(inst.run(ramp * i / n, deadline), name=inst.name)
+            for i, inst in enumerate(fleet)
+        ]
+        try:
+            return await measure(n, options, fleet, tasks, weather, meter, warm_meter, admin, out)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for session in owned:
+                await session.close()
+            await admin.close()
+
+
+async def measure(
+    n: int,
+    options: Options,
+    fleet: list[Instance],
+    tasks: list[asyncio.Task[None]],
+    weather: Weather,
+    meter: Meter,
+    warm_meter: Meter,
+    admin: aiohttp.ClientSession,
+    out: Callable[[str], None],
+) -> Row:
+    url = meter.url
+
+    def snaps() -> list[Snapshot]:
+        return [inst.monitor.snapshot for inst in fleet]
+
+    def all_ready() -> bool:
+        return all(s.ready and s.store.status == "ok" for s in snaps())
+
+    # Warm-up: every instance registered (hello), ready and synced; then one more store
+    # period, so the first round's changes are behind us. The stand-in is fresh: its counters
+    # count the registrations from zero (run_size resets them before the first one starts).
+    warm_limit = options.store_interval * 2 + 60
+    warmup = await wait_for(all_ready, within=warm_limit)
+    if warmup is None:
+        dead = [t.get_name() for t in tasks if t.done()]
+        raise RuntimeError(
+            f"N={n}: not every instance was ready within {warm_limit:g}s "
+            f"({sum(not s.ready for s in snaps())} unready; ended tasks: {dead[:5]})"
+        )
+    warm = await warm_meter.read(admin)
+    await asyncio.sleep(options.store_interval + 1)
+    out(f"  N={n}: all ready after {warmup:.1f}s; steady state for {options.steady:g}s")
+
+    # 1. Steady state.
+    await meter.start(admin)
+    steady_unready = 0
+    until = time.monotonic() + options.steady
+    while time.monotonic() < until:
+        steady_unready = max(steady_unready, sum(not s.ready for s in snaps()))
+        await asyncio.sleep(0.25)
+    steady = await meter.read(admin)
+
+    # 2. The shared outage.
+    out(f"  N={n}: mastra fails everywhere")
+    await meter.start(admin)
+    t0 = time.monotonic()
+    weather.mastra_failing = True
+    first_fail = all_fail = recognised = None
+    most_unready, relapses, unready_samples, lag = 0, 0, 0, 0.0
+    onset: Phase | None = None
+    outage_meter: Meter | None = None
+    next_sample = t0
+    while True:
+        now = time.monotonic()
+        lag = max(lag, now - next_sample)
+        elapsed = now - t0
+        current = snaps()
+        unready = sum(not s.ready for s in current)
+        unready_samples += unready
+        most_unready = max(most_unready, unready)
+        failing = sum(s.statuses["mastra"] == "fail" for s in current)
+        if first_fail is None and failing:
+            first_fail = elapsed
+        if all_fail is None and failing == n:
+            all_fail = elapsed
+        held = all(s.ready and "mastra" in s.shared_outages for s in current)
+        if recognised is None and held:
+            recognised = elapsed
+            # The outage's own cost: from recognition on, for `outage_hold` seconds.
+            onset = await meter.read(admin)
+            outage_meter = Meter(url=url, pgid=meter.pgid, calls=meter.calls)
+            await outage_meter.start(admin)
+        elif recognised is not None and not held:
+            relapses += 1
+        if recognised is not None and elapsed >= recognised + options.outage_hold:
+            break
+        if recognised is None and elapsed >= options.outage_limit:
+            break
+        next_sample += SAMPLE
+        await asyncio.sleep(max(0.0, next_sample - time.monotonic()))
+    if outage_meter is None:  # never recognised: the whole window is the onset
+        onset = await meter.read(admin)
+        outage = onset
+    else:
+        outage = await outage_meter.read(admin)
+    assert onset is not None
+
+    # 3. Recovery.
+    out(f"  N={n}: mastra passes again")
+    await meter.start(admin)
+    t1 = time.monotonic()
+    weather.mastra_failing = False
+    recovered = convex_clean = None
+    recovery_unready = 0
+    next_sample, next_table = t1, t1
+    while time.monotonic() - t1 < options.recovery_limit:
+        now = time.monotonic()
+        lag = max(lag, now - next_sample)
+        current = snaps()
+        recovery_unready = max(recovery_unready, sum(not s.ready for s in current))
+        if recovered is None and all(
+            s.ready and s.health == "ok" and not s.shared_outages for s in current
+        ):
+            recovered = now - t1
+        if convex_clean is None and now >= next_table:
+            if not await dev_table(admin, url, "sidecarFailing"):
+                convex_clean = time.monotonic() - t1
+            next_table = now + 0.25
+        if recovered is not None and convex_clean is not None:
+            break
+        next_sample += SAMPLE
+        await asyncio.sleep(max(0.0, next_sample - time.monotonic()))
+    # Count the recovery's syncs up to a store period past it (the panic list's last send).
+    await asyncio.sleep(max(0.0, t1 + (recovered or 0) + 2 * options.interval - time.monotonic()))
+    recovery = await meter.read(admin)
+
+    # The stand-in's capacity, with the fleet stopped (its documents stay).
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    out(f"  N={n}: measuring the stand-in's capacity")
+    capacity = {
+        shape: await stand_in_capacity(url, meter.pgid, fleet[0], shape, meter.calls)
+        for shape in ("steady", "outage")
+    }
+    return Row(
+        n=n,
+        steady=steady,
+        outage=outage,
+        onset=onset,
+        recovery=recovery,
+        first_fail=first_fail,
+        all_fail=all_fail,
+        recognised=recognised,
+        relapses=relapses,
+        most_unready=most_unready,
+        unready_seconds=unready_samples * SAMPLE,
+        recovered=recovered,
+        convex_clean=convex_clean,
+        recovery_unready=recovery_unready,
+        steady_unready=steady_unready,
+        loop_lag=lag,
+        warmup=warmup,
+        warm=warm,
+        capacity=capacity,
+    )
+
+
+async def stand_in_capacity(
+    url: str, pgid: int, model: Instance, shape: str, calls: Calls
+) -> Phase:
+    """Syncs a second the stand-in serves to CAPACITY_CLIENTS closed-loop clients, each a
+    fresh instance: a steady-state sync (heartbeat only), or an outage-time one (a changed
+    `mastra` record and the panic list, as a failing instance sends every check interval)."""
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as admin,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CAPACITY_CLIENTS)) as session,
+    ):
+        stores = []
+        for k in range(CAPACITY_CLIENTS):
+            store = TimedStore(
+                ConvexClient(session, url=url, timeout=30),
+                secret=SECRET,
+                instance=f"cap-{shape}-{k}",
+                version=__version__,
+                ttl_seconds=60,
+            )
+            store.calls = Calls()
+            await store.sync(SyncRequest(hello=model.fingerprints))
+            stores.append(store)
+        meter = Meter(url=url, pgid=pgid, calls=calls)
+        await meter.start(admin)
+        stop = time.monotonic() + CAPACITY_SECONDS
+
+        async def client(store: TimedStore) -> None:
+            failures = 0
+            while time.monotonic() < stop:
+                failures += 1
+                request = SyncRequest()
+                if shape == "outage":
+                    record = Record(
+                        check="mastra",
+                        fingerprint=model.fingerprints["mastra"],
+                        status="fail",
+                        age_ms=2.0,
+                        latency_ms=2.0,
+                        output=FAIL_OUTPUT,
+                        consecutive_failures=failures,
+                        consecutive_successes=0,
+                        last_success_age_ms=60_000.0,
+                    )
+                    request = SyncRequest(records=[record], panic=("mastra",), hold_ms=5_000.0)
+                await store.sync(request)
+
+        await asyncio.gather(*(client(s) for s in stores))
+        phase = await meter.read(admin)
+        syncs = [entry for s in stores for entry in s.calls.log[1:]]
+        return Phase(
+            seconds=phase.seconds,
+            stats=phase.stats,
+            cpu_convex=phase.cpu_convex,
+            cpu_self=phase.cpu_self,
+            syncs=syncs,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+
+
+def seconds(value: float | None, limit: float) -> str:
+    return f"> {limit:g}" if value is None else f"{value:.2f}"
+
+
+def table(rows: Sequence[Row], options: Options) -> str:
+    lines = [
+        "| N | steady calls/s (per instance) | steady docs read / written per sync "
+        "| steady bytes read / written per sync "
+        "| outage recognised after s (mastra fail on all at) "
+        "| most unready at once (instance-s unready) | outage calls/s (per instance) "
+        "| outage docs read / written per sync | outage bytes read / written per sync "
+        "| recovered after s (Convex clean at) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        s, o = r.steady, r.outage
+        lines.append(
+            f"| {r.n} | {s.rate():.1f} ({s.rate() / r.n:.3f}) "
+            f"| {s.per_call('documentsRead'):.2f} / {s.per_call('documentsWritten'):.2f} "
+            f"| {s.per_call('bytesRead'):.0f} / {s.per_call('bytesWritten'):.0f} "
+            f"| {seconds(r.recognised, options.outage_limit)} "
+            f"({seconds(r.all_fail, options.outage_limit)}) "
+            f"| {r.most_unready} of {r.n} ({r.unready_seconds:.1f}) "
+            f"| {o.rate():.1f} ({o.rate() / r.n:.3f}) "
+            f"| {o.per_call('documentsRead'):.2f} / {o.per_call('documentsWritten'):.2f} "
+            f"| {o.per_call('bytesRead'):.0f} / {o.per_call('bytesWritten'):.0f} "
+            f"| {seconds(r.recovered, options.recovery_limit)} "
+            f"({seconds(r.convex_clean, options.recovery_limit)}) |"
+        )
+    return "\n".join(lines)
+
+
+def diagnostics(rows: Sequence[Row], options: Options) -> str:
+    lines = [
+        "| N | phase | calls/s | docs read / written per call | sync p50 / p99 ms (client) "
+        "| failed syncs | stand-in CPU (cores) | stand-in CPU ms per call "
+        "| this process CPU (cores) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        phases = [
+            ("start: hellos", r.warm),
+            ("steady", r.steady),
+            ("outage onset", r.onset),
+            ("outage held", r.outage),
+            ("recovery", r.recovery),
+            *((f"capacity, {k} syncs", v) for k, v in r.capacity.items()),
+        ]
+        for name, p in phases:
+            failed = p.failed()
+            fails = ", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "0"
+            lines.append(
+                f"| {r.n} | {name} ({p.seconds:.1f} s) | {p.rate():.1f} "
+                f"| {p.per_call('documentsRead'):.1f} / {p.per_call('documentsWritten'):.1f} "
+                f"| {1000 * p.latency(0.5):.1f} / {1000 * p.latency(0.99):.1f} | {fails} "
+                f"| {p.cpu_convex:.2f} | {p.convex_ms_per_call():.2f} | {p.cpu_self:.2f} |"
+            )
+    notes = [
+        f"- N={r.n}: warm-up {r.warmup:.1f} s; unready at most {r.steady_unready} in steady "
+        f"state, {r.recovery_unready} during recovery; first mastra fail "
+        f"{seconds(r.first_fail, options.outage_limit)} s after t0; {r.relapses} samples after "
+        f"recognition where some instance was unready or without the outage; sampler's "
+        f"worst lateness {1000 * r.loop_lag:.0f} ms"
+        for r in rows
+    ]
+    notes.append(
+        "- The stand-in's CPU per call includes its idle work (timers, GC) and /proc's 10 ms "
+        "ticks: read it where the stand-in is busy, in the capacity rows (one core = saturated: "
+        "convex-test runs one function at a time)."
+    )
+    return "\n".join([*lines, "", *notes])
+
+
+def header(options: Options, sample: Settings) -> str:
+    checks = ", ".join(
+        f"{c.name} ({c.kind}, every {c.every:g} s, timeout {c.limit:g} s, "
+        f"panic={c.panic}, critical={c.critical}, fail after {c.failures_before_fail}, "
+        f"pass after {c.successes_before_pass}, jitter {c.jitter:g})"
+        for c in sample.resolved_checks()
+    )
+    session = (
+        "one aiohttp session per instance (force_close, limit 10, as the daemon)"
+        if options.session == "per-instance"
+        else f"one shared aiohttp session, at most {options.connections} connections"
+    )
+    return "\n".join(
+        [
+            "Simulated timings (short, so a run takes minutes; the daemon's defaults are "
+            "10 s / 60 s / 2 s):",
+            f"  check interval {options.interval:g} s (SIDECAR_INTERVAL), probe timeout "
+            f"{options.timeout:g} s, store interval {options.store_interval:g} s "
+            f"(SIDECAR_STORE_INTERVAL), store timeout {options.store_timeout:g} s, store TTL "
+            f"{sample.ttl:g} s, panic threshold {sample.panic_threshold:g}",
+            f"  checks as Settings resolve them: {checks}",
+            f"  steady state measured over {options.steady:g} s; outage cost measured over "
+            f"{options.outage_hold:g} s after recognition; {session}",
+        ]
+    )
+
+
+def command_line(options: Options) -> str:
+    argv = [
+        ".venv/bin/python",
+        "bench/fleet_sim.py",
+        "--sizes",
+        ",".join(map(str, options.sizes)),
+        "--interval",
+        f"{options.interval:g}",
+        "--timeout",
+        f"{options.timeout:g}",
+        "--store-interval",
+        f"{options.store_interval:g}",
+        "--store-timeout",
+        f"{options.store_timeout:g}",
+        "--steady",
+        f"{options.steady:g}",
+        "--outage-hold",
+        f"{options.outage_hold:g}",
+        "--session",
+        options.session,
+        "--seed",
+        str(options.seed),
+    ]
+    if options.session == "shared":
+        argv += ["--connections", str(options.connections)]
+    if options.threshold is not None:
+        argv += ["--threshold", f"{options.threshold:g}"]
+    return shlex.join(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", default="10,50,200", help="fleet sizes, comma-separated")
+    parser.add_argument("--interval", type=float, default=1.0, help="SIDECAR_INTERVAL (s)")
+    parser.add_argument("--timeout", type=float, default=0.5, help="SIDECAR_TIMEOUT (s)")
+    parser.add_argument("--store-interval", type=float, default=5.0, help="(s)")
+    parser.add_argument("--store-timeout", type=float, default=2.0, help="(s)")
+    parser.add_argument("--threshold", type=float, help="SIDECAR_PANIC_THRESHOLD")
+    parser.add_argument("--steady", type=float, default=20.0, help="steady state measured (s)")
+    parser.add_argument("--outage-limit", type=float, default=60.0, help="give up after (s)")
+    parser.add_argument(
+        "--outage-hold", type=float, default=10.0, help="outage after recognition (s)"
+    )
+    parser.add_argument("--recovery-limit", type=float, default=60.0, help="give up after (s)")
+    parser.add_argument("--session", choices=("per-instance", "shared"), default="per-instance")
+    parser.add_argument("--connections", type=int, default=64, help="shared session's limit")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--logs", type=Path, help="where the logs go (default: a temp folder)")
+    args = parser.parse_args(argv)
+    sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
+    if not sizes or min(sizes) < 1:
+        parser.error("--sizes needs positive integers")
+    return Options(
+        sizes=sizes,
+        interval=args.interval,
+        timeout=args.timeout,
+        store_interval=args.store_interval,
+        store_timeout=args.store_timeout,
+        threshold=args.threshold,
+        steady=args.steady,
+        outage_limit=args.outage_limit,
+        outage_hold=args.outage_hold,
+        recovery_limit=args.recovery_limit,
+        session=args.session,
+        connections=args.connections,
+        seed=args.seed,
+        logs=workdir(args.logs),
+    )
+
+
+async def run(options: Options) -> int:
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        sample = settings_for(options, "http://127.0.0.1:3210", "sim-0000")
+    except ConfigError as exc:
+        out(str(exc))
+        return 2
+    out(f"logs in {options.logs}")
+    started = time.monotonic()
+    rows = []
+    for n in options.sizes:
+        rows.append(await run_size(n, options, out))
+    took = time.monotonic() - started
+    out("")
+    out(header(options, sample))
+    out("")
+    out(table(rows, options))
+    out("")
+    out("Where the time and the calls went:")
+    out("")
+    out(diagnostics(rows, options))
+    out("")
+    out(f"took {took:.0f} s; reproduce with:")
+    out(f"  {command_line(options)}")
+    return 0
+
+
+def main() -> int:
+    options = parse()
+    stop_on_sigterm()  # until the loop runs, and after: SystemExit unwinds every `with`
+    # The instances' own log lines (one per change, per instance) go to a file, not the table.
+    log_file = (options.logs / "sidecar.log").open("w", encoding="utf-8")
+    logs.configure(level="warning", instance="fleet-sim", stream=log_file)
+
+    async def guarded() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        # SIGTERM cancels the run: every task is cancelled, every session closed, and every
+        # stand-in stopped by its PID as the `with` blocks unwind.
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await run(options)
+        except asyncio.CancelledError:
+            print("stopped (SIGTERM): everything started was stopped", file=sys.stderr)
+            return 143
+
+    try:
+        return asyncio.run(guarded())
+    finally:
+        stop_on_sigterm()
+        log_file.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
