@@ -136,11 +136,10 @@ def fleet_document(report: FleetReport, threshold: float) -> dict[str, Any]:
 
 
 def _member_document(m: Member, report: FleetReport, threshold: float) -> dict[str, Any]:
+    counts = {check: report.outages[check] for check in m.failing if check in report.outages}
     outages = [
         f"{check} ({failing}/{live})"
-        for check in m.failing
-        if check in report.outages
-        for failing, live in [report.outages[check]]
+        for check, (failing, live) in counts.items()
         if _shared(failing, live, threshold)
     ]
     return {

@@ -12,7 +12,14 @@ import aiohttp
 import pytest
 
 from sidecar.state import Record
-from sidecar.store import ConvexClient, FunctionError, HealthStore, Unauthorized
+from sidecar.store import (
+    ConvexClient,
+    FunctionError,
+    HealthStore,
+    RequestRejected,
+    Unauthorized,
+    Unavailable,
+)
 from sidecar.store.messages import SyncRequest
 from tests.conftest import SECRET
 from tests.support.procs import Proc
@@ -178,3 +185,28 @@ async def test_unknown_function_is_a_function_error(
     client = ConvexClient(session, url=convex_local.url, timeout=2.0)
     with pytest.raises(FunctionError):
         await client.query("health:nope", {})
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "said"),
+    [
+        (429, Unavailable, "HTTP 429"),
+        (503, Unavailable, "HTTP 503"),
+        (500, Unavailable, "HTTP 500"),
+        (413, RequestRejected, "too large"),
+    ],
+)
+async def test_the_stand_ins_overload_answers_are_typed(
+    convex_local: Proc, session: aiohttp.ClientSession, status: int, error: type, said: str
+) -> None:
+    """dev/convex-local answering as a deployment (or the proxy before it) does when it is
+    overloaded or refuses the size: each becomes its typed error, and the next call, the
+    fault gone, succeeds."""
+    fault = {"status": status, "times": 1, "paths": ["/api/mutation"]}
+    async with session.post(f"{convex_local.url}/_dev/faults", json=fault) as resp:
+        assert resp.status == 200
+    s = store(session, convex_local, f"hs-fault-{status}")
+    with pytest.raises(error) as caught:
+        await s.sync(SyncRequest(hello=HELLO))
+    assert said in str(caught.value)
+    assert (await s.sync(SyncRequest(hello=HELLO))).resend is False
