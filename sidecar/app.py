@@ -36,7 +36,7 @@ def build_app(settings: Settings) -> web.Application:
         fleet=FleetView(threshold=settings.panic_threshold, grace=timing.grace),
     )
     token = settings.details_token.get_secret_value() if settings.details_token else ""
-    app = create_app(monitor, details_token=token)
+    app = create_app(monitor, details_token=token, trusted_proxies=settings.trusted_proxies)
     app[FORCED] = asyncio.Event()
     secret = settings.secret.get_secret_value()
 

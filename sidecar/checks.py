@@ -117,38 +117,10 @@ class _UrlCheck(_Check):
         return http_url(value)
 
 
-class ConvexCheck(_UrlCheck):
-    """The deployment answers its public HTTP route, and its function runtime answers: proven
-    by the store's own calls for the store's deployment, by a `health:ping` query otherwise."""
+class _WithHeaders(_UrlCheck):
+    """Extra request headers (a token, basic auth): validated, and masked in every dump."""
 
-    kind: Literal["convex"] = "convex"
-
-
-class MastraCheck(_UrlCheck):
-    """`GET {target}/health`, and `GET {target}/api/agents` when agents are expected."""
-
-    kind: Literal["mastra"] = "mastra"
-    expect_agents: tuple[str, ...] = ()
-
-
-class HttpCheck(_UrlCheck):
-    """Any URL: method, expected statuses (default: any 2xx), optional body regex."""
-
-    kind: Literal["http"] = "http"
-    method: HTTP_METHODS = "GET"
-    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = ()
-    body_regex: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("body_regex")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"is not a valid regular expression: {exc}") from None
-        return value
 
     @field_validator("headers")
     @classmethod
@@ -164,6 +136,40 @@ class HttpCheck(_UrlCheck):
     def _mask_headers(self, value: dict[str, str]) -> dict[str, str]:
         """Header values often carry tokens: dumps (`health-sidecar config`) show names only."""
         return dict.fromkeys(value, MASK)
+
+
+class ConvexCheck(_UrlCheck):
+    """The deployment answers its public HTTP route, and its function runtime answers: proven
+    by the store's own calls for the store's deployment, by a `health:ping` query otherwise."""
+
+    kind: Literal["convex"] = "convex"
+
+
+class MastraCheck(_WithHeaders):
+    """`GET {target}/health`, and `GET {target}/api/agents` when agents are expected, with
+    `headers` (a Mastra with auth answers /api/agents 401 without them)."""
+
+    kind: Literal["mastra"] = "mastra"
+    expect_agents: tuple[str, ...] = ()
+
+
+class HttpCheck(_WithHeaders):
+    """Any URL: method, expected statuses (default: any 2xx), optional body regex."""
+
+    kind: Literal["http"] = "http"
+    method: HTTP_METHODS = "GET"
+    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = ()
+    body_regex: str | None = None
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"is not a valid regular expression: {exc}") from None
+        return value
 
 
 class TcpCheck(_Check):

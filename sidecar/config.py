@@ -8,7 +8,7 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -40,6 +41,7 @@ from sidecar.checks import (
     http_url,
 )
 from sidecar.limits import MAX_CHECKS, MAX_TTL_MS, MIN_TTL_MS
+from sidecar.peers import Network, parse_networks
 
 CONFIG_ENV = "SIDECAR_CONFIG"
 MIN_STORE_TTL = MIN_TTL_MS / 1000
@@ -103,6 +105,10 @@ class Settings(BaseSettings):
         "info", validation_alias=_env("SIDECAR_LOG_LEVEL")
     )
     details_token: SecretStr | None = Field(None, validation_alias=_env("SIDECAR_DETAILS_TOKEN"))
+    # A comma-separated list in the environment (NoDecode: not JSON).
+    trusted_proxies: Annotated[tuple[Network, ...], NoDecode] = Field(
+        (), validation_alias=_env("SIDECAR_TRUSTED_PROXIES")
+    )
     drain_seconds: float = Field(
         15.0, ge=0, le=3600, validation_alias=_env("SIDECAR_DRAIN_SECONDS")
     )
@@ -125,6 +131,11 @@ class Settings(BaseSettings):
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return http_url(value) if value else None
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        return parse_networks(value) if isinstance(value, str | list | tuple) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

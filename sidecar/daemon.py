@@ -8,6 +8,7 @@ import gc
 import signal
 import sys
 import time
+from collections.abc import Sequence
 
 import uvloop
 from aiohttp import web
@@ -22,19 +23,20 @@ LOOP = "uvloop"
 GIL_SWITCH_SECONDS = 0.0005
 
 
-def run(settings: Settings) -> int:
-    """Serve on uvloop until a signal; returns the exit status."""
+def run(settings: Settings, *, early_signals: Sequence[int] = ()) -> int:
+    """Serve on uvloop until a signal (`early_signals`: those received before it could
+    listen); returns the exit status."""
     # /metrics renders on its own thread; while it does, the event loop gets the GIL back
     # within 0.5 ms instead of Python's default 5 ms (one thread alone never switches).
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(settings))
+        return runner.run(serve(settings, early_signals=early_signals))
 
 
 KEEPALIVE_TIMEOUT = 10.0
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, early_signals: Sequence[int] = ()) -> int:
     """Run until a signal; returns the exit status."""
     log = logs.get("daemon")
     started = time.monotonic()
@@ -85,6 +87,8 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    for early in early_signals:
+        on_signal(early)
     try:
         await stop.wait()
         with contextlib.suppress(TimeoutError):

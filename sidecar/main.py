@@ -6,6 +6,7 @@ import argparse
 import gc
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return check_command(ready=args.ready, port=args.port, timeout=args.timeout)
+    # A signal before the daemon listens is remembered, not fatal: the daemon then drains as
+    # for any other (installed first, before the imports and the settings take their time).
+    early: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _: early.append(received))
     # Start-up builds a few hundred thousand objects that live as long as the process (modules,
     # models, the registry): collecting while they are being built is wasted work (about 35 ms
     # of the start, most of it one full collection). The daemon freezes them out of the
@@ -80,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sidecar import daemon, logs
 
     logs.configure(level=settings.log_level, instance=settings.instance)
-    return daemon.run(settings)
+    return daemon.run(settings, early_signals=early)
 
 
 def effective(settings: Settings) -> dict[str, Any]:

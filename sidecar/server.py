@@ -14,10 +14,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from sidecar.monitor import Monitor
+from sidecar.peers import Network, client_address
 from sidecar.snapshot import dumps
 
 MONITOR = web.AppKey("monitor", Monitor)
 TOKEN = web.AppKey("details_token", str)
+PROXIES: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies")
 RENDER = web.AppKey("metrics_render", ThreadPoolExecutor)
 JSON = "application/json"
 HEALTH_JSON = "application/health+json"
@@ -98,7 +100,7 @@ def _may_see_details(request: web.Request) -> bool:
             and hmac.compare_digest(given.encode(), token.encode())
         ):
             return True
-    return _is_loopback(request.remote)
+    return _is_loopback(client_address(request.remote, request.headers, request.app[PROXIES]))
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -146,11 +148,14 @@ async def _not_found(_: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound(headers=NO_STORE_HEADERS)
 
 
-def create_app(monitor: Monitor, *, details_token: str = "") -> web.Application:
+def create_app(
+    monitor: Monitor, *, details_token: str = "", trusted_proxies: tuple[Network, ...] = ()
+) -> web.Application:
     """The endpoints of DESIGN.md with their aliases; GET and HEAD only (405 otherwise)."""
     app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
     app[MONITOR] = monitor
     app[TOKEN] = details_token
+    app[PROXIES] = trusted_proxies
     app[RENDER] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
     app.on_startup.append(_start_render)
     app.on_cleanup.append(_stop_render)

@@ -21,16 +21,14 @@ async def probe(session: aiohttp.ClientSession, check: MastraCheck) -> CheckResu
 
 
 async def _probe(session: aiohttp.ClientSession, check: MastraCheck) -> Outcome:
-    health = await _json(session, f"{check.target}/health", "health", MAX_BODY)
+    health = await _json(session, check, "/health", "health", MAX_BODY)
     if health.get("success") is not True:
         return "fail", "health: success is not true"
     if not check.expect_agents:
         return "pass", "health: success"
     # Mastra answers {"<agent id>": {"id": ..., "name": ...}, ...}; partial=true leaves out
     # the tools' JSON schemas.
-    agents = await _json(
-        session, f"{check.target}/api/agents?partial=true", "agents", MAX_AGENTS_BODY
-    )
+    agents = await _json(session, check, "/api/agents?partial=true", "agents", MAX_AGENTS_BODY)
     known = set(agents) | {a.get("id") for a in agents.values() if isinstance(a, dict)}
     missing = [name for name in check.expect_agents if name not in known]
     if missing:
@@ -39,10 +37,11 @@ async def _probe(session: aiohttp.ClientSession, check: MastraCheck) -> Outcome:
 
 
 async def _json(
-    session: aiohttp.ClientSession, url: str, label: str, max_body: int
+    session: aiohttp.ClientSession, check: MastraCheck, path: str, label: str, max_body: int
 ) -> dict[str, Any]:
-    """The JSON object a GET of `url` answers with 200, or a failure named by `label`."""
-    resp = await fetch(session, "GET", url, max_body=max_body)
+    """The JSON object a GET of `path` answers with 200, or a failure named by `label`."""
+    url = f"{check.target}{path}"
+    resp = await fetch(session, "GET", url, headers=check.headers, max_body=max_body)
     if resp.status != 200:
         raise ProbeFailed(f"{label}: HTTP {resp.status}")
     if resp.truncated:

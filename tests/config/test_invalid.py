@@ -1,5 +1,6 @@
 """Every validation rule has a bad-input fixture under `invalid/` (blackbox_exporter's
-`config/testdata/invalid-*.yml`), run through the real command line.
+`config/testdata/invalid-*.yml`), loaded in process (a handful also run through the real
+command line, in tests/badinput/test_cli.py).
 
 A fixture's first line is `# expect: TEXT`, the field name the error must mention. `*.toml`
 fixtures are the file SIDECAR_CONFIG points at; `*.env` fixtures are `KEY=VALUE` lines applied
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.config.conftest import BASE_ENV, SECRET, run_config
+from sidecar.config import ConfigError, load_settings
+from tests.config.conftest import BASE_ENV, SECRET
 
 INVALID = Path(__file__).parent / "invalid"
 FIXTURES = sorted(p for p in INVALID.iterdir() if p.suffix in (".env", ".toml"))
@@ -52,14 +54,18 @@ def test_every_kind_of_fixture_is_present() -> None:
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
-def test_invalid_config_exits_2_naming_the_field(fixture: Path) -> None:
-    """`health-sidecar config` with the fixture applied exits 2, prints nothing on stdout, no
-    traceback, never the secret, and an error on stderr that names the fixture's field."""
+def test_invalid_config_is_refused_naming_the_field(
+    fixture: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """Loading the settings with the fixture applied raises ConfigError (what `config` and
+    `run` turn into exit 2: tests/badinput/test_cli.py runs a handful through the command
+    line): "invalid configuration:", the fixture's field named, never the secret."""
     expect = expectation(fixture)
-    proc = run_config(environment(fixture))
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stdout == ""
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("health-sidecar: invalid configuration:\n"), proc.stderr
-    assert expect in proc.stderr, proc.stderr
-    assert SECRET not in proc.stderr
+    for key, value in environment(fixture).items():
+        clean_env.setenv(key, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("invalid configuration:\n"), message
+    assert expect in message, message
+    assert SECRET not in message

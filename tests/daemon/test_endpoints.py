@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from sidecar.checks import ConvexCheck, HttpCheck, MastraCheck
 from sidecar.monitor import Monitor
+from sidecar.peers import parse_networks
 from sidecar.result import CheckResult
 from sidecar.server import create_app, health
 from sidecar.snapshot import StoreState
@@ -257,6 +258,43 @@ def remote_request(path: str, peer: str, headers: dict[str, str] | None = None) 
         (peer, 40000) if key == "peername" else default
     )
     return make_mocked_request("GET", path, headers=headers or {}, app=app, transport=transport)
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"Forwarded": "for=203.0.113.9"},
+        {"X-Real-IP": "203.0.113.9"},
+        {"X-Forwarded-For": "127.0.0.1"},
+    ],
+)
+async def test_verbose_through_a_proxy_is_not_loopback(
+    aiohttp_client: ClientFactory, forwarded: dict[str, str]
+) -> None:
+    """A reverse proxy on this host forwards a request: without SIDECAR_TRUSTED_PROXIES the
+    sidecar cannot tell who the client is, so the details need the token (the loopback peer
+    is the proxy, not the client)."""
+    client = await aiohttp_client(create_app(make_monitor(), details_token=TOKEN))
+    assert (await client.get("/health?verbose", headers=forwarded)).status == 403
+    with_token = {**forwarded, "Authorization": f"Bearer {TOKEN}"}
+    assert (await client.get("/health?verbose", headers=with_token)).status == 200
+    assert (await client.get("/health?verbose")).status == 200  # no proxy: loopback
+
+
+async def test_verbose_behind_a_trusted_proxy_judges_the_client(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """With the proxy trusted, the client it names is judged: loopback gets the details,
+    anyone else needs the token."""
+    app = create_app(
+        make_monitor(), details_token=TOKEN, trusted_proxies=parse_networks("127.0.0.1")
+    )
+    client = await aiohttp_client(app)
+    local = {"X-Forwarded-For": "127.0.0.1"}
+    remote = {"X-Forwarded-For": "203.0.113.9"}
+    assert (await client.get("/health?verbose", headers=local)).status == 200
+    assert (await client.get("/health?verbose", headers=remote)).status == 403
 
 
 async def test_verbose_refused_to_remote_without_token() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -302,3 +304,37 @@ async def test_metrics_are_promtool_clean(
     assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
     assert lint.stdout.decode().strip() == ""
     assert lint.stderr.decode().strip() == ""
+
+
+def test_a_signal_at_start_drains_like_any_other(
+    convex_local: procs.Proc, tmp_path: Path
+) -> None:
+    """SIGTERM a few milliseconds after the start, long before the daemon listens: it is not
+    killed by the default handler; it starts, drains (here for no time) and exits 0."""
+    port = procs.free_port()
+    env = {
+        **os.environ,
+        **daemon_env(convex_local, "http://127.0.0.1:9", "it-early", SIDECAR_DRAIN_SECONDS="0"),
+        "SIDECAR_HOST": "127.0.0.1",
+        "SIDECAR_PORT": str(port),
+    }
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "run"],
+            cwd=procs.ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        time.sleep(0.15)  # past the interpreter's start, well before it listens (~0.3 s)
+        assert popen.poll() is None
+        os.kill(popen.pid, signal.SIGTERM)
+        code = popen.wait(timeout=15)
+    finally:
+        procs.stop_process(popen)
+    messages = [json.loads(line)["message"] for line in log.read_text().splitlines() if line]
+    assert code == 0, log.read_text()
+    assert messages.index("listening") < messages.index("draining") < messages.index("stopped")

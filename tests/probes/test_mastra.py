@@ -7,6 +7,8 @@ import json
 
 import aiohttp
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
 from tests.probes.helpers import probe_within
 from tests.support import faults
@@ -116,3 +118,32 @@ async def test_large_agent_listing_is_read_within_its_own_bound(
     async with faults.fault_server(faults.sequence(health, faults.respond(200, huge))) as s:
         result = await probe_within(session, "mastra", s.url, expect_agents=("a",))
     assert (result.status, result.output) == ("fail", "agents: body over 1024 KiB")
+
+
+async def test_headers_reach_mastra_with_auth(
+    session: aiohttp.ClientSession, aiohttp_server: AiohttpServer
+) -> None:
+    """A Mastra with auth answers /api/agents 401 without its token: with `headers` the
+    probe sends it (to /health too) and passes; without, it fails saying so."""
+    seen: list[str | None] = []
+
+    async def health(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"success": True})
+
+    async def agents(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != "Bearer mastra-token-0123456789":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"assistant": {"id": "assistant"}})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/agents", agents)
+    url = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    bare = await probe_within(session, "mastra", url, expect_agents=("assistant",))
+    token = {"Authorization": "Bearer mastra-token-0123456789"}
+    authed = await probe_within(session, "mastra", url, expect_agents=("assistant",), headers=token)
+    assert (bare.status, bare.output) == ("fail", "agents: HTTP 401")
+    assert (authed.status, authed.output) == ("pass", "health: success; agents: assistant")
+    assert seen == [None, None, token["Authorization"], token["Authorization"]]
