@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import regex
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -166,8 +167,8 @@ class HttpCheck(_WithHeaders):
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
-            except re.error as exc:
+                regex.compile(value)
+            except regex.error as exc:
                 raise ValueError(f"is not a valid regular expression: {exc}") from None
         return value
 

@@ -306,9 +306,7 @@ async def test_metrics_are_promtool_clean(
     assert lint.stderr.decode().strip() == ""
 
 
-def test_a_signal_at_start_drains_like_any_other(
-    convex_local: procs.Proc, tmp_path: Path
-) -> None:
+def test_a_signal_at_start_drains_like_any_other(convex_local: procs.Proc, tmp_path: Path) -> None:
     """SIGTERM a few milliseconds after the start, long before the daemon listens: it is not
     killed by the default handler; it starts, drains (here for no time) and exits 0."""
     port = procs.free_port()

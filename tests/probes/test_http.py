@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -203,3 +205,30 @@ async def test_session_limits_of_the_caller_still_give_short_secret_free_failure
         down = await probe_within(session, "http", f"{server.url}/?t=s3cret")
     assert (stuck.status, stuck.output) == ("fail", "timeout (client session limit)")
     assert (down.status, down.output) == ("fail", "HTTP 503")
+
+
+async def test_a_pathological_body_regex_neither_stalls_the_loop_nor_hangs(
+    session: aiohttp.ClientSession,
+) -> None:
+    """`(x+x+)+y` over 5,000 x's backtracks for longer than anyone waits: the probe fails
+    when the search has had half its timeout, and the event loop (which serves /ready) keeps
+    turning meanwhile - the search runs on a thread and releases the GIL."""
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    async with faults.fault_server(faults.respond(200, b"x" * 5000, "text/plain")) as server:
+        result = await probe_within(session, "http", server.url, body_regex="(x+x+)+y")
+    ticking.cancel()
+    expected = ("fail", f"body_regex: no verdict within {TIMEOUT / 2:g}s")
+    assert (result.status, result.output) == expected
+    assert len(gaps) > 20
+    assert max(gaps) < 0.1, f"the loop stalled for {max(gaps) * 1000:.0f} ms"
