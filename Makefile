@@ -35,8 +35,8 @@ debs:
 	fi
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check sidecar tests bench
-	$(BIN)/ruff format --check sidecar tests bench
+	$(BIN)/ruff check sidecar tests bench dev/demo.py
+	$(BIN)/ruff format --check sidecar tests bench dev/demo.py
 	$(BIN)/mypy --strict sidecar
 
 vitest: node_modules/.installed

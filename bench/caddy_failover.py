@@ -22,17 +22,14 @@ import argparse
 import asyncio
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.caddy.fleet import Fleet, Hit, running_fleet, steady_traffic, until
-from tests.conftest import SECRET
 from tests.support import procs
+from tests.support.caddyfleet import Fleet, Hit, running_fleet, steady_traffic, until
 from tests.support.daemon import wait_for
+from tests.support.procs import SECRET
 
 
 async def one_run(fleet: Fleet, settle: float) -> dict[str, float]:

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support import daemon as harness
 from tests.support import procs
 
 ROOT = procs.ROOT
@@ -45,12 +46,8 @@ def stop_on_sigterm() -> None:
 
 
 def event_loop() -> str:
-    """The event loop the daemon runs on, so the peers can run on the same one."""
-    try:
-        from sidecar import daemon
-    except ImportError:
-        return "asyncio"
-    return "uvloop" if getattr(daemon, "LOOP", "asyncio") == "uvloop" else "asyncio"
+    """The event loop the daemon runs on (sidecar/daemon.py), so the peers run on the same."""
+    return "uvloop"
 
 
 def workdir(path: Path | None = None) -> Path:
@@ -95,18 +92,9 @@ def checks_json(checks: Sequence[Mapping[str, Any]]) -> str:
 def daemon(
     env: Mapping[str, str], log: Path, *, cpu: str | None = None, timeout: float = 30
 ) -> Iterator[procs.Proc]:
-    """The real daemon (`python -m sidecar run`) on a free loopback port for a block."""
-    port = procs.free_port()
-    full = {"SIDECAR_HOST": "127.0.0.1", "SIDECAR_PORT": str(port), **env}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with procs.running(
-        pinned([sys.executable, "-m", "sidecar", "run"], cpu),
-        port=port,
-        ready_path="/live",
-        log=log,
-        env=full,
-        timeout=timeout,
-    ) as proc:
+    """The real daemon on a free loopback port (on `cpu` if given), live, for a block."""
+    command = pinned([sys.executable, *harness.RUN], cpu)
+    with harness.running_daemon(env, log, command=command, timeout=timeout) as proc:
         yield proc
 
 

@@ -30,9 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import SECRET, stop_on_sigterm, wait_status, workdir
+from bench.common import SECRET, stop_on_sigterm, workdir
+from tests.support import daemon as harness
 from tests.support import procs
 
 MONTH = 30 * 86400
@@ -129,40 +128,19 @@ def checkout(ref: str | None) -> Iterator[Path]:
 
 def measure(label: str, root: Path, *, minutes: float, instance: str, logs: Path) -> Budget:
     """One daemon of the checkout at `root`, at the defaults, for `minutes` of steady state."""
-    convex_argv = [
-        str(procs.ROOT / "node_modules/.bin/tsx"),
-        str(root / "dev/convex-local/server.ts"),
-    ]
-    port = procs.free_port()
     with (
-        procs.running(
-            convex_argv,
-            port=port,
-            ready_path="/version",
-            log=logs / f"{label}-convex.log",
-            env={"PORT": str(port), "HEALTH_SIDECAR_SECRET": SECRET},
-        ) as convex,
+        procs.convex_local(logs / f"{label}-convex.log", SECRET, root=root) as convex,
         procs.mastra(logs / f"{label}-mastra.log") as mastra,
     ):
-        daemon_port = procs.free_port()
         env = {
             "CONVEX_URL": convex.url,
             "MASTRA_URL": mastra.url,
             "HEALTH_SIDECAR_SECRET": SECRET,
             "SIDECAR_INSTANCE": instance,
-            "SIDECAR_HOST": "127.0.0.1",
-            "SIDECAR_PORT": str(daemon_port),
             "SIDECAR_LOG_LEVEL": "warning",
         }
-        with procs.running(
-            [sys.executable, "-m", "sidecar", "run"],
-            port=daemon_port,
-            ready_path="/live",
-            log=logs / f"{label}-daemon.log",
-            env=env,
-            cwd=root,
-        ) as daemon:
-            wait_status(daemon.url + "/ready", 200, within=30)
+        log = logs / f"{label}-daemon.log"
+        with harness.running_daemon(env, log, cwd=root, wait="ready", timeout=30):
             time.sleep(WARMUP)
             reset(convex.url)
             started = time.monotonic()

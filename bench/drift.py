@@ -13,12 +13,9 @@ import argparse
 import itertools
 import json
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import checks_json, daemon, daemon_env, fetch, server, stop_on_sigterm, workdir
 

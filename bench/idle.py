@@ -10,12 +10,9 @@ from /proc/<pid>/stat at the start and end of the window; RSS from /proc/<pid>/s
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     checks_json,
@@ -26,7 +23,7 @@ from bench.common import (
     wait_status,
     workdir,
 )
-from tests.load.measure import cpu_seconds, rss_kb
+from tests.support.measure import cpu_seconds, rss_kb
 
 SETTLE = 12.0  # every check has run once and the first report is written
 

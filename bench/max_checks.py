@@ -18,13 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.common import SECRET, daemon, stop_on_sigterm, workdir
 from sidecar.limits import MAX_CHECKS
-from tests.load.measure import cpu_seconds, rss_kb
 from tests.support import procs
 from tests.support.latency import Latencies, measure
+from tests.support.measure import cpu_seconds, rss_kb
 
 
 def ms(lat: Latencies) -> str:

@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     LOAD_CPU,
@@ -31,7 +28,7 @@ from bench.common import (
     stop_on_sigterm,
     workdir,
 )
-from tests.load.measure import run_wrk
+from tests.support.measure import run_wrk
 
 CHECKS = 50
 

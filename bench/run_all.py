@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import drift, idle, metrics_render, soak, startup, throughput
 from bench.common import PINNING, event_loop, stop_on_sigterm, workdir

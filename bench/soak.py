@@ -12,15 +12,12 @@ tests/load/test_soak.py runs the same soak, reduced, in `make test`.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.common import SECRET, daemon, stop_on_sigterm, workdir
-from tests.load.soaking import SoakResult, series_sum, soak
 from tests.support import procs
+from tests.support.soaking import SoakResult, series_sum, soak
 
 CHECKS = ("convex", "mastra", "app", "db")
 

@@ -12,7 +12,6 @@ took longest before it listened (where the start time goes).
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import subprocess
@@ -21,11 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.common import SECRET, stop_on_sigterm, workdir
-from tests.load.measure import rss_kb
+from tests.support import daemon as harness
 from tests.support import procs
+from tests.support.measure import rss_kb
 
 
 @dataclass(frozen=True)
@@ -66,17 +64,9 @@ def one_run(
     env: dict[str, str], log: Path, argv: list[str] | None = None
 ) -> tuple[float, float, subprocess.Popen[bytes]]:
     """Start the daemon; (seconds to /live 200, seconds to /ready 200, the process)."""
-    port = procs.free_port()
-    full = {**os.environ, **env, "SIDECAR_HOST": "127.0.0.1", "SIDECAR_PORT": str(port)}
     started = time.monotonic()
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            argv or [sys.executable, "-m", "sidecar", "run"],
-            env=full,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = harness.spawn_daemon(env, log, command=argv)
+    popen, port = proc.popen, proc.port
     live = ready = 0.0
     deadline = started + 30
     while time.monotonic() < deadline and not ready:
@@ -95,7 +85,7 @@ def one_run(
 
 def importtime(env: dict[str, str], log: Path, top: int = 15) -> list[str]:
     """The imports with the largest cumulative time in one daemon start (`-X importtime`)."""
-    argv = [sys.executable, "-X", "importtime", "-m", "sidecar", "run"]
+    argv = [sys.executable, "-X", "importtime", *harness.RUN]
     _, _, popen = one_run(env, log, argv)
     procs.stop_process(popen)
     rows = []

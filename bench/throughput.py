@@ -15,13 +15,10 @@ test runs on CPU 0 and wrk on CPU 1. The sidecar's rendered variants (`?verbose`
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     LOAD_CPU,
@@ -34,7 +31,7 @@ from bench.common import (
     wait_status,
     workdir,
 )
-from tests.load.measure import WrkResult, run_wrk
+from tests.support.measure import WrkResult, run_wrk
 
 PATHS = ("/ready", "/health")
 HEALTH_JSON = "Accept: application/health+json"

@@ -8,14 +8,11 @@ from __future__ import annotations
 import secrets
 import signal
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.support import procs  # noqa: E402  (the same process helpers the tests use)
+from tests.support import procs  # the harness the tests use (importable: `pip install -e .`)
+from tests.support.daemon import start_daemon
 
 
 def port(preferred: int) -> int:
@@ -39,21 +36,14 @@ def main() -> int:
         started.append(convex)
         mastra = procs.start_mastra(logs / "mastra.log", mastra_port)
         started.append(mastra)
-        sidecar = procs.start(
-            [sys.executable, "-m", "sidecar", "run"],
-            port=sidecar_port,
-            ready_path="/live",
-            log=logs / "sidecar.log",
-            env={
-                "CONVEX_URL": convex.url,
-                "MASTRA_URL": mastra.url,
-                "HEALTH_SIDECAR_SECRET": secret,
-                "SIDECAR_HOST": "127.0.0.1",
-                "SIDECAR_PORT": str(sidecar_port),
-                "SIDECAR_INSTANCE": "demo-1",
-                "SIDECAR_INTERVAL": "5",
-            },
-        )
+        env = {
+            "CONVEX_URL": convex.url,
+            "MASTRA_URL": mastra.url,
+            "HEALTH_SIDECAR_SECRET": secret,
+            "SIDECAR_INSTANCE": "demo-1",
+            "SIDECAR_INTERVAL": "5",
+        }
+        sidecar = start_daemon(env, logs / "sidecar.log", port=sidecar_port, wait="live")
         started.append(sidecar)
         s = sidecar.url
         print(

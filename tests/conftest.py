@@ -1,14 +1,15 @@
-"""Fixtures shared by every test: dev/convex-local and the real Mastra server of dev/mastra."""
+"""Fixtures shared by every test (dev/convex-local and the real Mastra server of dev/mastra), and
+the markers that follow from where a test lives (tests/README.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support import procs
-
-SECRET = "test-secret-0123456789"
+from tests.support.procs import SECRET
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +25,15 @@ def mastra_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Pro
     """The real Mastra server of dev/mastra (one agent, "assistant") on a free port."""
     with procs.mastra(tmp_path_factory.mktemp("mastra") / "out.log") as proc:
         yield proc
+
+
+LEVEL_MARKERS = {"daemon": "daemon", "clients": "external"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test under tests/daemon/ is marked `daemon`, one under tests/clients/ `external`."""
+    here = Path(__file__).parent
+    for item in items:
+        level = item.path.relative_to(here).parts[0]
+        if level in LEVEL_MARKERS:
+            item.add_marker(LEVEL_MARKERS[level])

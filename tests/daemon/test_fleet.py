@@ -1,183 +1,328 @@
-"""The fleet's facts in the Snapshot, pure: a shared outage keeps the instance ready, a local
-fault does not, a panic check that just failed waits (briefly) for Convex's count, stale
-counts and a silent store count for nothing, and a central drain takes the instance out."""
+"""Sidecars sharing one Convex act as one fleet: a shared outage drains nobody while a local
+fault takes its instance out, a shared check is probed by one instance for all, a central
+drain reaches the named instance within one sync (and is audited), and `health-sidecar
+fleet` lists them. Real daemons against dev/convex-local and the real Mastra, each daemon's
+Mastra behind a switchable proxy of its own."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from sidecar.checks import Check, HttpCheck, MastraCheck
-from sidecar.fleet import Drain, FleetView, Outage
-from sidecar.monitor import Monitor
-from sidecar.result import CheckResult
-from sidecar.snapshot import Snapshot, StoreState
+import pytest
 
-T0 = 1_800_000_000.0
-GRACE = 3.0
-# A panic check that failed waits one of its intervals plus the grace for the fleet's count.
-SETTLED = 10 + GRACE + 0.5
-MASTRA = MastraCheck(name="mastra", target="http://m:4111", interval=10, timeout=2, panic=True)
-APP = HttpCheck(name="app", target="http://127.0.0.1:3000", interval=10, timeout=2, panic=False)
+from tests.support import convex, faults, procs
+from tests.support.daemon import cli as daemon_cli
+from tests.support.daemon import get, log_lines, metrics_text, start_daemon, wait_for
+from tests.support.procs import SECRET
+from tests.support.switch import SwitchServer, switch_server
 
-
-def fleet(**changes: object) -> FleetView:
-    return replace(FleetView(threshold=0.5, grace=GRACE), **changes)  # type: ignore[arg-type]
-
-
-def result(status: str, at: float) -> CheckResult:
-    return CheckResult(status=status, output=status, latency=0.01, observed_at=at)  # type: ignore[arg-type]
-
-
-def monitor(
-    now: list[float], view: FleetView, checks: tuple[Check, ...] = (MASTRA, APP)
-) -> Monitor:
-    return Monitor(instance="i", version="0", checks=checks, fleet=view, clock=lambda: now[0])
+INTERVAL = 0.5
+TIMEOUT = 0.3
+MASTRA_DOWN = faults.respond(503, b'{"success":false}')
 
 
-def failing_mastra(view: FleetView, *, failed_at: float = T0, now: float | None = None) -> Snapshot:
-    """Mastra passed, then failed twice (its threshold) and turned fail at `failed_at`, and
-    keeps failing; the app passes. The Snapshot at `now`, with fresh results of both."""
-    clock = [failed_at - 20]
-    m = monitor(clock, view)
-    m.record("mastra", result("pass", clock[0]))
-    clock[0] = failed_at - 10
-    m.record("mastra", result("fail", clock[0]))
-    clock[0] = failed_at
-    m.record("mastra", result("fail", failed_at - 0.01))
-    clock[0] = failed_at if now is None else now
-    m.record("mastra", result("fail", clock[0] - 0.01))
-    m.record("app", result("pass", clock[0]))
-    return m.snapshot
+@pytest.fixture(scope="module")
+def fleet_convex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
+    """A Convex stand-in of this module's own: the fleet's counts are of live instances, and
+    the session's shared one still counts the daemons other tests stopped without a last sync
+    until their TTL."""
+    with procs.convex_local(tmp_path_factory.mktemp("fleet-convex") / "out.log", SECRET) as proc:
+        yield proc
 
 
-def test_shared_outage_keeps_ready_but_health_says_error() -> None:
-    """Mastra fails here and on 3 of 5 instances (>= 0.5): ready; /health still error."""
-    view = fleet(at=T0 + 1, outages={"mastra": Outage(failing=3, live=5)})
-    snap = failing_mastra(view, now=T0 + 2)
-    assert snap.ready
-    assert snap.shared_outages == {"mastra": Outage(failing=3, live=5)}
-    assert snap.health == "error"
-    assert snap.health_document(details=False)["services"]["mastra"] == "error"
-    details = snap.health_document(details=True)["fleet"]
-    assert details["shared_outages"] == {
-        "mastra": "shared outage: mastra failing on 3 of 5 instances"
+@dataclass
+class Member:
+    """One sidecar of the fleet and the proxy in front of its Mastra."""
+
+    name: str
+    daemon: procs.Proc
+    mastra: SwitchServer
+
+
+def env(convex_url: str, name: str, mastra: str, **extra: str) -> dict[str, str]:
+    return {
+        "CONVEX_URL": convex_url,
+        "MASTRA_URL": mastra,
+        "HEALTH_SIDECAR_SECRET": SECRET,
+        "SIDECAR_INSTANCE": name,
+        "SIDECAR_INTERVAL": str(INTERVAL),
+        "SIDECAR_TIMEOUT": str(TIMEOUT),
+        "SIDECAR_STORE_INTERVAL": "1",
+        "SIDECAR_DRAIN_SECONDS": "0",
+        **extra,
     }
 
 
-def test_below_the_threshold_it_is_a_local_fault() -> None:
-    """2 of 5 (< 0.5), once the count had time to include the others: the instance leaves
-    the pool as without a fleet."""
-    view = fleet(at=T0 + SETTLED - 1, outages={"mastra": Outage(failing=2, live=5)})
-    snap = failing_mastra(view, now=T0 + SETTLED)
-    assert not snap.ready
-    assert snap.reasons == ("mastra is fail",)
-    assert snap.shared_outages == {}
+@contextlib.asynccontextmanager
+async def fleet_of(
+    names: Sequence[str],
+    fleet_convex: procs.Proc,
+    mastra_local: procs.Proc,
+    tmp: Path,
+    **extra: str,
+) -> AsyncIterator[list[Member]]:
+    """Start one daemon per name (in threads: the proxies answer in this loop), ready."""
+    async with contextlib.AsyncExitStack() as stack:
+        members = []
+        for name in names:
+            proxy = await stack.enter_async_context(switch_server(upstream=mastra_local.url))
+            daemon = await asyncio.to_thread(
+                start_daemon, env(fleet_convex.url, name, proxy.url, **extra), tmp / f"{name}.log"
+            )
+            stack.push_async_callback(asyncio.to_thread, daemon.stop)
+            members.append(Member(name, daemon, proxy))
+        for member in members:
+            await wait_for(member.daemon.url + "/ready", 200, within=10)
+        yield members
 
 
-def test_the_threshold_is_inclusive_and_exact() -> None:
-    """7 of 10 with a threshold of 0.7 is a shared outage (no float rounding against it)."""
-    view = fleet(at=T0 + 1, threshold=0.7, outages={"mastra": Outage(failing=7, live=10)})
-    assert failing_mastra(view, now=T0 + 2).ready
+def cli(convex_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`health-sidecar ARGS` with the fleet's settings."""
+    return daemon_cli(*args, env={"CONVEX_URL": convex_url, "HEALTH_SIDECAR_SECRET": SECRET})
 
 
-def test_a_count_goes_stale() -> None:
-    """No answer for two intervals plus the grace: the count no longer excuses anything."""
-    view = fleet(at=T0 + 1, outages={"mastra": Outage(failing=5, live=5)})
-    assert failing_mastra(view, now=T0 + 1 + 2 * 10 + GRACE - 0.1).ready
-    assert not failing_mastra(view, now=T0 + 1 + 2 * 10 + GRACE + 0.1).ready
+async def readiness(members: Sequence[Member]) -> list[int]:
+    return [(await get(m.daemon.url + "/ready", within=2))[0] for m in members]
 
 
-def test_a_check_that_just_failed_waits_for_the_count() -> None:
-    """Mastra just failed: ready for one interval plus the grace whatever the count says so
-    far (the others fail within an interval when the cause is shared), then out unless the
-    count says shared; with the store failing (no fleet view at all), out at once."""
-    early = fleet(at=T0 + 1, outages={"mastra": Outage(failing=1, live=5)})
-    assert failing_mastra(early, now=T0 + 10 + GRACE - 0.1).ready
-    assert not failing_mastra(early, now=T0 + 10 + GRACE + 0.1).ready
-    snap = failing_mastra(early, now=T0 + 0.5)
-    assert snap.ready
-    assert snap.health_document(details=True)["fleet"]["awaiting_count"] == ["mastra"]
-    store_down = replace(snap, store=StoreState(status="error", kind="unavailable"))
-    assert not store_down.ready
+async def watch_readiness(
+    members: Sequence[Member], seconds: float, until: Any = None
+) -> list[list[int]]:
+    """/ready of every member every 50 ms for `seconds` (or until `until(statuses)`)."""
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        statuses = await readiness(members)
+        seen.append(statuses)
+        if until is not None and until(statuses):
+            break
+        await asyncio.sleep(0.05)
+    return seen
 
 
-def test_a_check_failing_from_the_start_never_waits() -> None:
-    """Mastra's first result is a failure: no excuse without a count (a new instance with a
-    local fault must not join the pool even for a moment)."""
-    clock = [T0]
-    m = monitor(clock, fleet())
-    m.record("app", result("pass", T0))
-    m.record("mastra", result("fail", T0))
-    assert not m.snapshot.ready
+def series(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rpartition(" ")[2])
+    raise AssertionError(f"{name} not on the page")
 
 
-def test_non_panic_checks_are_never_excused() -> None:
-    """The app check fails on every instance: still a reason (the container beside)."""
-    clock = [T0]
-    view = fleet(at=T0, outages={"app": Outage(failing=5, live=5)})
-    m = monitor(clock, view)
-    m.record("mastra", result("pass", T0))
-    m.record("app", result("fail", T0))
-    assert m.snapshot.reasons == ("app is fail",)
+async def test_local_fault_leaves_shared_outage_stays(
+    fleet_convex: procs.Proc, mastra_local: procs.Proc, tmp_path: Path
+) -> None:
+    """Three sidecars. Mastra fails for one: only it leaves (a local fault). Mastra fails for
+    all: never are all three unready, and within a few intervals all are ready again with
+    `sidecar_shared_outage{check="mastra"}` 1, /health still 503, one log line saying so.
+    Mastra returns: all healthy."""
+    names = ["fl-a", "fl-b", "fl-c"]
+    async with fleet_of(names, fleet_convex, mastra_local, tmp_path) as members:
+        members[0].mastra.inject(MASTRA_DOWN)
+        # Two failures, then an interval and the grace waiting for the fleet's count.
+        await wait_for(members[0].daemon.url + "/ready", 503, within=10)
+        await asyncio.sleep(3)  # several syncs: still a local fault
+        assert await readiness(members) == [503, 200, 200]
+        for member in members[1:]:
+            member.mastra.inject(MASTRA_DOWN)
+        seen = await watch_readiness(members, 12, until=lambda s: s == [200, 200, 200])
+        assert seen[-1] == [200, 200, 200], seen[-5:]
+        # Ready at once may still be the wait for Convex's count: until all have counted.
+        deadline = time.monotonic() + 5
+        while True:
+            pages = [await metrics_text(m.daemon.url) for m in members]
+            shared = [series(p, 'sidecar_shared_outage{check="mastra"}') for p in pages]
+            if shared == [1, 1, 1] or time.monotonic() > deadline:
+                break
+            seen += await watch_readiness(members, 0.2)
+        health = [await get(m.daemon.url + "/health") for m in members]
+        _, details = await get(members[1].daemon.url + "/health?verbose")
+        for member in members:
+            member.mastra.clear()
+        await asyncio.sleep(2 * INTERVAL + TIMEOUT + 1)
+        after = [await get(m.daemon.url + "/health") for m in members]
+        pages_after = [await metrics_text(m.daemon.url) for m in members]
+    assert all(statuses != [503, 503, 503] for statuses in seen)
+    assert all(status == 503 and body["services"]["mastra"] == "error" for status, body in health)
+    assert shared == [1, 1, 1], shared
+    assert details["fleet"]["shared_outages"]["mastra"].startswith("shared outage: mastra failing")
+    assert all(status == 200 and body["status"] == "ok" for status, body in after)
+    assert all(series(p, 'sidecar_shared_outage{check="mastra"}') == 0 for p in pages_after)
+    for member in members:
+        lines = [line["message"] for line in log_lines(member.daemon)]
+        assert sum(m.startswith("shared outage: mastra") for m in lines) == 1, lines
+        assert lines.count("shared outage over: mastra") == 1, lines
 
 
-def test_a_drain_takes_the_instance_out_until_it_expires() -> None:
-    """A central drain: /ready 503 with its reason, everything else served; gone at its end."""
-    clock = [T0]
-    drain = Drain(reason="kernel upgrade", by="ops@bastion", until=T0 + 10)
-    m = monitor(clock, fleet(at=T0, drain=drain))
-    m.record("mastra", result("pass", T0))
-    m.record("app", result("pass", T0))
-    assert m.snapshot.reasons == ("drained: kernel upgrade",)
-    assert m.snapshot.health == "ok"
-    clock[0] = T0 + 11
-    m.heartbeat()
-    assert m.snapshot.ready
+async def test_without_convex_there_is_no_fleet_view(
+    mastra_local: procs.Proc, tmp_path: Path
+) -> None:
+    """Convex cannot be reached (its check made non-critical here, so that only Mastra
+    decides): the instance is ready, then a failing panic check is a local fault (no count
+    can say it is shared) and it leaves the pool as it would without a fleet."""
+    store = faults.refused_url()
+    convex_check = {"name": "convex", "kind": "convex", "target": store, "critical": False}
+    async with switch_server(upstream=mastra_local.url) as proxy:
+        daemon = await asyncio.to_thread(
+            start_daemon,
+            env(
+                store,
+                "fl-alone",
+                proxy.url,
+                SIDECAR_CONVEX_ALLOW_HTTP="1",
+                SIDECAR_CHECKS=json.dumps([convex_check]),
+            ),
+            tmp_path / "alone.log",
+        )
+        try:
+            await wait_for(daemon.url + "/ready", 200, within=5)
+            proxy.inject(MASTRA_DOWN)
+            took = await wait_for(daemon.url + "/ready", 503, within=5)
+            _, body = await get(daemon.url + "/ready")
+        finally:
+            await asyncio.to_thread(daemon.stop)
+    assert "mastra is fail" in body["reasons"]
+    assert took < 2 * INTERVAL + TIMEOUT + 1.5
 
 
-def test_shared_checks_are_probed_by_the_holder_or_without_convex() -> None:
-    """A shared check: probed while holding the lease, or when the store fails; not else."""
-    shared = MASTRA.model_copy(update={"shared": True})
-    clock = [T0]
-    m = monitor(clock, fleet(), checks=(shared,))
-    assert m.snapshot.probes(shared)  # before any sync, nobody knows the holder
-    m.set_store(StoreState(status="ok"))
-    assert not m.snapshot.probes(shared)
-    m.apply_fleet(fleet(at=T0, holders=frozenset({"mastra"})))
-    assert m.snapshot.probes(shared)
-    m.apply_fleet(fleet(at=T0))
-    m.set_store(StoreState(status="error", kind="unavailable"))
-    assert m.snapshot.probes(shared)
-    assert m.snapshot.probes(APP)
+async def test_drain_undrain_and_fleet_commands(
+    fleet_convex: procs.Proc, mastra_local: procs.Proc, tmp_path: Path
+) -> None:
+    """`health-sidecar drain --instance fd-b` takes fd-b out within one sync (/ready 503
+    `drained: ...`, /health still 200), `fleet` shows it draining and exits 1, `undrain`
+    brings it back, every step is in the audit table; an unknown name changes nothing."""
+    async with fleet_of(["fd-a", "fd-b"], fleet_convex, mastra_local, tmp_path) as members:
+        await asyncio.sleep(1.5)  # the sync after turning ready has told Convex so
+        listed = cli(fleet_convex.url, "fleet", "--json")
+        drained = cli(fleet_convex.url, "drain", "--instance", "fd-b", "--reason", "kernel upgrade")
+        took = await wait_for(members[1].daemon.url + "/ready", 503, within=5)
+        _, ready = await get(members[1].daemon.url + "/ready")
+        health = await get(members[1].daemon.url + "/health")
+        others = await readiness(members[:1])
+        await asyncio.sleep(1.5)  # the sync after turning unready has told Convex so
+        table = cli(fleet_convex.url, "fleet")
+        unknown = cli(fleet_convex.url, "drain", "--instance", "fd-nobody", "--reason", "x")
+        undrained = cli(fleet_convex.url, "undrain", "--instance", "fd-b")
+        back = await wait_for(members[1].daemon.url + "/ready", 200, within=5)
+        cli(fleet_convex.url, "drain", "--all", "--yes", "--reason", "maintenance", "--for", "1m")
+        for member in members:
+            await wait_for(member.daemon.url + "/ready", 503, within=5)
+        all_drained = await readiness(members)
+        cli(fleet_convex.url, "undrain", "--all", "--yes")
+        for member in members:
+            await wait_for(member.daemon.url + "/ready", 200, within=5)
+        all_back = await readiness(members)
+        audit = await convex.documents(fleet_convex.url, "sidecarDrainLog")
+    doc = json.loads(listed.stdout)
+    mine = {m["instance"]: m for m in doc["instances"] if m["instance"].startswith("fd-")}
+    assert listed.returncode == 0 or not doc["ready"], listed  # other tests' instances
+    assert sorted(mine) == ["fd-a", "fd-b"]
+    assert all(m["ready"] for m in mine.values())
+    assert drained.returncode == 0, drained.stderr
+    assert took <= 1 + 1.5, took  # within one sync (store interval 1 s) and its call
+    assert ready == {"ready": False, "reasons": ["drained: kernel upgrade"]}
+    assert health[0] == 200
+    assert others == [200]
+    assert table.returncode == 1
+    assert "yes: kernel upgrade" in table.stdout
+    assert all_drained == [503, 503], all_drained
+    assert all_back == [200, 200], all_back
+    assert unknown.returncode == 2, unknown
+    assert "unknown instance: fd-nobody" in unknown.stderr
+    assert undrained.returncode == 0, undrained.stderr
+    assert back <= 1 + 1.5
+    rows = [(r["instance"], r["action"], r["reason"]) for r in audit if r["instance"] == "fd-b"]
+    assert rows == [
+        ("fd-b", "drain", "kernel upgrade"),
+        ("fd-b", "undrain", None),
+        ("fd-b", "drain", "maintenance"),
+        ("fd-b", "undrain", None),
+    ]
+    assert all("@" in r["by"] for r in audit)
 
 
-def test_metrics_and_one_log_line_per_shared_outage_change(capsys: object) -> None:
-    """sidecar_shared_outage and sidecar_check_holder follow the view; the start and the end
-    of a shared outage are one line each, however many answers repeat it."""
-    clock = [T0]
-    m = monitor(clock, fleet())
-    m.record("app", result("pass", T0))
-    m.record("mastra", result("pass", T0))
-    for at in (T0 + 1, T0 + 2):
-        clock[0] = at
-        m.record("mastra", result("fail", at))
-    for at in (T0 + 3, T0 + 4):
-        clock[0] = at
-        m.apply_fleet(fleet(at=at, outages={"mastra": Outage(4, 5)}, holders=frozenset({"mastra"})))
-    registry = m.metrics.registry
-    assert registry.get_sample_value("sidecar_shared_outage", {"check": "mastra"}) == 1.0
-    assert registry.get_sample_value("sidecar_shared_outage", {"check": "app"}) == 0.0
-    assert registry.get_sample_value("sidecar_check_holder", {"check": "mastra"}) == 1.0
-    clock[0] = T0 + 5
-    m.record("mastra", result("pass", T0 + 5))
-    out = capsys.readouterr().out  # type: ignore[attr-defined]
-    assert out.count("shared outage: mastra failing on 4 of 5 instances") == 1
-    assert out.count("shared outage over: mastra") == 1
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["drain", "--instance", "x", "--reason", "r", "--for", "soon"], "--for"),
+        (["drain", "--instance", "x", "--reason", "r", "--for", "0s"], "--for"),
+        (["drain", "--instance", "x"], "--reason"),
+        (["drain", "--all", "--reason", "r"], "--yes"),
+        (["undrain"], "--instance"),
+        (["undrain", "--instance", "x", "--reason", "r"], "--reason"),
+    ],
+)
+def test_drain_bad_input_is_refused_naming_the_option(
+    fleet_convex: procs.Proc, args: list[str], error: str
+) -> None:
+    """A bad duration, a drain without a reason, --all without --yes: exit 2 naming the
+    option, before anything reaches Convex."""
+    proc = cli(fleet_convex.url, *args)
+    assert proc.returncode == 2, proc
+    assert error in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
-def test_one_failing_instance_is_never_a_shared_outage() -> None:
-    """A fleet of one (1 of 1) or two at 0.5 (1 of 2): the failure is this instance's own as
-    far as anyone can tell; 2 of 2 is shared."""
-    for failing, live, shared in ((1, 1, False), (1, 2, False), (2, 2, True), (2, 4, True)):
-        view = fleet(at=T0 + SETTLED - 1, outages={"mastra": Outage(failing=failing, live=live)})
-        assert failing_mastra(view, now=T0 + SETTLED).ready is shared, (failing, live)
+async def test_a_shared_check_is_probed_by_one_instance_for_all(
+    fleet_convex: procs.Proc, mastra_local: procs.Proc, tmp_path: Path
+) -> None:
+    """Five sidecars with one shared http check: the target sees about one probe per
+    interval (not five), exactly one instance is the holder, all five serve its result; the
+    holder killed, another takes over within the lease and the probes go on."""
+    async with faults.fault_server(faults.respond(200, b'{"ok":true}')) as target:
+        check = {
+            "name": "agent",
+            "kind": "http",
+            "target": target.url,
+            "interval": 1,
+            "timeout": TIMEOUT,
+            "shared": True,
+            "jitter": 0,
+        }
+        extra = {"SIDECAR_CHECKS": json.dumps([check])}
+        names = ["fs-a", "fs-b", "fs-c", "fs-d", "fs-e"]
+        async with fleet_of(names, fleet_convex, mastra_local, tmp_path, **extra) as members:
+            await asyncio.sleep(3)  # the first round (every instance probes once) is over
+            start, count0 = time.monotonic(), target.requests
+            await asyncio.sleep(6)
+            rate = (target.requests - count0) / (time.monotonic() - start)
+            holders = [
+                series(await metrics_text(m.daemon.url), 'sidecar_check_holder{check="agent"}')
+                for m in members
+            ]
+            statuses = [
+                (await get(m.daemon.url + "/health?verbose"))[1]["checks"]["agent"]["status"]
+                for m in members
+            ]
+            holder = members[holders.index(1.0)]
+            holder.daemon.popen.kill()
+            holder.daemon.popen.wait(5)
+            rest = [m for m in members if m is not holder]
+            await asyncio.sleep(2 * 1 + 3.2 + 1)  # one lease, and a round
+            count1, start = target.requests, time.monotonic()
+            await asyncio.sleep(4)
+            rate_after = (target.requests - count1) / (time.monotonic() - start)
+            new_holders = [
+                series(await metrics_text(m.daemon.url), 'sidecar_check_holder{check="agent"}')
+                for m in rest
+            ]
+            after = [
+                (await get(m.daemon.url + "/health?verbose"))[1]["checks"]["agent"]["status"]
+                for m in rest
+            ]
+    print(
+        f"shared check, 5 sidecars, 1 s interval: {rate:.2f} probes/s; after the holder died:"
+        f" {rate_after:.2f} probes/s"
+    )
+    assert sorted(holders) == [0.0] * 4 + [1.0]
+    assert statuses == ["pass"] * 5
+    assert 0.6 <= rate <= 1.6, rate  # about one probe a second for the fleet, not five
+    assert sorted(new_holders) == [0.0] * 3 + [1.0]
+    assert 0.6 <= rate_after <= 1.6, rate_after
+    assert after == ["pass"] * 4

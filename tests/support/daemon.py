@@ -1,32 +1,136 @@
-"""Run the real daemon (`python -m sidecar run`) as a subprocess and read what it says."""
+"""The one way to run the daemon in tests, benchmarks and the demo: `python -m sidecar run` (or
+another command of the CLI) as a subprocess in a clean environment, stopped by its own PID.
+
+- `spawn_daemon` starts it on host:port and returns at once;
+- `start_daemon` also waits, for `/live` to answer (`wait="live"`, the default: listening) or
+  for `/ready` to answer 200 (`wait="ready"`: the first round passed);
+- `running_daemon` is `start_daemon` for the duration of a block;
+- `stop_at_once` stops it without its drain; `Proc.stop` lets it drain;
+- `cli` runs one CLI command (`config`, `fleet`, `drain`, ...) to completion.
+
+The environment is PATH, HOME and what the caller passes (then SIDECAR_HOST/SIDECAR_PORT):
+nothing leaks in from the shell that runs the tests.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
 from tests.support import procs
 
+Wait = Literal["live", "ready"]
+RUN = ("-m", "sidecar", "run")
 
-def start_daemon(env: Mapping[str, str], log: Path, *, timeout: float = 15.0) -> procs.Proc:
-    """Start the daemon with `env` (SIDECAR_PORT is chosen here) and wait for `/live`."""
-    port = procs.free_port()
-    full = {"SIDECAR_HOST": "127.0.0.1", "SIDECAR_PORT": str(port), **env}
-    return procs.start(
-        [sys.executable, "-m", "sidecar", "run"],
-        port=port,
-        ready_path="/live",
-        log=log,
-        env=full,
+
+def clean_env(env: Mapping[str, str]) -> dict[str, str]:
+    """PATH and HOME from this process, then `env`."""
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    return {**base, **env}
+
+
+def spawn_daemon(
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    command: Sequence[str] | None = None,
+    cwd: Path = procs.ROOT,
+) -> procs.Proc:
+    """Start the daemon listening on host:port (a free port unless given) and return at once.
+    `command` replaces `python -m sidecar run` (an image's CMD, `-X importtime`, `taskset`)."""
+    port = port or procs.free_port(host)
+    full = {**clean_env(env), "SIDECAR_HOST": host, "SIDECAR_PORT": str(port)}
+    argv = list(command) if command is not None else [sys.executable, *RUN]
+    popen = procs.spawn(argv, log=log, env=full, cwd=cwd)
+    return procs.Proc(popen=popen, url=f"http://{host}:{port}", log=log)
+
+
+def wait_up(proc: procs.Proc, wait: Wait = "live", *, timeout: float = 15.0) -> procs.Proc:
+    """Wait until `/live` answers (`live`) or `/ready` answers 200 (`ready`); if it does not,
+    stop the daemon and raise with its log."""
+    try:
+        if wait == "live":
+            procs.wait_http(proc.url + "/live", timeout=timeout, popen=proc.popen)
+        else:
+            procs.wait_http(proc.url + "/ready", timeout=timeout, popen=proc.popen, status=200)
+    except BaseException as exc:
+        proc.stop()
+        raise RuntimeError(f"the daemon on {proc.url} was not {wait}:\n{proc.output()}") from exc
+    return proc
+
+
+def start_daemon(
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    wait: Wait = "live",
+    timeout: float = 15.0,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    command: Sequence[str] | None = None,
+    cwd: Path = procs.ROOT,
+) -> procs.Proc:
+    """`spawn_daemon`, then `wait_up`."""
+    proc = spawn_daemon(env, log, host=host, port=port, command=command, cwd=cwd)
+    return wait_up(proc, wait, timeout=timeout)
+
+
+@contextlib.contextmanager
+def running_daemon(env: Mapping[str, str], log: Path, **options: Any) -> Iterator[procs.Proc]:
+    """`start_daemon` for the duration of a block; stopped (drained) by its PID at the end."""
+    proc = start_daemon(env, log, **options)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def stop_at_once(proc: procs.Proc, timeout: float = 10.0) -> int:
+    """Stop a daemon without waiting for its drain: SIGTERM, then the second signal, which
+    makes it exit at once (SIGKILL after `timeout`)."""
+    popen = proc.popen
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(0.2)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGTERM)
+    return proc.stop(timeout)
+
+
+def cli(
+    *args: str, env: Mapping[str, str], timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """`python -m sidecar ARGS` to completion in a clean environment (PATH, HOME and `env`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        cwd=procs.ROOT,
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
         timeout=timeout,
+        check=False,
     )
+
+
+async def cli_async(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`cli` without blocking the event loop (fault servers in the test's loop keep serving)."""
+    return await asyncio.to_thread(cli, *args, env=env)
 
 
 async def get(url: str, within: float = 5.0) -> tuple[int, Any]:

@@ -3,7 +3,7 @@
 A load balancer's `health_port` reaches "the sidecar beside this upstream" by swapping the
 port of the upstream's address, so an app and its sidecar must share an address and every
 container must use the same two ports. `AppServer` is a stand-in app container and
-`start_daemon_at` runs the real daemon on such an address.
+`tests.support.daemon.start_daemon(host=...)` runs the real daemon on such an address.
 """
 
 from __future__ import annotations
@@ -11,14 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-from collections.abc import Mapping
-from pathlib import Path
 
 from aiohttp import web
 
@@ -47,57 +41,6 @@ def free_port_on(*hosts: str, attempts: int = 50) -> int:
             continue
         return port
     raise RuntimeError(f"no port free on all of {hosts}")
-
-
-def spawn_daemon_at(
-    host: str, port: int, env: Mapping[str, str], log: Path
-) -> subprocess.Popen[bytes]:
-    """Start `python -m sidecar run` on host:port (env applied last) without waiting."""
-    full = {**os.environ, **env, "SIDECAR_HOST": host, "SIDECAR_PORT": str(port)}
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run"],
-            cwd=procs.ROOT,
-            env=full,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def await_daemon(
-    popen: subprocess.Popen[bytes], host: str, port: int, log: Path, *, timeout: float = 15.0
-) -> procs.Proc:
-    """Wait until a spawned daemon answers `/live` on host:port; stop it if it never does."""
-    url = f"http://{host}:{port}"
-    try:
-        procs.wait_http(url + "/live", timeout=timeout, popen=popen)
-    except BaseException as exc:
-        procs.stop_process(popen)
-        raise RuntimeError(f"the daemon on {url} did not start:\n{log.read_text()}") from exc
-    return procs.Proc(popen=popen, url=url, log=log)
-
-
-def stop_at_once(popen: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """Stop a daemon we started without waiting for its drain: SIGTERM, then the second
-    signal, which makes it exit at once (SIGKILL after `timeout`)."""
-    if popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(0.2)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, signal.SIGTERM)
-    return procs.stop_process(popen, timeout)
-
-
-def start_daemon_at(
-    host: str, env: Mapping[str, str], log: Path, *, port: int | None = None
-) -> procs.Proc:
-    """The real daemon listening on `host` (any loopback address), waited for on `/live`."""
-    port = port or procs.free_port(host)
-    return await_daemon(spawn_daemon_at(host, port, env, log), host, port, log)
 
 
 class AppServer:

@@ -13,8 +13,10 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
+SECRET = "test-secret-0123456789"  # HEALTH_SIDECAR_SECRET of the test session's stand-ins
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,6 +34,12 @@ class Proc:
     popen: subprocess.Popen[bytes]
     url: str
     log: Path
+
+    @property
+    def port(self) -> int:
+        port = urlsplit(self.url).port
+        assert port is not None, self.url
+        return port
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -55,20 +63,48 @@ def stop_process(popen: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     return popen.returncode
 
 
-def wait_http(url: str, *, timeout: float, popen: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll `url` until it answers any HTTP status, the process dies, or `timeout` passes."""
+def wait_http(
+    url: str,
+    *,
+    timeout: float,
+    popen: subprocess.Popen[bytes] | None = None,
+    status: int | None = None,
+) -> None:
+    """Poll `url` until it answers (`status` if given, else any HTTP status), the process
+    dies, or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if popen is not None and popen.poll() is not None:
             raise RuntimeError(f"process exited with {popen.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                answered = resp.status
+        except urllib.error.HTTPError as exc:
+            answered = exc.code
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
+            continue
+        if status is None or answered == status:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer {status or 'at all'} within {timeout}s")
+
+
+def spawn(
+    argv: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session (so it is stopped with its children by its PID) with
+    exactly `env`, its output to `log`; return at once."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def start(
@@ -82,16 +118,7 @@ def start(
     timeout: float = 30.0,
 ) -> Proc:
     """Start `argv` in its own session, wait until `ready_path` answers on `port`."""
-    full_env = {**os.environ, **(env or {})}
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    popen = spawn(argv, log=log, env={**os.environ, **(env or {})}, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + ready_path, timeout=timeout, popen=popen)
@@ -113,9 +140,10 @@ def running(
         proc.stop()
 
 
-def convex_local_argv() -> list[str]:
-    """The command that runs dev/convex-local (what `npm start` runs, without npm's overhead)."""
-    return [str(ROOT / "node_modules" / ".bin" / "tsx"), str(ROOT / "dev/convex-local/server.ts")]
+def convex_local_argv(root: Path = ROOT) -> list[str]:
+    """The command that runs dev/convex-local of the checkout at `root` (what `npm start`
+    runs, without npm's overhead)."""
+    return [str(ROOT / "node_modules" / ".bin" / "tsx"), str(root / "dev/convex-local/server.ts")]
 
 
 def mastra_argv() -> list[str]:
@@ -123,17 +151,22 @@ def mastra_argv() -> list[str]:
     return ["node", str(ROOT / "dev/mastra/server.mjs")]
 
 
-def start_convex_local(log: Path, secret: str, port: int | None = None) -> Proc:
-    """Start dev/convex-local holding `secret` on 127.0.0.1 (a free port unless given)."""
+def start_convex_local(
+    log: Path, secret: str = SECRET, port: int | None = None, root: Path = ROOT
+) -> Proc:
+    """Start dev/convex-local (of the checkout at `root`) holding `secret` on 127.0.0.1 (a
+    free port unless given)."""
     port = port or free_port()
     env = {"PORT": str(port), "HEALTH_SIDECAR_SECRET": secret}
-    return start(convex_local_argv(), port=port, ready_path="/version", log=log, env=env)
+    return start(convex_local_argv(root), port=port, ready_path="/version", log=log, env=env)
 
 
 @contextlib.contextmanager
-def convex_local(log: Path, secret: str, port: int | None = None) -> Iterator[Proc]:
+def convex_local(
+    log: Path, secret: str = SECRET, port: int | None = None, root: Path = ROOT
+) -> Iterator[Proc]:
     """`start_convex_local` for the duration of a block."""
-    proc = start_convex_local(log, secret, port)
+    proc = start_convex_local(log, secret, port, root)
     try:
         yield proc
     finally:

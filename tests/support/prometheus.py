@@ -19,6 +19,10 @@ JOB = "health-sidecar"
 
 T = TypeVar("T")
 
+# The Prometheus tests' sidecar has one shared check (one instance of the fleet probes it for
+# all): alone in its fleet, it takes the lease, so sidecar_check_holder has a 1 to show.
+SHARED_CHECK = "mastra_agents"
+
 
 def binary(name: str) -> str:
     """The path of `prometheus` or `promtool` (Debian's package; `make test` installs it)."""

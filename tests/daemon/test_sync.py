@@ -1,0 +1,144 @@
+"""The store sync's pace against dev/convex-local, counted by the stand-in (calls, documents
+written): one call per store period in steady state, writing the instance's liveness only;
+a status change in Convex within about a second; never more than one call a second."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import convex, faults, procs
+from tests.support.daemon import get, start_daemon, wait_for
+from tests.support.procs import SECRET
+
+OK = faults.respond(200, b'{"ok":true}')
+DOWN = faults.respond(500, b'{"ok":false}')
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[faults.FaultServer]:
+    async with faults.fault_server(OK) as server:
+        yield server
+
+
+def env(
+    convex_local: procs.Proc, app: faults.FaultServer, instance: str, **extra: str
+) -> dict[str, str]:
+    checks = [
+        {"name": "app", "kind": "http", "target": app.url, "interval": 0.2, "timeout": 0.15},
+    ]
+    return {
+        "CONVEX_URL": convex_local.url,
+        "HEALTH_SIDECAR_SECRET": SECRET,
+        "SIDECAR_INSTANCE": instance,
+        "SIDECAR_INTERVAL": "0.5",
+        "SIDECAR_TIMEOUT": "0.4",
+        "SIDECAR_DRAIN_SECONDS": "0",
+        "SIDECAR_CHECKS": json.dumps(checks),
+        **extra,
+    }
+
+
+async def sync_calls(url: str) -> float:
+    return (await convex.stats(url)).get("health:sync", {}).get("calls", 0.0)
+
+
+async def test_steady_state_is_one_small_write_per_store_period(
+    convex_local: procs.Proc, app: faults.FaultServer, tmp_path: Path
+) -> None:
+    """Checks every 0.2-0.5 s, nothing changing, SIDECAR_STORE_INTERVAL=2: over 6 s, three
+    calls (not one per round), each writing one document (the instance's liveness; no
+    result is rewritten while it stays the same)."""
+    daemon = await asyncio.to_thread(
+        start_daemon,
+        env(convex_local, app, "sync-steady", SIDECAR_STORE_INTERVAL="2"),
+        tmp_path / "daemon.log",
+    )
+    try:
+        await wait_for(daemon.url + "/ready", 200, within=5)
+        await asyncio.sleep(1.5)  # the first round's syncs are done
+        await convex.reset_stats(convex_local.url)
+        await asyncio.sleep(6.2)
+        counted = (await convex.stats(convex_local.url))["health:sync"]
+    finally:
+        await asyncio.to_thread(daemon.stop)
+    assert 3 <= counted["calls"] <= 4, counted
+    assert counted["documentsWritten"] == counted["calls"], counted
+    assert counted["errors"] == 0, counted
+
+
+async def test_a_status_change_reaches_convex_within_a_second(
+    convex_local: procs.Proc, app: faults.FaultServer, tmp_path: Path
+) -> None:
+    """With the default store period (60 s), the app failing is in Convex about a second
+    after the daemon serves it, and so is its recovery."""
+    daemon = await asyncio.to_thread(
+        start_daemon, env(convex_local, app, "sync-change"), tmp_path / "daemon.log"
+    )
+    try:
+        await wait_for(daemon.url + "/ready", 200, within=5)
+        lags = []
+        for behaviour, status in ((DOWN, "fail"), (OK, "pass")):
+            app.behaviour = behaviour
+            await wait_for(daemon.url + "/ready", 200 if status == "pass" else 503, within=5)
+            served = time.monotonic()
+            stored: list[object] = []
+            while stored != [status]:
+                assert time.monotonic() - served < 5, stored
+                await asyncio.sleep(0.02)
+                rows = await convex.instance_results(convex_local.url, "sync-change")
+                stored = [row["status"] for row in rows if row["check"] == "app"]
+            lags.append(time.monotonic() - served)
+    finally:
+        await asyncio.to_thread(daemon.stop)
+    assert max(lags) <= 1.5, lags
+
+
+async def test_a_flapping_check_costs_at_most_one_call_a_second(
+    convex_local: procs.Proc, app: faults.FaultServer, tmp_path: Path
+) -> None:
+    """The app flips between 200 and 500 on every probe (five status changes a second):
+    the sync coalesces them, at most one call a second."""
+    flapping = [OK, DOWN]
+
+    async def flip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        flapping.reverse()
+        await flapping[0](reader, writer)
+
+    checks = [
+        {
+            "name": "app",
+            "kind": "http",
+            "target": app.url,
+            "interval": 0.2,
+            "timeout": 0.15,
+            "jitter": 0,
+            "failures_before_fail": 1,
+            "critical": False,
+        },
+    ]
+    daemon = await asyncio.to_thread(
+        start_daemon,
+        {**env(convex_local, app, "sync-flap"), "SIDECAR_CHECKS": json.dumps(checks)},
+        tmp_path / "daemon.log",
+    )
+    try:
+        await wait_for(daemon.url + "/ready", 200, within=5)
+        await convex.reset_stats(convex_local.url)
+        app.behaviour = flip
+        started = time.monotonic()
+        await asyncio.sleep(5)
+        calls = await sync_calls(convex_local.url)
+        elapsed = time.monotonic() - started
+        _, details = await get(daemon.url + "/health?verbose")
+    finally:
+        await asyncio.to_thread(daemon.stop)
+    assert app.requests >= 20  # it really flapped
+    assert calls <= elapsed + 1, (calls, elapsed)
+    assert calls >= 3, calls  # and the changes did reach Convex
+    assert details["store"]["status"] == "ok", details["store"]

@@ -1,0 +1,58 @@
+"""`run_probe` picks the probe by kind, and a cancelled probe is cancelled, not a result."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from sidecar.probes import PROBES, convex, http, mastra, run_probe, tcp
+from tests.support import faults
+from tests.support.probing import URL_KINDS, make_check
+
+
+def test_every_kind_has_its_probe() -> None:
+    """The map names each kind once, with that kind's module."""
+    assert dict(PROBES) == {
+        "convex": convex.probe,
+        "mastra": mastra.probe,
+        "http": http.probe,
+        "tcp": tcp.probe,
+    }
+
+
+@pytest.fixture
+async def hanging_url() -> AsyncIterator[str]:
+    async with faults.fault_server(faults.hang()) as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("kind", URL_KINDS)
+async def test_cancel_propagates(
+    session: aiohttp.ClientSession, hanging_url: str, kind: str
+) -> None:
+    """A probe cancelled while it waits (scheduler shutdown) raises CancelledError at once."""
+    task = asyncio.create_task(run_probe(session, make_check(kind, hanging_url)))
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    task.cancel()
+    async with asyncio.timeout(0.2):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert task.cancelled()
+
+
+async def test_cancel_propagates_from_tcp(
+    session: aiohttp.ClientSession, full_backlog: int
+) -> None:
+    """A tcp probe cancelled mid-connect (a full accept queue) is cancelled too."""
+    task = asyncio.create_task(run_probe(session, make_check("tcp", f"127.0.0.1:{full_backlog}")))
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    task.cancel()
+    async with asyncio.timeout(0.2):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert task.cancelled()

@@ -1,0 +1,183 @@
+"""The fleet's facts in the Snapshot, pure: a shared outage keeps the instance ready, a local
+fault does not, a panic check that just failed waits (briefly) for Convex's count, stale
+counts and a silent store count for nothing, and a central drain takes the instance out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sidecar.checks import Check, HttpCheck, MastraCheck
+from sidecar.fleet import Drain, FleetView, Outage
+from sidecar.monitor import Monitor
+from sidecar.result import CheckResult
+from sidecar.snapshot import Snapshot, StoreState
+
+T0 = 1_800_000_000.0
+GRACE = 3.0
+# A panic check that failed waits one of its intervals plus the grace for the fleet's count.
+SETTLED = 10 + GRACE + 0.5
+MASTRA = MastraCheck(name="mastra", target="http://m:4111", interval=10, timeout=2, panic=True)
+APP = HttpCheck(name="app", target="http://127.0.0.1:3000", interval=10, timeout=2, panic=False)
+
+
+def fleet(**changes: object) -> FleetView:
+    return replace(FleetView(threshold=0.5, grace=GRACE), **changes)  # type: ignore[arg-type]
+
+
+def result(status: str, at: float) -> CheckResult:
+    return CheckResult(status=status, output=status, latency=0.01, observed_at=at)  # type: ignore[arg-type]
+
+
+def monitor(
+    now: list[float], view: FleetView, checks: tuple[Check, ...] = (MASTRA, APP)
+) -> Monitor:
+    return Monitor(instance="i", version="0", checks=checks, fleet=view, clock=lambda: now[0])
+
+
+def failing_mastra(view: FleetView, *, failed_at: float = T0, now: float | None = None) -> Snapshot:
+    """Mastra passed, then failed twice (its threshold) and turned fail at `failed_at`, and
+    keeps failing; the app passes. The Snapshot at `now`, with fresh results of both."""
+    clock = [failed_at - 20]
+    m = monitor(clock, view)
+    m.record("mastra", result("pass", clock[0]))
+    clock[0] = failed_at - 10
+    m.record("mastra", result("fail", clock[0]))
+    clock[0] = failed_at
+    m.record("mastra", result("fail", failed_at - 0.01))
+    clock[0] = failed_at if now is None else now
+    m.record("mastra", result("fail", clock[0] - 0.01))
+    m.record("app", result("pass", clock[0]))
+    return m.snapshot
+
+
+def test_shared_outage_keeps_ready_but_health_says_error() -> None:
+    """Mastra fails here and on 3 of 5 instances (>= 0.5): ready; /health still error."""
+    view = fleet(at=T0 + 1, outages={"mastra": Outage(failing=3, live=5)})
+    snap = failing_mastra(view, now=T0 + 2)
+    assert snap.ready
+    assert snap.shared_outages == {"mastra": Outage(failing=3, live=5)}
+    assert snap.health == "error"
+    assert snap.health_document(details=False)["services"]["mastra"] == "error"
+    details = snap.health_document(details=True)["fleet"]
+    assert details["shared_outages"] == {
+        "mastra": "shared outage: mastra failing on 3 of 5 instances"
+    }
+
+
+def test_below_the_threshold_it_is_a_local_fault() -> None:
+    """2 of 5 (< 0.5), once the count had time to include the others: the instance leaves
+    the pool as without a fleet."""
+    view = fleet(at=T0 + SETTLED - 1, outages={"mastra": Outage(failing=2, live=5)})
+    snap = failing_mastra(view, now=T0 + SETTLED)
+    assert not snap.ready
+    assert snap.reasons == ("mastra is fail",)
+    assert snap.shared_outages == {}
+
+
+def test_the_threshold_is_inclusive_and_exact() -> None:
+    """7 of 10 with a threshold of 0.7 is a shared outage (no float rounding against it)."""
+    view = fleet(at=T0 + 1, threshold=0.7, outages={"mastra": Outage(failing=7, live=10)})
+    assert failing_mastra(view, now=T0 + 2).ready
+
+
+def test_a_count_goes_stale() -> None:
+    """No answer for two intervals plus the grace: the count no longer excuses anything."""
+    view = fleet(at=T0 + 1, outages={"mastra": Outage(failing=5, live=5)})
+    assert failing_mastra(view, now=T0 + 1 + 2 * 10 + GRACE - 0.1).ready
+    assert not failing_mastra(view, now=T0 + 1 + 2 * 10 + GRACE + 0.1).ready
+
+
+def test_a_check_that_just_failed_waits_for_the_count() -> None:
+    """Mastra just failed: ready for one interval plus the grace whatever the count says so
+    far (the others fail within an interval when the cause is shared), then out unless the
+    count says shared; with the store failing (no fleet view at all), out at once."""
+    early = fleet(at=T0 + 1, outages={"mastra": Outage(failing=1, live=5)})
+    assert failing_mastra(early, now=T0 + 10 + GRACE - 0.1).ready
+    assert not failing_mastra(early, now=T0 + 10 + GRACE + 0.1).ready
+    snap = failing_mastra(early, now=T0 + 0.5)
+    assert snap.ready
+    assert snap.health_document(details=True)["fleet"]["awaiting_count"] == ["mastra"]
+    store_down = replace(snap, store=StoreState(status="error", kind="unavailable"))
+    assert not store_down.ready
+
+
+def test_a_check_failing_from_the_start_never_waits() -> None:
+    """Mastra's first result is a failure: no excuse without a count (a new instance with a
+    local fault must not join the pool even for a moment)."""
+    clock = [T0]
+    m = monitor(clock, fleet())
+    m.record("app", result("pass", T0))
+    m.record("mastra", result("fail", T0))
+    assert not m.snapshot.ready
+
+
+def test_non_panic_checks_are_never_excused() -> None:
+    """The app check fails on every instance: still a reason (the container beside)."""
+    clock = [T0]
+    view = fleet(at=T0, outages={"app": Outage(failing=5, live=5)})
+    m = monitor(clock, view)
+    m.record("mastra", result("pass", T0))
+    m.record("app", result("fail", T0))
+    assert m.snapshot.reasons == ("app is fail",)
+
+
+def test_a_drain_takes_the_instance_out_until_it_expires() -> None:
+    """A central drain: /ready 503 with its reason, everything else served; gone at its end."""
+    clock = [T0]
+    drain = Drain(reason="kernel upgrade", by="ops@bastion", until=T0 + 10)
+    m = monitor(clock, fleet(at=T0, drain=drain))
+    m.record("mastra", result("pass", T0))
+    m.record("app", result("pass", T0))
+    assert m.snapshot.reasons == ("drained: kernel upgrade",)
+    assert m.snapshot.health == "ok"
+    clock[0] = T0 + 11
+    m.heartbeat()
+    assert m.snapshot.ready
+
+
+def test_shared_checks_are_probed_by_the_holder_or_without_convex() -> None:
+    """A shared check: probed while holding the lease, or when the store fails; not else."""
+    shared = MASTRA.model_copy(update={"shared": True})
+    clock = [T0]
+    m = monitor(clock, fleet(), checks=(shared,))
+    assert m.snapshot.probes(shared)  # before any sync, nobody knows the holder
+    m.set_store(StoreState(status="ok"))
+    assert not m.snapshot.probes(shared)
+    m.apply_fleet(fleet(at=T0, holders=frozenset({"mastra"})))
+    assert m.snapshot.probes(shared)
+    m.apply_fleet(fleet(at=T0))
+    m.set_store(StoreState(status="error", kind="unavailable"))
+    assert m.snapshot.probes(shared)
+    assert m.snapshot.probes(APP)
+
+
+def test_metrics_and_one_log_line_per_shared_outage_change(capsys: object) -> None:
+    """sidecar_shared_outage and sidecar_check_holder follow the view; the start and the end
+    of a shared outage are one line each, however many answers repeat it."""
+    clock = [T0]
+    m = monitor(clock, fleet())
+    m.record("app", result("pass", T0))
+    m.record("mastra", result("pass", T0))
+    for at in (T0 + 1, T0 + 2):
+        clock[0] = at
+        m.record("mastra", result("fail", at))
+    for at in (T0 + 3, T0 + 4):
+        clock[0] = at
+        m.apply_fleet(fleet(at=at, outages={"mastra": Outage(4, 5)}, holders=frozenset({"mastra"})))
+    registry = m.metrics.registry
+    assert registry.get_sample_value("sidecar_shared_outage", {"check": "mastra"}) == 1.0
+    assert registry.get_sample_value("sidecar_shared_outage", {"check": "app"}) == 0.0
+    assert registry.get_sample_value("sidecar_check_holder", {"check": "mastra"}) == 1.0
+    clock[0] = T0 + 5
+    m.record("mastra", result("pass", T0 + 5))
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert out.count("shared outage: mastra failing on 4 of 5 instances") == 1
+    assert out.count("shared outage over: mastra") == 1
+
+
+def test_one_failing_instance_is_never_a_shared_outage() -> None:
+    """A fleet of one (1 of 1) or two at 0.5 (1 of 2): the failure is this instance's own as
+    far as anyone can tell; 2 of 2 is shared."""
+    for failing, live, shared in ((1, 1, False), (1, 2, False), (2, 2, True), (2, 4, True)):
+        view = fleet(at=T0 + SETTLED - 1, outages={"mastra": Outage(failing=failing, live=live)})
+        assert failing_mastra(view, now=T0 + SETTLED).ready is shared, (failing, live)
