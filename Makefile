@@ -1,4 +1,5 @@
 # health-sidecar: `make test` installs everything the tests need, then runs every test.
+# `make test-fast` runs the in-process tests only (under a minute).
 # `make demo` runs the daemon beside local stand-ins for Convex and Mastra on loopback.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEBS := caddy prometheus wrk
 
-.PHONY: test lint typecheck vitest pytest demo deps debs clean
+.PHONY: test test-fast lint typecheck vitest pytest demo deps debs clean
 
 test: deps lint vitest pytest
 
@@ -43,8 +44,15 @@ vitest: node_modules/.installed
 	npm run --silent typecheck
 	npx vitest run
 
+# Two phases: the tests marked `serial` (they load the CPU or measure latency) run alone, after
+# the rest ran on three workers (the suite mostly waits on timers; a file stays on one worker).
 pytest: deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3 --dist loadfile -m "not serial"
+	$(BIN)/pytest -q -m serial
+
+# The modules in process, without the slow ones: under a minute (tests/README.md).
+test-fast: $(VENV)/.installed node_modules/.installed dev/mastra/node_modules/.installed
+	$(BIN)/pytest -q tests/modules -m "not slow"
 
 demo: deps
 	$(BIN)/python dev/demo.py

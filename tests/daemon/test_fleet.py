@@ -24,6 +24,8 @@ from tests.support.daemon import get, log_lines, metrics_text, start_daemon, wai
 from tests.support.procs import SECRET
 from tests.support.switch import SwitchServer, switch_server
 
+pytestmark = pytest.mark.slow
+
 INTERVAL = 0.5
 TIMEOUT = 0.3
 MASTRA_DOWN = faults.respond(503, b'{"success":false}')

@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from sidecar.checks import MAX_PROBES_PER_SECOND
 from sidecar.limits import MAX_CHECKS
 from tests.support import convex, procs
 from tests.support.daemon import start_daemon, wait_for
 from tests.support.procs import SECRET
+
+pytestmark = [pytest.mark.serial, pytest.mark.slow]
 
 
 async def test_the_largest_accepted_configuration_is_stored_live_and_drains(

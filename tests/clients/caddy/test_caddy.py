@@ -32,6 +32,8 @@ from tests.support.caddyfleet import (
 )
 from tests.support.daemon import wait_for
 
+pytestmark = [pytest.mark.serial, pytest.mark.slow]
+
 NS = 1e9  # Caddy's JSON durations are nanoseconds
 
 

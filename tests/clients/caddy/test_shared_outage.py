@@ -33,6 +33,8 @@ from tests.support.caddyfleet import (
 from tests.support.daemon import get, metric, metrics_text, wait_for
 from tests.support.switch import SwitchServer, switch_server
 
+pytestmark = [pytest.mark.serial, pytest.mark.slow]
+
 SIZE = 5
 INTERVAL = 0.5  # SIDECAR_INTERVAL: every check of the seed, Mastra's included
 SETTINGS = {

@@ -45,6 +45,8 @@ from tests.support import faults, procs
 from tests.support.daemon import log_lines, start_daemon
 from tests.support.procs import SECRET
 
+pytestmark = pytest.mark.serial
+
 ROOT = procs.ROOT
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

@@ -18,6 +18,8 @@ from tests.support import netns, procs
 from tests.support.abuse import daemon_env
 from tests.support.daemon import start_daemon
 
+pytestmark = pytest.mark.serial
+
 TOKEN = "remote-details-token-ABCDEFGHIJ0123"
 HEALTH_JSON = "application/health+json"
 DETAIL_KEYS = {"checks", "instance", "version", "ready", "draining", "store"}

@@ -16,6 +16,8 @@ import pytest
 from tests.support import rawhttp
 from tests.support.abuse import Daemon, assert_still_right
 
+pytestmark = pytest.mark.serial
+
 Check = Callable[[rawhttp.Exchange], None]
 
 

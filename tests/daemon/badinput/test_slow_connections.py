@@ -13,8 +13,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.support import procs, rawhttp
 from tests.support.abuse import Daemon, assert_clean_logs
+
+pytestmark = [pytest.mark.serial, pytest.mark.slow]
 
 SLOW_CLIENTS = 300
 REQUESTS = 250

@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from tests.support import faults, procs
 from tests.support.daemon import get, metrics_text, start_daemon, wait_for
 from tests.support.measure import WrkResult, run_wrk_async, write_script
 from tests.support.procs import SECRET
 from tests.support.soaking import series_sum
+
+pytestmark = [pytest.mark.serial, pytest.mark.slow]
 
 SECONDS = 30
 MIN_RPS = 2000

@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.support import procs
 from tests.support.daemon import log_lines, start_daemon
 from tests.support.procs import SECRET
 from tests.support.soaking import series_sum, soak
+
+pytestmark = [pytest.mark.serial, pytest.mark.slow]
 
 ROUNDS = 3500
 WARMUP_ROUNDS = 1500  # allocator arenas and caches settle in the first ~1,500 rounds
