@@ -14,10 +14,8 @@
 #     -e SIDECAR_APP_URL=http://app:3000/api/health \
 #     health-sidecar
 #
-# --stop-timeout: on SIGTERM `/ready` turns 503 at once and the daemon keeps serving for
-# SIDECAR_DRAIN_SECONDS (default 15) before it exits 0. Docker's own default grace period is
-# 10 s, so give it more than the drain period (compose: `stop_grace_period: 30s`), or lower
-# SIDECAR_DRAIN_SECONDS, or the daemon is SIGKILLed mid-drain.
+# --stop-timeout must outlast the daemon's drain after SIGTERM: see README.md, "Lifecycle"
+# (README.md#lifecycle), for the drain and the numbers.
 #
 # `health-sidecar config` prints the effective settings (secrets masked):
 #   docker run --rm --read-only -e CONVEX_URL=... -e HEALTH_SIDECAR_SECRET=... health-sidecar \

@@ -1,6 +1,6 @@
 /**
- * health-sidecar's store, protocol v1 with the fleet additions. README.md, "Convex: deploying
- * the functions", explains the tables, the budget and how to deploy or merge these functions.
+ * health-sidecar's store, protocol v1 with the fleet additions. docs/convex.md explains the
+ * tables, the budget and how to deploy or merge these functions.
  * Helpers live beside this module: healthProtocol.ts (limits, signed calls, strict parse of the
  * bodies), healthFleet.ts (summary, outage counts, shared checks, drains, the fleet listing),
  * healthTables.ts (the tables).

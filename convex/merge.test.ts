@@ -1,7 +1,7 @@
 /**
- * The README's merge steps, followed literally on a sample app that already has its own
- * `convex/` folder: a schema with the scaling guide's `cache` table, a cron and a query of its
- * own. The steps are read from README.md, so the README and this test cannot drift apart.
+ * The merge steps of docs/convex.md, followed literally on a sample app that already has its
+ * own `convex/` folder: a schema with the scaling guide's `cache` table, a cron and a query of
+ * its own. The steps are read from docs/convex.md, so the docs and this test cannot drift apart.
  */
 import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -14,7 +14,8 @@ import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { sign } from "./test.setup";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const SECTION = "### Merging into an app's `convex/` folder";
+const DOC = "docs/convex.md";
+const SECTION = "## Merging into an app's `convex/` folder";
 const SECRET = "merge-test-secret";
 
 /** The sample app, in the scaling guide's style (single quotes), before the merge. */
@@ -114,12 +115,12 @@ interface Block {
   intro: string; // the line before the block
 }
 
-/** The fenced blocks of the README's merge section, each with the line that introduces it. */
+/** The fenced blocks of the docs' merge section, each with the line that introduces it. */
 function mergeBlocks(): Block[] {
-  const readme = readFileSync(join(REPO, "README.md"), "utf8");
-  const start = readme.indexOf(`${SECTION}\n`);
-  expect(start, `README.md has a section "${SECTION}"`).toBeGreaterThanOrEqual(0);
-  const rest = readme.slice(start + SECTION.length);
+  const doc = readFileSync(join(REPO, DOC), "utf8");
+  const start = doc.indexOf(`${SECTION}\n`);
+  expect(start, `${DOC} has a section "${SECTION}"`).toBeGreaterThanOrEqual(0);
+  const rest = doc.slice(start + SECTION.length);
   const section = rest.slice(0, rest.search(/^#/m));
   return [...section.matchAll(/([^\n]+)\n\n```(\w+)\n([\s\S]*?)```/g)].map(([, intro, lang, code]) => ({
     intro: intro.trim(),
@@ -131,7 +132,7 @@ function mergeBlocks(): Block[] {
 /** Applies one ```ts block where its intro line says: "In `FILE`, at the top" or "In `FILE`, after `ANCHOR`". */
 function applyTs(app: string, { intro, code }: Block): void {
   const where = /^In `([^`]+)`, (?:(at the top)|after `([^`]+)`)/.exec(intro);
-  if (!where) throw new Error(`README: a ts block whose intro names no file and place: ${intro}`);
+  if (!where) throw new Error(`${DOC}: a ts block whose intro names no file and place: ${intro}`);
   const [, file, atTop, anchor] = where;
   const path = join(app, file);
   const lines = readFileSync(path, "utf8").split("\n");
@@ -151,7 +152,7 @@ function applyTs(app: string, { intro, code }: Block): void {
 /** Whether `lines` already import every name of `importLine` from its module (either quote). */
 function alreadyImported(lines: string[], importLine: string): boolean {
   const parsed = /^import \{([^}]*)\} from ["']([^"']+)["'];?$/.exec(importLine);
-  if (!parsed) throw new Error(`README: not a named import: ${importLine}`);
+  if (!parsed) throw new Error(`${DOC}: not a named import: ${importLine}`);
   const names = (list: string) => list.split(",").map((name) => name.trim());
   const existing = lines
     .map((line) => /^import \{([^}]*)\} from ["']([^"']+)["']/.exec(line))
@@ -182,7 +183,7 @@ function appModules(convexDir: string): Record<string, () => Promise<unknown>> {
   );
 }
 
-describe("merging the functions into an app's convex/ folder (README steps)", () => {
+describe("merging the functions into an app's convex/ folder (docs/convex.md steps)", () => {
   let app: string;
   let startedAt: number;
 
@@ -201,7 +202,7 @@ describe("merging the functions into an app's convex/ folder (README steps)", ()
     console.info(`merge test: ${((performance.now() - startedAt) / 1000).toFixed(1)} s`);
   });
 
-  test("the README's steps apply, generate, typecheck and run", { timeout: 60_000 }, async () => {
+  test("the documented steps apply, generate, typecheck and run", { timeout: 60_000 }, async () => {
     const blocks = mergeBlocks();
     expect(blocks.map((b) => b.lang)).toEqual(["sh", "ts", "ts", "ts", "ts"]);
     for (const block of blocks) {

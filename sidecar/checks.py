@@ -18,8 +18,8 @@ from pydantic import (
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 # The most probe runs a second the checks may add up to (sum of 1 / interval): at that rate
-# the daemon spends about half a core and /live still answers in milliseconds (README,
-# Measured). The most checks is the store's own bound (Convex keeps one row per check).
+# the daemon spends about half a core and /live still answers in milliseconds
+# (docs/benchmarks.md). The most checks is the store's own bound (Convex keeps one row per check).
 MAX_PROBES_PER_SECOND = 1000
 HTTP_METHODS = Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"]
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token

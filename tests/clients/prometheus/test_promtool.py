@@ -52,7 +52,7 @@ def test_commented_docker_sd_job_is_valid(tmp_path: Path) -> None:
 
 
 def test_alert_rules_are_valid() -> None:
-    """`promtool check rules config/alerts.yml` passes with every alert of the README."""
+    """`promtool check rules config/alerts.yml` passes with every alert of docs/metrics.md."""
     result = promtool("check", "rules", "config/alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alert_names())} rules found" in result.stdout

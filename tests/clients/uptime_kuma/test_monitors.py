@@ -1,7 +1,7 @@
-"""The Uptime Kuma monitors of the README, judged as Uptime Kuma judges them.
+"""The Uptime Kuma monitors of the docs, judged as Uptime Kuma judges them.
 
-`monitors.json` holds the monitors (Uptime Kuma's own field names); the README's "Uptime Kuma"
-section shows each verbatim. `kuma_eval.mjs` evaluates them with the real `jsonata` package and
+`monitors.json` holds the monitors (Uptime Kuma's own field names); docs/deploy/uptime-kuma.md
+shows each verbatim. `kuma_eval.mjs` evaluates them with the real `jsonata` package and
 Uptime Kuma's comparison rules: 1.23 (`louislam/uptime-kuma:1`: `result.toString() ===
 expectedValue`) and 2.0 (`jsonPathOperator` "=="), against real bodies of a running sidecar.
 """
@@ -27,7 +27,7 @@ from tests.support.procs import SECRET
 
 HERE = Path(__file__).resolve().parent
 EVALUATOR = HERE / "kuma_eval.mjs"
-README = procs.ROOT / "README.md"
+DOC = procs.ROOT / "docs" / "deploy" / "uptime-kuma.md"
 MONITORS: list[dict[str, Any]] = json.loads((HERE / "monitors.json").read_text())["monitors"]
 BY_NAME = {m["name"]: m for m in MONITORS}
 
@@ -38,7 +38,7 @@ KUMA_HEADERS = {
     "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.9",
     "User-Agent": "Uptime-Kuma/1.23.16",
 }
-# Uptime Kuma's labels for the monitor types, as the README's table names them.
+# Uptime Kuma's labels for the monitor types, as the docs' table names them.
 TYPE_LABELS = {
     "http": "HTTP(s)",
     "keyword": "HTTP(s) - Keyword",
@@ -184,10 +184,10 @@ def services_are(**wanted: str) -> Callable[[Answer, Answer], bool]:
     return done
 
 
-def readme_section(title: str) -> str:
-    """The README section under a heading named `title`, up to the next heading of its
+def doc_section(title: str) -> str:
+    """The section of DOC under a heading named `title`, up to the next heading of its
     level or higher."""
-    lines = README.read_text().splitlines()
+    lines = DOC.read_text().splitlines()
     for i, line in enumerate(lines):
         found = re.match(r"^(#+)\s+(.*?)\s*$", line)
         if found and found.group(2) == title:
@@ -199,7 +199,7 @@ def readme_section(title: str) -> str:
                     break
                 body.append(rest)
             return "\n".join(body)
-    raise AssertionError(f'README.md has no section headed "{title}"')
+    raise AssertionError(f'{DOC.relative_to(procs.ROOT)} has no section headed "{title}"')
 
 
 @pytest.fixture
@@ -352,7 +352,7 @@ async def test_mastra_server_monitor_on_the_real_mastra(mastra_local: procs.Proc
 
 
 async def test_modelled_kuma_rules() -> None:
-    """The evaluator reproduces Uptime Kuma's rules that the README relies on: a boolean
+    """The evaluator reproduces Uptime Kuma's rules that the docs rely on: a boolean
     compares as the string "true" (case-sensitive); a missing key is DOWN; a status outside
     the accepted codes is DOWN before the body is looked at; a keyword matches the compact
     re-serialised JSON, even when the server pretty-printed it; an array result passes 1.23's
@@ -396,11 +396,11 @@ async def test_modelled_kuma_rules() -> None:
     assert results[6]["text"] == '{"status":"ok","services":{"convex":"ok"}}'
 
 
-def test_readme_uptime_kuma_section_shows_each_monitor_verbatim() -> None:
-    """README.md has an "Uptime Kuma" section whose table has one row per monitor of
-    monitors.json: | name | Uptime Kuma's type | URL | accepted status codes | keyword (and
-    whether inverted) or JSON query | expected value |, the strings verbatim."""
-    section = readme_section("Uptime Kuma")
+def test_docs_uptime_kuma_section_shows_each_monitor_verbatim() -> None:
+    """docs/deploy/uptime-kuma.md has an "Uptime Kuma" section whose table has one row per
+    monitor of monitors.json: | name | Uptime Kuma's type | URL | accepted status codes |
+    keyword (and whether inverted) or JSON query | expected value |, the strings verbatim."""
+    section = doc_section("Uptime Kuma")
     rows: dict[str, list[str]] = {}
     for line in section.splitlines():
         if line.lstrip().startswith("|"):
