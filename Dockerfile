@@ -21,7 +21,7 @@
 #   docker run --rm --read-only -e CONVEX_URL=... -e HEALTH_SIDECAR_SECRET=... health-sidecar \
 #     health-sidecar config
 #
-# tests/docker/test_dockerfile.py parses this file and replays the build stage's RUN lines
+# tests/clients/docker/test_dockerfile.py parses this file and replays the build stage's RUN lines
 # into a clean venv, then runs CMD and HEALTHCHECK from it: keep them plain.
 
 ARG PYTHON_IMAGE=python:3.11-slim

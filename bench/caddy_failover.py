@@ -4,7 +4,7 @@
                                              [--caddy-interval 250ms]
 
 Runs dev/convex-local, the real Mastra, two app containers with their sidecars on 127.0.0.2
-and 127.0.0.3 and Caddy with config/Caddyfile (the fleet of tests/caddy). Each run sends
+and 127.0.0.3 and Caddy with config/Caddyfile (the fleet of tests/clients/caddy). Each run sends
 steady traffic through Caddy (50 req/s, GET and POST), turns app-2's health URL to 500 at a
 random moment (it keeps serving), and reports, from that moment:
 

@@ -6,7 +6,7 @@ Runs dev/convex-local and the real Mastra on loopback and the daemon with four c
 (convex, mastra, an http check of Mastra's /health and a tcp check of Convex's port) every
 10 ms, samples its RSS, open file descriptors and threads from /proc, and reports the RSS
 slope after the warm-up, the descriptors and threads at the start and end, and crashes.
-tests/load/test_soak.py runs the same soak, reduced, in `make test`.
+tests/daemon/load/test_soak.py runs the same soak, reduced, in `make test`.
 """
 
 from __future__ import annotations

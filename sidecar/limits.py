@@ -1,5 +1,5 @@
 """The store protocol's bounds, as the Convex functions enforce them (convex/healthProtocol.ts:
-LIMITS and FIELD_LIMITS; tests/store/test_limits.py checks that these copies agree)."""
+LIMITS and FIELD_LIMITS; tests/modules/store/test_limits.py checks that these copies agree)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The daemon at the largest configuration it accepts: 200 checks (the maximum) adding up to
 the maximum probe rate (1,000 runs a second). Every result reaches Convex, /live keeps
 answering, and SIGTERM still drains. One more check, or a faster interval, is refused at
-start (tests/config/invalid/)."""
+start (tests/modules/config/invalid/)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The accelerated soak, shared by tests/load (reduced) and bench/soak.py (full).
+"""The accelerated soak, shared by tests/daemon/load (reduced) and bench/soak.py (full).
 
 A running daemon probes every `interval` seconds; we sample its RSS, open file descriptors and
 threads from /proc while its rounds add up (counted by `sidecar_check_runs_total`), then fit a
