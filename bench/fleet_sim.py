@@ -59,6 +59,7 @@ from sidecar import __version__, logs
 from sidecar.checks import Check
 from sidecar.config import ConfigError, Settings, load_settings
 from sidecar.fleet import FleetView
+from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult
 from sidecar.snapshot import Snapshot
@@ -311,10 +312,12 @@ class Instance:
         self.name = settings.instance
         self.checks = settings.resolved_checks()
         timing = SyncTiming(period=settings.store_interval, timeout=settings.store_timeout)
+        metrics = Metrics(checks=[c.name for c in self.checks], version=__version__)
         self.monitor = Monitor(
             instance=settings.instance,
             version=__version__,
             checks=self.checks,
+            metrics=metrics,
             fleet=FleetView(threshold=settings.panic_threshold, grace=timing.grace),
         )
         secret = settings.secret.get_secret_value()
@@ -334,7 +337,7 @@ class Instance:
         self.syncer = Syncer(
             monitor=self.monitor,
             store=self.store,
-            metrics=self.monitor.metrics,
+            metrics=metrics,
             evidence=evidence,
             fingerprints=self.fingerprints,
             timing=timing,

@@ -12,6 +12,7 @@ from aiohttp import web
 from sidecar import __version__, logs
 from sidecar.config import Settings
 from sidecar.fleet import FleetView
+from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.probes import runner
 from sidecar.scheduler import Scheduler
@@ -29,14 +30,21 @@ def build_app(settings: Settings) -> web.Application:
     """The aiohttp app; its cleanup context runs the scheduler and the store sync."""
     checks = settings.resolved_checks()
     timing = SyncTiming(period=settings.store_interval, timeout=settings.store_timeout)
+    metrics = Metrics(checks=[c.name for c in checks], version=__version__)
     monitor = Monitor(
         instance=settings.instance,
         version=__version__,
         checks=checks,
+        metrics=metrics,
         fleet=FleetView(threshold=settings.panic_threshold, grace=timing.grace),
     )
     token = settings.details_token.get_secret_value() if settings.details_token else ""
-    app = create_app(monitor, details_token=token, trusted_proxies=settings.trusted_proxies)
+    app = create_app(
+        monitor,
+        registry=metrics.registry,
+        details_token=token,
+        trusted_proxies=settings.trusted_proxies,
+    )
     app[FORCED] = asyncio.Event()
     secret = settings.secret.get_secret_value()
 
@@ -64,14 +72,18 @@ def build_app(settings: Settings) -> web.Application:
         syncer = Syncer(
             monitor=monitor,
             store=store,
-            metrics=monitor.metrics,
+            metrics=metrics,
             evidence=evidence,
             fingerprints={c.name: fingerprint(secret, c.definition()) for c in checks},
             timing=timing,
             threshold=settings.panic_threshold,
         )
         scheduler = Scheduler(
-            monitor=monitor, session=probe_session, checks=checks, probe=runner(evidence)
+            monitor=monitor,
+            metrics=metrics,
+            session=probe_session,
+            checks=checks,
+            probe=runner(evidence),
         )
         tasks = [_task(scheduler.run(), "scheduler"), _task(syncer.run(), "sync")]
         yield

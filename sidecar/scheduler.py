@@ -15,6 +15,7 @@ import aiohttp
 
 from sidecar import logs
 from sidecar.checks import Check
+from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.probes import Probe, run_probe
 from sidecar.result import CheckResult, Stopwatch
@@ -34,6 +35,7 @@ class Scheduler:
         self,
         *,
         monitor: Monitor,
+        metrics: Metrics,
         session: aiohttp.ClientSession,
         checks: Sequence[Check],
         probe: Probe = run_probe,
@@ -41,6 +43,7 @@ class Scheduler:
         first_round_step: float = FIRST_ROUND_STEP,
     ) -> None:
         self._monitor = monitor
+        self._metrics = metrics
         self._session = session
         self._checks = {c.name: c for c in checks}
         self._probe = probe
@@ -71,7 +74,7 @@ class Scheduler:
 
     def _restart(self, name: str, task: asyncio.Task[None]) -> asyncio.Task[None]:
         error = None if task.cancelled() else task.exception()
-        self._monitor.metrics.check_crashes.labels(check=name).inc()
+        self._metrics.check_crashes.labels(check=name).inc()
         self._log.error(
             "check loop crashed; restarting",
             check=name,
