@@ -69,6 +69,7 @@ from sidecar.store.evidence import RuntimeEvidence
 from sidecar.store.messages import SyncAnswer, SyncRequest
 from sidecar.store.signing import fingerprint
 from sidecar.sync import Syncer, SyncTiming
+from sidecar.warmstart import WarmStart
 from tests.support import procs
 
 MASTRA_URL = "http://127.0.0.1:4111"  # resolved into the `mastra` check, never contacted
@@ -342,6 +343,7 @@ class Instance:
             fingerprints=self.fingerprints,
             timing=timing,
             threshold=settings.panic_threshold,
+            warm_start=WarmStart(monitor=self.monitor, fingerprints=self.fingerprints),
         )
         self._weather = weather
         self._rng = rng

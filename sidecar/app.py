@@ -21,6 +21,7 @@ from sidecar.store import ConvexClient, HealthStore
 from sidecar.store.evidence import RuntimeEvidence
 from sidecar.store.signing import fingerprint
 from sidecar.sync import Syncer, SyncTiming
+from sidecar.warmstart import WarmStart
 
 # Set by a second signal: exit at once, without the last sync.
 FORCED = web.AppKey("forced", asyncio.Event)
@@ -69,14 +70,16 @@ def build_app(settings: Settings) -> web.Application:
             url=settings.convex_url,
             window=2 * settings.store_interval + settings.store_timeout,
         )
+        fingerprints = {c.name: fingerprint(secret, c.definition()) for c in checks}
         syncer = Syncer(
             monitor=monitor,
             store=store,
             metrics=metrics,
             evidence=evidence,
-            fingerprints={c.name: fingerprint(secret, c.definition()) for c in checks},
+            fingerprints=fingerprints,
             timing=timing,
             threshold=settings.panic_threshold,
+            warm_start=WarmStart(monitor=monitor, fingerprints=fingerprints),
         )
         scheduler = Scheduler(
             monitor=monitor,
