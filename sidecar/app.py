@@ -29,7 +29,7 @@ FORCED = web.AppKey("forced", asyncio.Event)
 
 def build_app(settings: Settings) -> web.Application:
     """The aiohttp app; its cleanup context runs the scheduler and the store sync."""
-    checks = settings.resolved_checks()
+    checks = settings.resolved_checks
     timing = SyncTiming(period=settings.store_interval, timeout=settings.store_timeout)
     metrics = Metrics(checks=[c.name for c in checks], version=__version__)
     monitor = Monitor(

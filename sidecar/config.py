@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -32,12 +34,14 @@ from pydantic_settings import (
 
 from sidecar.checks import (
     APP_CHECK,
+    DEFAULT_INTERVAL,
+    DEFAULT_TIMEOUT,
     MAX_PROBES_PER_SECOND,
-    PANIC_KINDS,
     Check,
     ConvexCheck,
     HttpCheck,
     MastraCheck,
+    default_panic,
     http_url,
 )
 from sidecar.limits import MAX_CHECKS, MAX_TTL_MS, MIN_TTL_MS
@@ -112,8 +116,10 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         15.0, ge=0, le=3600, validation_alias=_env("SIDECAR_DRAIN_SECONDS")
     )
-    interval: float = Field(10.0, ge=0.01, le=86400, validation_alias=_env("SIDECAR_INTERVAL"))
-    timeout: float = Field(2.0, gt=0, le=600, validation_alias=_env("SIDECAR_TIMEOUT"))
+    interval: float = Field(
+        DEFAULT_INTERVAL, ge=0.01, le=86400, validation_alias=_env("SIDECAR_INTERVAL")
+    )
+    timeout: float = Field(DEFAULT_TIMEOUT, gt=0, le=600, validation_alias=_env("SIDECAR_TIMEOUT"))
     store_interval: float = Field(
         60.0, ge=1, le=3600, validation_alias=_env("SIDECAR_STORE_INTERVAL")
     )
@@ -125,7 +131,9 @@ class Settings(BaseSettings):
     panic_threshold: float = Field(
         0.5, gt=0, le=1, validation_alias=_env("SIDECAR_PANIC_THRESHOLD")
     )
+    # The file's (or SIDECAR_CHECKS') checks as given; `resolved_checks` are the ones to run.
     checks: tuple[Check, ...] = Field((), validation_alias=_env("SIDECAR_CHECKS"))
+    _resolved: tuple[Check, ...] = PrivateAttr(())
 
     @field_validator("convex_url", "mastra_url", "app_url")
     @classmethod
@@ -176,69 +184,81 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        problems: list[InitErrorDetails] = []
+        """Resolve the checks, then judge what no single field can: every problem at once."""
+        self._resolved = _resolve(self)
+        problems = [
+            *self._timing_problems(),
+            *self._check_problems(),
+            *self._store_problems(),
+            *self._load_problems(),
+        ]
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    def _timing_problems(self) -> Iterator[InitErrorDetails]:
         if self.timeout > self.interval:
-            problems.append(
-                _problem(
-                    ("SIDECAR_TIMEOUT",),
-                    f"{self.timeout:g}s exceeds SIDECAR_INTERVAL ({self.interval:g}s)",
-                )
+            yield _problem(
+                ("SIDECAR_TIMEOUT",),
+                f"{self.timeout:g}s exceeds SIDECAR_INTERVAL ({self.interval:g}s)",
             )
+
+    def _check_problems(self) -> Iterator[InitErrorDetails]:
+        """Names reserved or used twice, an app check shared or excused, and a timeout over
+        SIDECAR_INTERVAL for a check that runs at that interval."""
         first: dict[str, int] = {}
         for index, check in enumerate(self.checks):
             loc = ("checks", index, "name")
             label = f"{check.name}, {check.kind}"
             if check.name in RESERVED_NAMES:
                 why = RESERVED_NAMES[check.name]
-                problems.append(_problem(loc, f"{check.name!r} is reserved: {why}", label))
+                yield _problem(loc, f"{check.name!r} is reserved: {why}", label)
             elif check.name in first:
                 where = f"checks[{first[check.name]}]"
-                problems.append(_problem(loc, f"duplicate check name (also {where})", label))
+                yield _problem(loc, f"duplicate check name (also {where})", label)
             first.setdefault(check.name, index)
             if check.name == APP_CHECK:
                 for option in ("shared", "panic"):
                     if getattr(check, option):
                         why = "the app check (the container beside) is never shared or excused"
-                        problems.append(_problem(("checks", index, option), why, label))
-            late = check.interval is None and (check.timeout or 0) > self.interval
-            if late:
+                        yield _problem(("checks", index, option), why, label)
+            given = check.model_fields_set
+            if "interval" not in given and "timeout" in given and check.timeout > self.interval:
                 message = (
                     f"{check.timeout:g}s exceeds the check's interval "
                     f"(SIDECAR_INTERVAL, {self.interval:g}s)"
                 )
-                problems.append(_problem(("checks", index, "timeout"), message, label))
+                yield _problem(("checks", index, "timeout"), message, label)
+
+    def _store_problems(self) -> Iterator[InitErrorDetails]:
         shortest_ttl = 2 * self.store_interval + self.store_timeout
         if self.ttl < shortest_ttl:
-            problems.append(
-                _problem(
-                    ("SIDECAR_STORE_TTL",),
-                    f"{self.ttl:g}s must be at least twice SIDECAR_STORE_INTERVAL plus "
-                    f"SIDECAR_STORE_TIMEOUT ({shortest_ttl:g}s): an instance that misses one "
-                    "sync must not drop out of the fleet",
-                )
+            yield _problem(
+                ("SIDECAR_STORE_TTL",),
+                f"{self.ttl:g}s must be at least twice SIDECAR_STORE_INTERVAL plus "
+                f"SIDECAR_STORE_TIMEOUT ({shortest_ttl:g}s): an instance that misses one "
+                "sync must not drop out of the fleet",
             )
         if _clear_text(self.convex_url) and not self.convex_allow_http:
-            problems.append(
-                _problem(
-                    ("CONVEX_URL",),
-                    "http:// to a host other than this one sends the store's calls in clear "
-                    "text: use https://, or set SIDECAR_CONVEX_ALLOW_HTTP=1",
-                )
+            yield _problem(
+                ("CONVEX_URL",),
+                "http:// to a host other than this one sends the store's calls in clear "
+                "text: use https://, or set SIDECAR_CONVEX_ALLOW_HTTP=1",
             )
-        resolved = self.resolved_checks()
+
+    def _load_problems(self) -> Iterator[InitErrorDetails]:
+        """More checks, or more probes a second, than the daemon is built for."""
+        resolved = self._resolved
         if len(resolved) > MAX_CHECKS:
             message = f"{len(resolved)} checks; at most {MAX_CHECKS} are allowed"
-            problems.append(_problem(("SIDECAR_CHECKS",), message))
-        rate = sum(1 / c.every for c in resolved)
+            yield _problem(("SIDECAR_CHECKS",), message)
+        rate = sum(1 / c.interval for c in resolved)
         if rate > MAX_PROBES_PER_SECOND:
             message = (
                 f"the checks would run {rate:,.1f} probes a second; at most "
                 f"{MAX_PROBES_PER_SECOND:,} (sum of 1/interval): give them longer intervals"
             )
-            problems.append(_problem(("SIDECAR_CHECKS",), message))
-        if problems:
-            raise ValidationError.from_exception_data(type(self).__name__, problems)
-        return self
+            yield _problem(("SIDECAR_CHECKS",), message)
 
     @property
     def ttl(self) -> float:
@@ -249,25 +269,12 @@ class Settings(BaseSettings):
         shortest = max(2 * self.store_interval + self.store_timeout, MIN_STORE_TTL)
         return min(max(5 * self.store_interval, shortest), MAX_STORE_TTL)
 
+    @property
     def resolved_checks(self) -> tuple[Check, ...]:
-        """The checks to run: the built-ins, then the file's; a file check with a built-in's
-        name replaces it. Interval and timeout defaults are filled in."""
-        builtin: list[Check] = [ConvexCheck(name="convex", target=self.convex_url)]
-        if self.mastra_url:
-            builtin.append(MastraCheck(name="mastra", target=self.mastra_url))
-        if self.app_url:
-            builtin.append(HttpCheck(name="app", target=self.app_url))
-        own = {c.name for c in self.checks}
-        chosen = [c for c in builtin if c.name not in own] + list(self.checks)
-        return tuple(self._fill(c) for c in chosen)
-
-    def _fill(self, check: Check) -> Check:
-        interval = check.interval if check.interval is not None else self.interval
-        timeout = check.timeout if check.timeout is not None else min(self.timeout, interval)
-        panic = check.panic
-        if panic is None:
-            panic = check.name != APP_CHECK and (check.kind in PANIC_KINDS or check.shared)
-        return check.model_copy(update={"interval": interval, "timeout": timeout, "panic": panic})
+        """The checks to run, resolved once when the settings were validated: the built-ins,
+        then the file's (a file check with a built-in's name replaces it), each with its
+        interval and timeout filled in from SIDECAR_INTERVAL and SIDECAR_TIMEOUT."""
+        return self._resolved
 
     @classmethod
     def settings_customise_sources(
@@ -280,6 +287,28 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Explicit arguments, then the environment, then the TOML file."""
         return init_settings, env_settings, TomlSource(settings_cls)
+
+
+def _resolve(settings: Settings) -> tuple[Check, ...]:
+    """The built-in checks the URLs ask for, then the file's; a file check with a built-in's
+    name replaces it. Interval and timeout the check does not set come from the settings,
+    and `panic` from `default_panic`."""
+    builtin: list[Check] = [ConvexCheck(name="convex", target=settings.convex_url)]
+    if settings.mastra_url:
+        builtin.append(MastraCheck(name="mastra", target=settings.mastra_url))
+    if settings.app_url:
+        builtin.append(HttpCheck(name="app", target=settings.app_url))
+    own = {c.name for c in settings.checks}
+    chosen = [c for c in builtin if c.name not in own] + list(settings.checks)
+    out = []
+    for check in chosen:
+        given = check.model_fields_set
+        interval = check.interval if "interval" in given else settings.interval
+        timeout = check.timeout if "timeout" in given else min(settings.timeout, interval)
+        panic = check.panic if "panic" in given else default_panic(check)
+        update = {"interval": interval, "timeout": timeout, "panic": panic}
+        out.append(check.model_copy(update=update))
+    return tuple(out)
 
 
 class TomlSource(PydanticBaseSettingsSource):

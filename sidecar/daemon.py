@@ -66,7 +66,7 @@ async def serve(settings: Settings, *, early_signals: Sequence[int] = ()) -> int
         "listening",
         host=settings.host,
         port=settings.port,
-        checks=[c.name for c in settings.resolved_checks()],
+        checks=[c.name for c in settings.resolved_checks],
         duration=round((time.monotonic() - started) * 1000, 1),
     )
     stop, force = asyncio.Event(), app[FORCED]

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def effective(settings: Settings) -> dict[str, Any]:
     """The settings as JSON, with the resolved checks and every secret masked."""
     doc = settings.model_dump(mode="json", exclude={"checks"})
-    doc["checks"] = [c.model_dump(mode="json") for c in settings.resolved_checks()]
+    doc["checks"] = [c.model_dump(mode="json") for c in settings.resolved_checks]
     for holder, key in [(doc, "convex_url"), (doc, "mastra_url"), (doc, "app_url")] + [
         (check, "target") for check in doc["checks"]
     ]:

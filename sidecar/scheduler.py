@@ -51,7 +51,7 @@ class Scheduler:
         self._log = logs.get("scheduler")
         count = len(self._checks)
         self._first = {
-            c.name: i * min(first_round_step, c.every / count) for i, c in enumerate(checks)
+            c.name: i * min(first_round_step, c.interval / count) for i, c in enumerate(checks)
         }
 
     async def run(self) -> None:
@@ -98,11 +98,11 @@ class Scheduler:
     async def _run(self, check: Check) -> CheckResult:
         watch = Stopwatch()
         try:
-            async with asyncio.timeout(check.limit + BACKSTOP_GRACE):
+            async with asyncio.timeout(check.timeout + BACKSTOP_GRACE):
                 return await self._probe(self._session, check)
         except TimeoutError:
-            return watch.result("fail", f"timeout after {check.limit:g}s (scheduler backstop)")
+            return watch.result("fail", f"timeout after {check.timeout:g}s (scheduler backstop)")
 
     def _spacing(self, check: Check) -> float:
-        jitter = check.every * check.jitter
-        return check.every + self._rng.uniform(-jitter, jitter)
+        jitter = check.interval * check.jitter
+        return check.interval + self._rng.uniform(-jitter, jitter)

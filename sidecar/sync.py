@@ -160,7 +160,7 @@ class Syncer:
         return SharedAsk(
             check=check.name,
             fingerprint=fingerprint,
-            lease_ms=_lease_ms(2 * check.every + self._timing.grace),
+            lease_ms=_lease_ms(2 * check.interval + self._timing.grace),
             result=result,
         )
 
@@ -211,7 +211,7 @@ class Syncer:
         fleet's count converges fast) or a shared one (the holder's results stay fresh)."""
         periods = [self._timing.period]
         periods += [
-            s.check.every
+            s.check.interval
             for s in snap.states
             if s.check.shared or (s.check.panic and snap.statuses[s.name] == "fail")
         ]
@@ -273,7 +273,7 @@ def _failing_panic_checks(snap: Snapshot) -> tuple[str, ...]:
 
 def _longest(snap: Snapshot, names: tuple[str, ...]) -> float:
     """The longest interval of the named checks (0 when none)."""
-    return max((s.check.every for s in snap.states if s.name in names), default=0.0)
+    return max((s.check.interval for s in snap.states if s.name in names), default=0.0)
 
 
 def _lease_ms(seconds: float) -> float:
