@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import regex
@@ -23,7 +23,7 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 MAX_PROBES_PER_SECOND = 1000
 HTTP_METHODS = Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"]
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
-MASK = "**********"  # what pydantic's SecretStr prints
+MASK = "**********"  # every secret `health-sidecar config` prints (as SecretStr does)
 # Options that schedule or judge a check's results but do not change what it probes.
 _NOT_PROBED = frozenset(
     {
@@ -206,6 +206,10 @@ Check = Annotated[
     ConvexCheck | MastraCheck | HttpCheck | TcpCheck,
     Field(discriminator="kind"),
 ]
+# Every kind, in the union's order (what `kind` may be).
+KINDS: tuple[str, ...] = tuple(
+    model.model_fields["kind"].default for model in get_args(get_args(Check)[0])
+)
 
 
 def default_panic(check: Check) -> bool:
