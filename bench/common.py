@@ -47,10 +47,10 @@ def stop_on_sigterm() -> None:
 def event_loop() -> str:
     """The event loop the daemon runs on, so the peers can run on the same one."""
     try:
-        from sidecar import daemon
+        from sidecar import daemon  # noqa: F401
     except ImportError:
         return "asyncio"
-    return "uvloop" if getattr(daemon, "LOOP", "asyncio") == "uvloop" else "asyncio"
+    return "uvloop"  # sidecar/daemon.py runs on uvloop
 
 
 def workdir(path: Path | None = None) -> Path:

@@ -18,8 +18,6 @@ from sidecar.app import FORCED, build_app
 from sidecar.config import Settings
 from sidecar.server import MONITOR
 
-# The event loop the daemon runs on (bench/ runs its peers on the same one).
-LOOP = "uvloop"
 GIL_SWITCH_SECONDS = 0.0005
 
 
