@@ -88,10 +88,13 @@ async def test_crashed_loop_is_logged_counted_and_restarted(
             raise RuntimeError("probe bug")
         return Stopwatch().result("pass", "fine")
 
-    checks: list[Check] = [http("boom", "http://127.0.0.1:9"), http("fine", "http://127.0.0.1:9")]
+    checks: list[Check] = [
+        http("boom", "http://127.0.0.1:9"),
+        http("fine", "http://127.0.0.1:9", interval=0.02, timeout=0.01),
+    ]
     watched = monitored(checks)
-    async with scheduling(watched, checks, probe=probe):
-        await asyncio.sleep(2.3)
+    async with scheduling(watched, checks, probe=probe, tick=0.05):
+        await asyncio.sleep(0.4)
     metrics = watched[1]
     crashes = metrics.registry.get_sample_value("sidecar_check_crashes_total", {"check": "boom"})
     assert crashes is not None
@@ -110,8 +113,8 @@ async def test_scheduler_backstop_bounds_a_probe_that_ignores_its_timeout() -> N
 
     checks: list[Check] = [http("stuck", "http://127.0.0.1:9", interval=2, timeout=0.1)]
     monitor, metrics = monitored(checks)
-    async with scheduling((monitor, metrics), checks, probe=probe):
-        await asyncio.sleep(1.3)
+    async with scheduling((monitor, metrics), checks, probe=probe, backstop_grace=0.05):
+        await asyncio.sleep(0.4)
     assert monitor.snapshot.statuses["stuck"] == "fail"
 
 
