@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.checks import HttpCheck, MastraCheck
+from sidecar.checks import Check, HttpCheck, MastraCheck
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.state import Record
@@ -33,7 +33,7 @@ def record(check: str, status: str = "pass") -> Record:
 
 
 def monitor() -> Monitor:
-    checks = [MASTRA, APP]
+    checks: list[Check] = [MASTRA, APP]
     metrics = Metrics(checks=[c.name for c in checks], version="0")
     return Monitor(instance="i", version="0", checks=checks, metrics=metrics, clock=lambda: NOW)
 
