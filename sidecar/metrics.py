@@ -103,12 +103,13 @@ class Metrics:
             self.store_duration.labels(op=op)
             for result in STORE_RESULTS:
                 self.store_requests.labels(op=op, result=result)
-        ProcessCollector(registry=reg)
-        PlatformCollector(registry=reg)
 
     def watch(self, source: Source) -> None:
-        """Serve the check and readiness gauges of `source`'s Snapshot from now on."""
+        """Serve the check and readiness gauges of `source`'s Snapshot from now on, and the
+        process's (registered after them: the page keeps its order)."""
         self.registry.register(SnapshotCollector(source))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
 
 class SnapshotCollector(Collector):
