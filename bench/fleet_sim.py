@@ -57,6 +57,7 @@ from sidecar import __version__, logs
 from sidecar.checks import Check
 from sidecar.config import ConfigError, Settings, load_settings
 from sidecar.fleet import FleetView
+from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult
 from sidecar.snapshot import Snapshot
@@ -66,6 +67,7 @@ from sidecar.store.evidence import RuntimeEvidence
 from sidecar.store.messages import SyncAnswer, SyncRequest
 from sidecar.store.signing import fingerprint
 from sidecar.sync import Syncer, SyncTiming
+from sidecar.warmstart import WarmStart
 from tests.support import procs
 
 MASTRA_URL = "http://127.0.0.1:4111"  # resolved into the `mastra` check, never contacted
@@ -307,12 +309,14 @@ class Instance:
         rng: random.Random,
     ) -> None:
         self.name = settings.instance
-        self.checks = settings.resolved_checks()
+        self.checks = settings.resolved_checks
         timing = SyncTiming(period=settings.store_interval, timeout=settings.store_timeout)
+        metrics = Metrics(checks=[c.name for c in self.checks], version=__version__)
         self.monitor = Monitor(
             instance=settings.instance,
             version=__version__,
             checks=self.checks,
+            metrics=metrics,
             fleet=FleetView(threshold=settings.panic_threshold, grace=timing.grace),
         )
         secret = settings.secret.get_secret_value()
@@ -332,11 +336,12 @@ class Instance:
         self.syncer = Syncer(
             monitor=self.monitor,
             store=self.store,
-            metrics=self.monitor.metrics,
+            metrics=metrics,
             evidence=evidence,
             fingerprints=self.fingerprints,
             timing=timing,
             threshold=settings.panic_threshold,
+            warm_start=WarmStart(monitor=self.monitor, fingerprints=self.fingerprints),
         )
         self._weather = weather
         self._rng = rng
@@ -360,11 +365,11 @@ class Instance:
     async def _feed(self, check: Check, loop: asyncio.AbstractEventLoop) -> None:
         """The scheduler's loop for one check, with a simulated probe: a result every interval
         (jittered as the scheduler jitters it), from a random phase."""
-        next_at = loop.time() + self._rng.uniform(0, min(check.every, 0.2))
+        next_at = loop.time() + self._rng.uniform(0, min(check.interval, 0.2))
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            jitter = check.every * check.jitter
-            next_at += check.every + self._rng.uniform(-jitter, jitter)
+            jitter = check.interval * check.jitter
+            next_at += check.interval + self._rng.uniform(-jitter, jitter)
             if self.monitor.snapshot.probes(check):
                 failing = check.name == "mastra" and self._weather.mastra_failing
                 self.monitor.record(
@@ -771,10 +776,10 @@ def diagnostics(rows: Sequence[Row], options: Options) -> str:
 
 def header(options: Options, sample: Settings) -> str:
     checks = ", ".join(
-        f"{c.name} ({c.kind}, every {c.every:g} s, timeout {c.limit:g} s, "
+        f"{c.name} ({c.kind}, every {c.interval:g} s, timeout {c.timeout:g} s, "
         f"panic={c.panic}, critical={c.critical}, fail after {c.failures_before_fail}, "
         f"pass after {c.successes_before_pass}, jitter {c.jitter:g})"
-        for c in sample.resolved_checks()
+        for c in sample.resolved_checks
     )
     session = (
         "one aiohttp session per instance (force_close, limit 10, as the daemon)"

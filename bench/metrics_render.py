@@ -58,6 +58,7 @@ def in_process(renders: int = 300) -> tuple[float, float, int]:
 
     from sidecar import logs
     from sidecar.checks import HttpCheck
+    from sidecar.metrics import Metrics
     from sidecar.monitor import Monitor
     from sidecar.result import CheckResult
 
@@ -66,15 +67,16 @@ def in_process(renders: int = 300) -> tuple[float, float, int]:
         HttpCheck(name=f"check_{i}", target="http://127.0.0.1:1", interval=10, timeout=2)
         for i in range(CHECKS)
     ]
-    monitor = Monitor(instance="bench", version="0.0.0", checks=checks)
+    metrics = Metrics(checks=[c.name for c in checks], version="0.0.0")
+    monitor = Monitor(instance="bench", version="0.0.0", checks=checks, metrics=metrics)
     for check in checks:
         now = time.time()
         monitor.record(check.name, CheckResult("pass", "HTTP 200", latency=0.02, observed_at=now))
-    page = generate_latest(monitor.metrics.registry)
+    page = generate_latest(metrics.registry)
     times = []
     for _ in range(renders):
         started = time.perf_counter()
-        generate_latest(monitor.metrics.registry)
+        generate_latest(metrics.registry)
         times.append((time.perf_counter() - started) * 1000)
     times.sort()
     return statistics.median(times), times[int(0.99 * (len(times) - 1))], len(page)

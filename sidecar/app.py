@@ -12,6 +12,7 @@ from aiohttp import web
 from sidecar import __version__, logs
 from sidecar.config import Settings
 from sidecar.fleet import FleetView
+from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.probes import runner
 from sidecar.scheduler import Scheduler
@@ -20,6 +21,7 @@ from sidecar.store import ConvexClient, HealthStore
 from sidecar.store.evidence import RuntimeEvidence
 from sidecar.store.signing import fingerprint
 from sidecar.sync import Syncer, SyncTiming
+from sidecar.warmstart import WarmStart
 
 # Set by a second signal: exit at once, without the last sync.
 FORCED = web.AppKey("forced", asyncio.Event)
@@ -27,16 +29,23 @@ FORCED = web.AppKey("forced", asyncio.Event)
 
 def build_app(settings: Settings) -> web.Application:
     """The aiohttp app; its cleanup context runs the scheduler and the store sync."""
-    checks = settings.resolved_checks()
+    checks = settings.resolved_checks
     timing = SyncTiming(period=settings.store_interval, timeout=settings.store_timeout)
+    metrics = Metrics(checks=[c.name for c in checks], version=__version__)
     monitor = Monitor(
         instance=settings.instance,
         version=__version__,
         checks=checks,
+        metrics=metrics,
         fleet=FleetView(threshold=settings.panic_threshold, grace=timing.grace),
     )
     token = settings.details_token.get_secret_value() if settings.details_token else ""
-    app = create_app(monitor, details_token=token, trusted_proxies=settings.trusted_proxies)
+    app = create_app(
+        monitor,
+        registry=metrics.registry,
+        details_token=token,
+        trusted_proxies=settings.trusted_proxies,
+    )
     app[FORCED] = asyncio.Event()
     secret = settings.secret.get_secret_value()
 
@@ -61,17 +70,23 @@ def build_app(settings: Settings) -> web.Application:
             url=settings.convex_url,
             window=2 * settings.store_interval + settings.store_timeout,
         )
+        fingerprints = {c.name: fingerprint(secret, c.definition()) for c in checks}
         syncer = Syncer(
             monitor=monitor,
             store=store,
-            metrics=monitor.metrics,
+            metrics=metrics,
             evidence=evidence,
-            fingerprints={c.name: fingerprint(secret, c.definition()) for c in checks},
+            fingerprints=fingerprints,
             timing=timing,
             threshold=settings.panic_threshold,
+            warm_start=WarmStart(monitor=monitor, fingerprints=fingerprints),
         )
         scheduler = Scheduler(
-            monitor=monitor, session=probe_session, checks=checks, probe=runner(evidence)
+            monitor=monitor,
+            metrics=metrics,
+            session=probe_session,
+            checks=checks,
+            probe=runner(evidence),
         )
         tasks = [_task(scheduler.run(), "scheduler"), _task(syncer.run(), "sync")]
         yield

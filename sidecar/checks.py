@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import regex
@@ -23,7 +23,7 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 MAX_PROBES_PER_SECOND = 1000
 HTTP_METHODS = Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"]
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
-MASK = "**********"  # what pydantic's SecretStr prints
+MASK = "**********"  # every secret `health-sidecar config` prints (as SecretStr does)
 # Options that schedule or judge a check's results but do not change what it probes.
 _NOT_PROBED = frozenset(
     {
@@ -40,7 +40,11 @@ _NOT_PROBED = frozenset(
 )
 # The check of the container beside: never shared, never excused by a shared outage.
 APP_CHECK = "app"
+# SIDECAR_INTERVAL's and SIDECAR_TIMEOUT's defaults, in seconds.
+DEFAULT_INTERVAL = 10.0
+DEFAULT_TIMEOUT = 2.0
 PANIC_KINDS = frozenset({"convex", "mastra"})
+_NULLABLE = frozenset({"interval", "timeout", "panic"})
 
 
 def http_url(value: str) -> str:
@@ -72,8 +76,11 @@ class _Check(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     target: str
-    interval: float | None = Field(default=None, ge=0.01, le=86400)
-    timeout: float | None = Field(default=None, gt=0, le=600)
+    # Unset, SIDECAR_INTERVAL and SIDECAR_TIMEOUT (at most the interval) take their place,
+    # and `panic` is `default_panic()`: the settings resolve each check once (what its
+    # `model_fields_set` lacks), so every check the daemon runs carries its own values.
+    interval: float = Field(default=DEFAULT_INTERVAL, ge=0.01, le=86400)
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=600)
     jitter: float = Field(default=0.1, ge=0, le=0.5)
     critical: bool = True
     failures_before_fail: int = Field(default=2, ge=1, le=100)
@@ -81,13 +88,23 @@ class _Check(BaseModel):
     # One instance of the fleet probes it and the others take its result from Convex.
     shared: bool = False
     # A failure shared by at least SIDECAR_PANIC_THRESHOLD of the live instances keeps this
-    # instance ready (a shared outage drains nobody). Resolved by the settings: true for
-    # convex, mastra and shared checks, false for the others and always for `app`.
-    panic: bool | None = None
+    # instance ready (a shared outage drains nobody).
+    panic: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """`"interval": null` (JSON) means what leaving the key out means."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in _NULLABLE)}
+        return data
 
     @model_validator(mode="after")
     def _timeout_fits_interval(self) -> _Check:
-        if self.interval is not None and self.timeout is not None and self.timeout > self.interval:
+        # A check without an interval of its own runs every SIDECAR_INTERVAL: the settings
+        # judge that one (its message names SIDECAR_INTERVAL).
+        given = {"interval", "timeout"} <= self.model_fields_set
+        if given and self.timeout > self.interval:
             raise ValueError(f"timeout ({self.timeout:g}s) exceeds interval ({self.interval:g}s)")
         return self
 
@@ -97,18 +114,6 @@ class _Check(BaseModel):
         return {
             name: getattr(self, name) for name in type(self).model_fields if name not in _NOT_PROBED
         }
-
-    @property
-    def every(self) -> float:
-        """The interval in seconds (resolved)."""
-        assert self.interval is not None, "unresolved check"
-        return self.interval
-
-    @property
-    def limit(self) -> float:
-        """The timeout in seconds (resolved)."""
-        assert self.timeout is not None, "unresolved check"
-        return self.timeout
 
 
 class _UrlCheck(_Check):
@@ -201,3 +206,13 @@ Check = Annotated[
     ConvexCheck | MastraCheck | HttpCheck | TcpCheck,
     Field(discriminator="kind"),
 ]
+# Every kind, in the union's order (what `kind` may be).
+KINDS: tuple[str, ...] = tuple(
+    model.model_fields["kind"].default for model in get_args(get_args(Check)[0])
+)
+
+
+def default_panic(check: Check) -> bool:
+    """`panic` of a check that does not set it: true for convex, mastra and shared checks,
+    false for the others, and always for `app` (the container beside)."""
+    return check.name != APP_CHECK and (check.kind in PANIC_KINDS or check.shared)

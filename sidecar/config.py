@@ -4,49 +4,50 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import socket
-import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    SettingsError,
 )
 
 from sidecar.checks import (
     APP_CHECK,
+    DEFAULT_INTERVAL,
+    DEFAULT_TIMEOUT,
+    MASK,
     MAX_PROBES_PER_SECOND,
-    PANIC_KINDS,
     Check,
     ConvexCheck,
     HttpCheck,
     MastraCheck,
+    default_panic,
     http_url,
 )
+from sidecar.config_errors import ConfigError, describe, field_names, labelled, problem
+from sidecar.config_sources import CONFIG_ENV, EnvSource, TomlSource
 from sidecar.limits import MAX_CHECKS, MAX_TTL_MS, MIN_TTL_MS
 from sidecar.peers import Network, parse_networks
 
-CONFIG_ENV = "SIDECAR_CONFIG"
 MIN_STORE_TTL = MIN_TTL_MS / 1000
 MAX_STORE_TTL = MAX_TTL_MS / 1000
-KINDS = ("convex", "mastra", "http", "tcp")
 RESERVED_NAMES = {"store": "/health reports the Convex store's status as services.store"}
 
 
@@ -60,10 +61,6 @@ def _clear_text(url: str) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host != "localhost"
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names each field and its problem."""
 
 
 def _env(*names: str) -> AliasChoices:
@@ -112,8 +109,10 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         15.0, ge=0, le=3600, validation_alias=_env("SIDECAR_DRAIN_SECONDS")
     )
-    interval: float = Field(10.0, ge=0.01, le=86400, validation_alias=_env("SIDECAR_INTERVAL"))
-    timeout: float = Field(2.0, gt=0, le=600, validation_alias=_env("SIDECAR_TIMEOUT"))
+    interval: float = Field(
+        DEFAULT_INTERVAL, ge=0.01, le=86400, validation_alias=_env("SIDECAR_INTERVAL")
+    )
+    timeout: float = Field(DEFAULT_TIMEOUT, gt=0, le=600, validation_alias=_env("SIDECAR_TIMEOUT"))
     store_interval: float = Field(
         60.0, ge=1, le=3600, validation_alias=_env("SIDECAR_STORE_INTERVAL")
     )
@@ -125,7 +124,9 @@ class Settings(BaseSettings):
     panic_threshold: float = Field(
         0.5, gt=0, le=1, validation_alias=_env("SIDECAR_PANIC_THRESHOLD")
     )
+    # The file's (or SIDECAR_CHECKS') checks as given; `resolved_checks` are the ones to run.
     checks: tuple[Check, ...] = Field((), validation_alias=_env("SIDECAR_CHECKS"))
+    _resolved: tuple[Check, ...] = PrivateAttr(())
 
     @field_validator("convex_url", "mastra_url", "app_url")
     @classmethod
@@ -171,74 +172,86 @@ class Settings(BaseSettings):
             return handler(value)
         except ValidationError as exc:
             raise ValidationError.from_exception_data(
-                exc.title, [_labelled(error, value) for error in exc.errors(include_url=False)]
+                exc.title, [labelled(error, value) for error in exc.errors(include_url=False)]
             ) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        problems: list[InitErrorDetails] = []
+        """Resolve the checks, then judge what no single field can: every problem at once."""
+        self._resolved = _resolve(self)
+        problems = [
+            *self._timing_problems(),
+            *self._check_problems(),
+            *self._store_problems(),
+            *self._load_problems(),
+        ]
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    def _timing_problems(self) -> Iterator[InitErrorDetails]:
         if self.timeout > self.interval:
-            problems.append(
-                _problem(
-                    ("SIDECAR_TIMEOUT",),
-                    f"{self.timeout:g}s exceeds SIDECAR_INTERVAL ({self.interval:g}s)",
-                )
+            yield problem(
+                ("SIDECAR_TIMEOUT",),
+                f"{self.timeout:g}s exceeds SIDECAR_INTERVAL ({self.interval:g}s)",
             )
+
+    def _check_problems(self) -> Iterator[InitErrorDetails]:
+        """Names reserved or used twice, an app check shared or excused, and a timeout over
+        SIDECAR_INTERVAL for a check that runs at that interval."""
         first: dict[str, int] = {}
         for index, check in enumerate(self.checks):
             loc = ("checks", index, "name")
             label = f"{check.name}, {check.kind}"
             if check.name in RESERVED_NAMES:
                 why = RESERVED_NAMES[check.name]
-                problems.append(_problem(loc, f"{check.name!r} is reserved: {why}", label))
+                yield problem(loc, f"{check.name!r} is reserved: {why}", label)
             elif check.name in first:
                 where = f"checks[{first[check.name]}]"
-                problems.append(_problem(loc, f"duplicate check name (also {where})", label))
+                yield problem(loc, f"duplicate check name (also {where})", label)
             first.setdefault(check.name, index)
             if check.name == APP_CHECK:
                 for option in ("shared", "panic"):
                     if getattr(check, option):
                         why = "the app check (the container beside) is never shared or excused"
-                        problems.append(_problem(("checks", index, option), why, label))
-            late = check.interval is None and (check.timeout or 0) > self.interval
-            if late:
+                        yield problem(("checks", index, option), why, label)
+            given = check.model_fields_set
+            if "interval" not in given and "timeout" in given and check.timeout > self.interval:
                 message = (
                     f"{check.timeout:g}s exceeds the check's interval "
                     f"(SIDECAR_INTERVAL, {self.interval:g}s)"
                 )
-                problems.append(_problem(("checks", index, "timeout"), message, label))
+                yield problem(("checks", index, "timeout"), message, label)
+
+    def _store_problems(self) -> Iterator[InitErrorDetails]:
         shortest_ttl = 2 * self.store_interval + self.store_timeout
         if self.ttl < shortest_ttl:
-            problems.append(
-                _problem(
-                    ("SIDECAR_STORE_TTL",),
-                    f"{self.ttl:g}s must be at least twice SIDECAR_STORE_INTERVAL plus "
-                    f"SIDECAR_STORE_TIMEOUT ({shortest_ttl:g}s): an instance that misses one "
-                    "sync must not drop out of the fleet",
-                )
+            yield problem(
+                ("SIDECAR_STORE_TTL",),
+                f"{self.ttl:g}s must be at least twice SIDECAR_STORE_INTERVAL plus "
+                f"SIDECAR_STORE_TIMEOUT ({shortest_ttl:g}s): an instance that misses one "
+                "sync must not drop out of the fleet",
             )
         if _clear_text(self.convex_url) and not self.convex_allow_http:
-            problems.append(
-                _problem(
-                    ("CONVEX_URL",),
-                    "http:// to a host other than this one sends the store's calls in clear "
-                    "text: use https://, or set SIDECAR_CONVEX_ALLOW_HTTP=1",
-                )
+            yield problem(
+                ("CONVEX_URL",),
+                "http:// to a host other than this one sends the store's calls in clear "
+                "text: use https://, or set SIDECAR_CONVEX_ALLOW_HTTP=1",
             )
-        resolved = self.resolved_checks()
+
+    def _load_problems(self) -> Iterator[InitErrorDetails]:
+        """More checks, or more probes a second, than the daemon is built for."""
+        resolved = self._resolved
         if len(resolved) > MAX_CHECKS:
             message = f"{len(resolved)} checks; at most {MAX_CHECKS} are allowed"
-            problems.append(_problem(("SIDECAR_CHECKS",), message))
-        rate = sum(1 / c.every for c in resolved)
+            yield problem(("SIDECAR_CHECKS",), message)
+        rate = sum(1 / c.interval for c in resolved)
         if rate > MAX_PROBES_PER_SECOND:
             message = (
                 f"the checks would run {rate:,.1f} probes a second; at most "
                 f"{MAX_PROBES_PER_SECOND:,} (sum of 1/interval): give them longer intervals"
             )
-            problems.append(_problem(("SIDECAR_CHECKS",), message))
-        if problems:
-            raise ValidationError.from_exception_data(type(self).__name__, problems)
-        return self
+            yield problem(("SIDECAR_CHECKS",), message)
 
     @property
     def ttl(self) -> float:
@@ -249,25 +262,12 @@ class Settings(BaseSettings):
         shortest = max(2 * self.store_interval + self.store_timeout, MIN_STORE_TTL)
         return min(max(5 * self.store_interval, shortest), MAX_STORE_TTL)
 
+    @property
     def resolved_checks(self) -> tuple[Check, ...]:
-        """The checks to run: the built-ins, then the file's; a file check with a built-in's
-        name replaces it. Interval and timeout defaults are filled in."""
-        builtin: list[Check] = [ConvexCheck(name="convex", target=self.convex_url)]
-        if self.mastra_url:
-            builtin.append(MastraCheck(name="mastra", target=self.mastra_url))
-        if self.app_url:
-            builtin.append(HttpCheck(name="app", target=self.app_url))
-        own = {c.name for c in self.checks}
-        chosen = [c for c in builtin if c.name not in own] + list(self.checks)
-        return tuple(self._fill(c) for c in chosen)
-
-    def _fill(self, check: Check) -> Check:
-        interval = check.interval if check.interval is not None else self.interval
-        timeout = check.timeout if check.timeout is not None else min(self.timeout, interval)
-        panic = check.panic
-        if panic is None:
-            panic = check.name != APP_CHECK and (check.kind in PANIC_KINDS or check.shared)
-        return check.model_copy(update={"interval": interval, "timeout": timeout, "panic": panic})
+        """The checks to run, resolved once when the settings were validated: the built-ins,
+        then the file's (a file check with a built-in's name replaces it), each with its
+        interval and timeout filled in from SIDECAR_INTERVAL and SIDECAR_TIMEOUT."""
+        return self._resolved
 
     @classmethod
     def settings_customise_sources(
@@ -279,58 +279,29 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Explicit arguments, then the environment, then the TOML file."""
-        return init_settings, env_settings, TomlSource(settings_cls)
+        return init_settings, EnvSource(settings_cls), TomlSource(settings_cls)
 
 
-class TomlSource(PydanticBaseSettingsSource):
-    """Reads `SIDECAR_CONFIG` (a TOML file) and hands its keys to the fields' first alias, so
-    the file says `port = 8099` while the environment says `SIDECAR_PORT`."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        # Looked up case-insensitively, like every other setting.
-        path = next((v for k, v in os.environ.items() if k.upper() == CONFIG_ENV), None)
-        self._data = _read_toml(path)
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        """Unused: `__call__` maps the whole file at once."""
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        fields = self.settings_cls.model_fields
-        env_names = {
-            str(choice): name
-            for name, field in fields.items()
-            if isinstance(field.validation_alias, AliasChoices)
-            for choice in field.validation_alias.choices
-        }
-        out: dict[str, Any] = {}
-        for key, value in self._data.items():
-            field = fields.get(key)
-            alias = field.validation_alias if field is not None else None
-            if key == "config_file" or key in env_names:
-                name = env_names.get(key, key)
-                hint = "" if name == "config_file" else f"; the file spells it {name!r}"
-                raise ConfigError(
-                    _invalid([f"{CONFIG_ENV}: key {key!r} cannot be set in the file{hint}"])
-                )
-            if isinstance(alias, AliasChoices):
-                out[str(alias.choices[0])] = value
-            else:
-                out[key] = value  # unknown key: extra="forbid" names it
-        return out
-
-
-def _read_toml(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(_invalid([f"{CONFIG_ENV}: {path} does not exist or is not a file"]))
-    try:
-        return tomllib.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(_invalid([f"{CONFIG_ENV}: {path} is not valid TOML: {exc}"])) from None
+def _resolve(settings: Settings) -> tuple[Check, ...]:
+    """The built-in checks the URLs ask for, then the file's; a file check with a built-in's
+    name replaces it. Interval and timeout the check does not set come from the settings,
+    and `panic` from `default_panic`."""
+    builtin: list[Check] = [ConvexCheck(name="convex", target=settings.convex_url)]
+    if settings.mastra_url:
+        builtin.append(MastraCheck(name="mastra", target=settings.mastra_url))
+    if settings.app_url:
+        builtin.append(HttpCheck(name="app", target=settings.app_url))
+    own = {c.name for c in settings.checks}
+    chosen = [c for c in builtin if c.name not in own] + list(settings.checks)
+    out = []
+    for check in chosen:
+        given = check.model_fields_set
+        interval = check.interval if "interval" in given else settings.interval
+        timeout = check.timeout if "timeout" in given else min(settings.timeout, interval)
+        panic = check.panic if "panic" in given else default_panic(check)
+        update = {"interval": interval, "timeout": timeout, "panic": panic}
+        out.append(check.model_copy(update=update))
+    return tuple(out)
 
 
 def load_settings() -> Settings:
@@ -339,104 +310,29 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConfigError(describe(exc)) from None
-    except SettingsError as exc:  # a complex value (SIDECAR_CHECKS) that is not JSON
-        raise ConfigError(_undecodable(exc)) from None
+        raise ConfigError(describe(exc, field_names(Settings))) from None
 
 
-def describe(exc: ValidationError) -> str:
-    """One line per problem: `FIELD: problem`, naming the environment variable of a top-level
-    field (`SIDECAR_PORT (port): ...`) and a check by index, name and kind
-    (`checks[0] (payments, http).body_regex: ...`)."""
-    fields = _field_names()
-    return _invalid(
-        [_line(error, fields) for error in exc.errors(include_url=False, include_input=False)]
-    )
+def effective(settings: Settings) -> dict[str, Any]:
+    """The settings as `health-sidecar config` prints them: JSON, with the resolved checks,
+    and every secret masked (secrets, the values of URL queries and check headers)."""
+    doc = settings.model_dump(mode="json", exclude={"checks"})
+    for key in ("secret", "details_token"):
+        if doc[key] is not None:
+            doc[key] = MASK
+    doc["checks"] = [c.model_dump(mode="json") for c in settings.resolved_checks]
+    for holder, key in [(doc, "convex_url"), (doc, "mastra_url"), (doc, "app_url")] + [
+        (check, "target") for check in doc["checks"]
+    ]:
+        if isinstance(holder.get(key), str):
+            holder[key] = _mask_query(holder[key])
+    return doc
 
 
-def _invalid(lines: list[str]) -> str:
-    return "invalid configuration:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def _field_names() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Every spelling of a field (lower case) -> (field name, its environment names)."""
-    out: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        choices = tuple(str(c) for c in alias.choices) if isinstance(alias, AliasChoices) else ()
-        for spelling in (name, *choices):
-            out[spelling.lower()] = (name, choices)
-    return out
-
-
-def _line(error: ErrorDetails, fields: dict[str, tuple[str, tuple[str, ...]]]) -> str:
-    loc = list(error["loc"])
-    ctx = error.get("ctx") or {}
-    message = str(ctx.get("problem", error["msg"])).removeprefix("Value error, ")
-    kind = error["type"]
-    if not loc:
-        return message
-    name, env = fields.get(str(loc[0]).lower(), (str(loc[0]), ()))
-    rest = loc[1:]
-    if name == "checks" and rest and isinstance(rest[0], int):
-        label = ctx.get("check")
-        head = f"checks[{rest[0]}]" + (f" ({label})" if label else "")
-        rest = rest[1:]
-        if rest and rest[0] in KINDS:  # the discriminator's tag: already in the label
-            rest = rest[1:]
-        if kind in ("union_tag_invalid", "union_tag_not_found"):
-            rest = [*rest, "kind"]
-            message = f"must be one of {', '.join(KINDS)}"
-    else:
-        head = f"{env[0]} ({name})" if env else name
-    if kind == "extra_forbidden":
-        message = "unknown key"
-    elif kind == "tuple_type" and name == "checks" and not rest:
-        message = "must be a list of checks ([[checks]] tables, or a JSON list)"
-    elif kind == "missing" and not rest and len(env) > 1:
-        message = f"required: set {' or '.join(env)}"
-    elif kind == "missing":
-        message = "required"
-    path = head + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
-    return f"{path}: {message}"
-
-
-def _labelled(error: ErrorDetails, checks: Any) -> InitErrorDetails:
-    """`error` (inside the checks list) with its check's `name, kind` in the context."""
-    ctx: dict[str, Any] = {**error.get("ctx", {}), "problem": error["msg"]}
-    index = error["loc"][0] if error["loc"] else None
-    if isinstance(index, int) and isinstance(checks, list | tuple) and index < len(checks):
-        raw = checks[index]
-        if isinstance(raw, dict):
-            parts = [raw.get("name"), raw.get("kind")]
-            label = ", ".join(_printable(p[:60]) for p in parts if isinstance(p, str) and p)
-            if label:
-                ctx["check"] = label
-    return InitErrorDetails(
-        type=PydanticCustomError(error["type"], "{problem}", ctx),
-        loc=error["loc"],
-        input=error.get("input"),
-    )
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _problem(
-    loc: tuple[str | int, ...], message: str, check: str | None = None
-) -> InitErrorDetails:
-    ctx = {"problem": message} if check is None else {"problem": message, "check": check}
-    return InitErrorDetails(
-        type=PydanticCustomError("invalid_setting", "{problem}", ctx), loc=loc, input=None
-    )
-
-
-def _undecodable(exc: SettingsError) -> str:
-    """`SIDECAR_CHECKS (checks): is not valid JSON` from pydantic-settings' parse error."""
-    match = re.search(r'field "(\w+)"', str(exc))
-    name = match.group(1) if match else "settings"
-    env = _field_names().get(name, (name, ()))[1]
-    head = f"{env[0]} ({name})" if env else name
-    cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-    return _invalid([f"{head}: is not valid JSON{cause}"])
+def _mask_query(url: str) -> str:
+    """A URL with its query values masked: tokens sometimes travel there."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    masked = urlencode([(k, MASK) for k, _ in parse_qsl(parts.query, True)], safe="*")
+    return parts._replace(query=masked).geturl()

@@ -18,8 +18,6 @@ from sidecar.app import FORCED, build_app
 from sidecar.config import Settings
 from sidecar.server import MONITOR
 
-# The event loop the daemon runs on (bench/ runs its peers on the same one).
-LOOP = "uvloop"
 GIL_SWITCH_SECONDS = 0.0005
 
 
@@ -66,7 +64,7 @@ async def serve(settings: Settings, *, early_signals: Sequence[int] = ()) -> int
         "listening",
         host=settings.host,
         port=settings.port,
-        checks=[c.name for c in settings.resolved_checks()],
+        checks=[c.name for c in settings.resolved_checks],
         duration=round((time.monotonic() - started) * 1000, 1),
     )
     stop, force = asyncio.Event(), app[FORCED]

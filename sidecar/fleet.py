@@ -58,7 +58,7 @@ class FleetView:
         outage = self.outages.get(state.name)
         if outage is None or self.at is None or outage.failing < MIN_SHARED_FAILING:
             return None
-        if now - self.at > STALE_INTERVALS * state.check.every + self.grace:
+        if now - self.at > STALE_INTERVALS * state.check.interval + self.grace:
             return None
         return outage if outage.failing / outage.live >= self.threshold else None
 
@@ -70,7 +70,7 @@ class FleetView:
         since = state.since
         if since is None or state.previous not in ("pass", "warn"):
             return False
-        return now - since <= state.check.every + self.grace
+        return now - since <= state.check.interval + self.grace
 
     def drained(self, now: float) -> Drain | None:
         """The drain in force, if any."""

@@ -9,12 +9,8 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from sidecar import __version__
-
-if TYPE_CHECKING:
-    from sidecar.config import Settings
 
 EXIT_CONFIG = 2
 
@@ -59,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.disable()
     # Imported here, not at the top: `check` (Docker's HEALTHCHECK, every few seconds) needs
     # none of it, and `run` reaches its listening socket sooner the less it imports.
-    from sidecar.config import ConfigError, load_settings
+    from sidecar.config import effective, load_settings
+    from sidecar.config_errors import ConfigError
 
     try:
         settings = load_settings()
@@ -87,29 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs.configure(level=settings.log_level, instance=settings.instance)
     return daemon.run(settings, early_signals=early)
-
-
-def effective(settings: Settings) -> dict[str, Any]:
-    """The settings as JSON, with the resolved checks and every secret masked."""
-    doc = settings.model_dump(mode="json", exclude={"checks"})
-    doc["checks"] = [c.model_dump(mode="json") for c in settings.resolved_checks()]
-    for holder, key in [(doc, "convex_url"), (doc, "mastra_url"), (doc, "app_url")] + [
-        (check, "target") for check in doc["checks"]
-    ]:
-        if isinstance(holder.get(key), str):
-            holder[key] = _mask_query(holder[key])
-    return doc
-
-
-def _mask_query(url: str) -> str:
-    """A URL with its query values masked: tokens sometimes travel there."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit
-
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    masked = urlencode([(k, "**********") for k, _ in parse_qsl(parts.query, True)], safe="*")
-    return parts._replace(query=masked).geturl()
 
 
 def check_command(*, ready: bool, port: int | None, timeout: float) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -31,17 +32,26 @@ STORE_RESULTS = (
 )
 
 
-class Metrics:
-    """Every `sidecar_*` metric of one daemon. Labels are bounded to the configured checks."""
+class Source(Protocol):
+    """What the gauges read at scrape time: the served Snapshot and liveness (the Monitor)."""
 
-    def __init__(
-        self,
-        *,
-        checks: Sequence[str],
-        version: str,
-        snapshot: Callable[[], Snapshot],
-        live: Callable[[], bool],
-    ) -> None:
+    @property
+    def snapshot(self) -> Snapshot:
+        """The Snapshot served now."""
+        ...
+
+    def live(self) -> bool:
+        """True while the scheduler's heartbeat is fresh."""
+        ...
+
+
+class Metrics:
+    """Every `sidecar_*` metric of one daemon. Labels are bounded to the configured checks.
+
+    Built where the app is wired and handed to whoever updates it; the gauges read the
+    Snapshot of the source given to `watch` (the Monitor, which does so when it is built)."""
+
+    def __init__(self, *, checks: Sequence[str], version: str) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
@@ -93,21 +103,24 @@ class Metrics:
             self.store_duration.labels(op=op)
             for result in STORE_RESULTS:
                 self.store_requests.labels(op=op, result=result)
-        reg.register(SnapshotCollector(snapshot, live))
-        ProcessCollector(registry=reg)
-        PlatformCollector(registry=reg)
+
+    def watch(self, source: Source) -> None:
+        """Serve the check and readiness gauges of `source`'s Snapshot from now on, and the
+        process's (registered after them: the page keeps its order)."""
+        self.registry.register(SnapshotCollector(source))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
 
 class SnapshotCollector(Collector):
     """Gauges computed from the Snapshot at scrape time, so they can never disagree with it."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot], live: Callable[[], bool]) -> None:
-        self._snapshot = snapshot
-        self._live = live
+    def __init__(self, source: Source) -> None:
+        self._source = source
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         """Yield the check and readiness gauges of the current Snapshot."""
-        snap = self._snapshot()
+        snap = self._source.snapshot
         up = GaugeMetricFamily("sidecar_check_up", "1 when the check passes.", labels=["check"])
         status = GaugeMetricFamily(
             "sidecar_check_status", "1 for the check's current status.", labels=["check", "status"]
@@ -156,7 +169,7 @@ class SnapshotCollector(Collector):
             "sidecar_ready", "1 when /ready answers 200.", value=float(snap.ready)
         )
         yield GaugeMetricFamily(
-            "sidecar_live", "1 when /live answers 200.", value=float(self._live())
+            "sidecar_live", "1 when /live answers 200.", value=float(self._source.live())
         )
         yield GaugeMetricFamily("sidecar_draining", "1 while draining.", value=float(snap.draining))
         yield GaugeMetricFamily(

@@ -31,6 +31,7 @@ class Monitor:
         instance: str,
         version: str,
         checks: Sequence[Check],
+        metrics: Metrics,
         fleet: FleetView = NO_FLEET,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -47,12 +48,8 @@ class Monitor:
             heartbeat=monotonic(),
             fleet=fleet,
         )
-        self.metrics = Metrics(
-            checks=[c.name for c in checks],
-            version=version,
-            snapshot=lambda: self.snapshot,
-            live=self.live,
-        )
+        self._metrics = metrics
+        metrics.watch(self)
 
     def live(self) -> bool:
         """True while the scheduler's heartbeat is fresh."""
@@ -61,8 +58,8 @@ class Monitor:
     def record(self, name: str, result: CheckResult) -> None:
         """Take one probe result for check `name` (of a shared check this instance holds:
         for the sync to publish at once)."""
-        self.metrics.check_runs.labels(check=name, result=result.status).inc()
-        self.metrics.check_duration.labels(check=name).observe(result.latency)
+        self._metrics.check_runs.labels(check=name, result=result.status).inc()
+        self._metrics.check_duration.labels(check=name).observe(result.latency)
         self.adopt(name, result)
         if name in self.snapshot.fleet.holders:
             self.changed.set()
@@ -124,7 +121,7 @@ class Monitor:
             before, after = old.statuses[state.name], new.statuses[state.name]
             if before == after:
                 continue
-            self.metrics.check_transitions.labels(check=state.name, to=after).inc()
+            self._metrics.check_transitions.labels(check=state.name, to=after).inc()
             result = state.result
             fields = {
                 "check": state.name,

@@ -15,10 +15,12 @@ import aiohttp
 
 from sidecar import logs
 from sidecar.checks import Check
+from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.probes import Probe, run_probe
 from sidecar.result import CheckResult, Stopwatch
 
+# How often the supervisor beats the heartbeat and restarts a crashed check loop.
 TICK = 1.0
 # A probe enforces its own timeout; this is the scheduler's backstop if one ever does not.
 BACKSTOP_GRACE = 1.0
@@ -34,22 +36,25 @@ class Scheduler:
         self,
         *,
         monitor: Monitor,
+        metrics: Metrics,
         session: aiohttp.ClientSession,
         checks: Sequence[Check],
         probe: Probe = run_probe,
         rng: random.Random | None = None,
         first_round_step: float = FIRST_ROUND_STEP,
+        tick: float = TICK,
+        backstop_grace: float = BACKSTOP_GRACE,
     ) -> None:
         self._monitor = monitor
+        self._metrics = metrics
         self._session = session
         self._checks = {c.name: c for c in checks}
         self._probe = probe
         self._rng = rng or random.Random()
+        self._tick = tick
+        self._backstop_grace = backstop_grace
         self._log = logs.get("scheduler")
-        count = len(self._checks)
-        self._first = {
-            c.name: i * min(first_round_step, c.every / count) for i, c in enumerate(checks)
-        }
+        self._first = first_offsets(checks, step=first_round_step)
 
     async def run(self) -> None:
         """Run until cancelled; cancelling stops every check loop before returning."""
@@ -60,7 +65,7 @@ class Scheduler:
                 for name, task in list(tasks.items()):
                     if task.done():
                         tasks[name] = self._restart(name, task)
-                await asyncio.sleep(TICK)
+                await asyncio.sleep(self._tick)
         finally:
             for task in tasks.values():
                 task.cancel()
@@ -71,7 +76,7 @@ class Scheduler:
 
     def _restart(self, name: str, task: asyncio.Task[None]) -> asyncio.Task[None]:
         error = None if task.cancelled() else task.exception()
-        self._monitor.metrics.check_crashes.labels(check=name).inc()
+        self._metrics.check_crashes.labels(check=name).inc()
         self._log.error(
             "check loop crashed; restarting",
             check=name,
@@ -86,7 +91,7 @@ class Scheduler:
         next_at = time.monotonic() + delay
         while True:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += self._spacing(check)
+            next_at += spacing(check, self._rng)
             if self._monitor.snapshot.probes(check):  # else another instance does
                 self._monitor.record(check.name, await self._run(check))
             # A probe slower than its interval does not make the next ones pile up.
@@ -95,11 +100,20 @@ class Scheduler:
     async def _run(self, check: Check) -> CheckResult:
         watch = Stopwatch()
         try:
-            async with asyncio.timeout(check.limit + BACKSTOP_GRACE):
+            async with asyncio.timeout(check.timeout + self._backstop_grace):
                 return await self._probe(self._session, check)
         except TimeoutError:
-            return watch.result("fail", f"timeout after {check.limit:g}s (scheduler backstop)")
+            return watch.result("fail", f"timeout after {check.timeout:g}s (scheduler backstop)")
 
-    def _spacing(self, check: Check) -> float:
-        jitter = check.every * check.jitter
-        return check.every + self._rng.uniform(-jitter, jitter)
+
+def first_offsets(checks: Sequence[Check], *, step: float) -> dict[str, float]:
+    """When each check first runs, after the start: one `step` apart in their order, the step
+    shrunk so that the whole first round fits in each check's interval."""
+    count = len(checks)
+    return {c.name: i * min(step, c.interval / count) for i, c in enumerate(checks)}
+
+
+def spacing(check: Check, rng: random.Random) -> float:
+    """Seconds from one run of `check` to its next: the interval, plus or minus its jitter."""
+    jitter = check.interval * check.jitter
+    return check.interval + rng.uniform(-jitter, jitter)

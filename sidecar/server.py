@@ -20,6 +20,7 @@ from sidecar.snapshot import dumps
 MONITOR = web.AppKey("monitor", Monitor)
 TOKEN = web.AppKey("details_token", str)
 PROXIES: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies")
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 RENDER = web.AppKey("metrics_render", ThreadPoolExecutor)
 JSON = "application/json"
 HEALTH_JSON = "application/health+json"
@@ -112,24 +113,21 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def _metrics(registry: CollectorRegistry) -> Handler:
+async def metrics(request: web.Request) -> web.Response:
     """`/metrics`, encoded as prometheus-client chooses from `Accept` (OpenMetrics when asked)
     and rendered on the app's render thread: with hundreds of checks a render takes tens of
     milliseconds, which the event loop serving `/ready` must never wait for."""
-
-    async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
-        names = request.query.getall("name[]", [])
-        source = registry.restricted_registry(names) if names else registry
-        render = request.app[RENDER]
-        body = await asyncio.get_running_loop().run_in_executor(render, encoder, source)
-        response = web.Response(
-            body=body, headers={"Content-Type": content_type, "Cache-Control": NO_STORE}
-        )
-        response.enable_compression()
-        return response
-
-    return metrics
+    encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+    names = request.query.getall("name[]", [])
+    registry = request.app[REGISTRY]
+    source = registry.restricted_registry(names) if names else registry
+    render = request.app[RENDER]
+    body = await asyncio.get_running_loop().run_in_executor(render, encoder, source)
+    response = web.Response(
+        body=body, headers={"Content-Type": content_type, "Cache-Control": NO_STORE}
+    )
+    response.enable_compression()
+    return response
 
 
 async def _start_render(app: web.Application) -> None:
@@ -149,13 +147,19 @@ async def _not_found(_: web.Request) -> web.StreamResponse:
 
 
 def create_app(
-    monitor: Monitor, *, details_token: str = "", trusted_proxies: tuple[Network, ...] = ()
+    monitor: Monitor,
+    *,
+    registry: CollectorRegistry,
+    details_token: str = "",
+    trusted_proxies: tuple[Network, ...] = (),
 ) -> web.Application:
-    """The endpoints of DESIGN.md with their aliases; GET and HEAD only (405 otherwise)."""
+    """The endpoints of DESIGN.md with their aliases, `/metrics` serving `registry`; GET and
+    HEAD only (405 otherwise)."""
     app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
     app[MONITOR] = monitor
     app[TOKEN] = details_token
     app[PROXIES] = trusted_proxies
+    app[REGISTRY] = registry
     app[RENDER] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
     app.on_startup.append(_start_render)
     app.on_cleanup.append(_stop_render)
@@ -163,7 +167,7 @@ def create_app(
         live: ("/live", "/livez"),
         ready: ("/ready", "/readyz", "/api/ready"),
         health: ("/health", "/healthz", "/api/health"),
-        _metrics(monitor.metrics.registry): ("/metrics",),
+        metrics: ("/metrics",),
     }
     for handler, paths in routes.items():
         for path in paths:

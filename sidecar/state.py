@@ -68,7 +68,7 @@ class CheckState:
             return True
         finished = self.result.observed_at + self.result.latency
         intervals = STALE_INTERVALS + (1 if self.check.shared else 0)
-        return now - finished > intervals * self.check.every + self.check.limit
+        return now - finished > intervals * self.check.interval + self.check.timeout
 
     def effective_status(self, now: float) -> Status:
         """The status to serve: `unknown` once the last result has gone stale."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -19,11 +19,10 @@ from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult, clip
 from sidecar.snapshot import Snapshot, StoreState
-from sidecar.state import Record, probe_record, record_of
+from sidecar.state import probe_record, record_of
 from sidecar.store import FunctionError, HealthStore, RequestRejected, StoreError, Unauthorized
 from sidecar.store.evidence import RuntimeEvidence
-from sidecar.store.messages import SharedAsk, Summary, SyncAnswer, SyncRequest
-from sidecar.warmstart import restorable
+from sidecar.store.messages import SharedAsk, Summary, SyncAnswer, SyncRequest, Warm
 
 T = TypeVar("T")
 MIN_GAP = 1.0  # seconds between the starts of two calls, at least
@@ -48,7 +47,8 @@ class SyncTiming:
 
 class Syncer:
     """Writes what changed in the Snapshot to Convex and hands the answer's fleet facts to
-    the Monitor; a store failure never stops probing."""
+    the Monitor (and its warm start, once, to `warm_start`); a store failure never stops
+    probing."""
 
     def __init__(
         self,
@@ -60,8 +60,10 @@ class Syncer:
         fingerprints: Mapping[str, str],
         timing: SyncTiming,
         threshold: float,
+        warm_start: Callable[[Warm], None],
     ) -> None:
         self._monitor = monitor
+        self._warm_start = warm_start
         self._store = store
         self._metrics = metrics
         self._evidence = evidence
@@ -106,7 +108,7 @@ class Syncer:
             self._acked = {}
             if answer.warm is not None:
                 self._acked = {r.check: r.essence for r in answer.warm.records}
-                self._warm_start(answer.warm.records, answer.warm.confirmed_age_ms / 1000)
+                self._warm_start(answer.warm)
         self._monitor.apply_fleet(self._fleet_view(answer))
         self._adopt(answer)
         self._published.update(
@@ -158,7 +160,7 @@ class Syncer:
         return SharedAsk(
             check=check.name,
             fingerprint=fingerprint,
-            lease_ms=_lease_ms(2 * check.every + self._timing.grace),
+            lease_ms=_lease_ms(2 * check.interval + self._timing.grace),
             result=result,
         )
 
@@ -204,24 +206,12 @@ class Syncer:
                 ),
             )
 
-    def _warm_start(self, records: tuple[Record, ...], confirmed_age: float) -> None:
-        states = restorable(
-            self._monitor.snapshot.states,
-            records,
-            confirmed_age=confirmed_age,
-            fingerprints=self._fingerprints,
-            now=time.time(),
-        )
-        if states:
-            self._monitor.restore(states)
-            self._log.info("warm start", checks=sorted(s.name for s in states))
-
     def _period(self, snap: Snapshot) -> float:
         """The store period; a check's interval while it is a failing panic check (the
         fleet's count converges fast) or a shared one (the holder's results stay fresh)."""
         periods = [self._timing.period]
         periods += [
-            s.check.every
+            s.check.interval
             for s in snap.states
             if s.check.shared or (s.check.panic and snap.statuses[s.name] == "fail")
         ]
@@ -283,7 +273,7 @@ def _failing_panic_checks(snap: Snapshot) -> tuple[str, ...]:
 
 def _longest(snap: Snapshot, names: tuple[str, ...]) -> float:
     """The longest interval of the named checks (0 when none)."""
-    return max((s.check.every for s in snap.states if s.name in names), default=0.0)
+    return max((s.check.interval for s in snap.states if s.name in names), default=0.0)
 
 
 def _lease_ms(seconds: float) -> float:

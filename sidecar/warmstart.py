@@ -1,11 +1,16 @@
-"""The warm start: which results stored in Convex a restarted daemon may serve at once."""
+"""The warm start: which results stored in Convex a restarted daemon may serve at once, and
+the step that hands them to the Monitor when the first sync's answer brings them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
+from sidecar import logs
+from sidecar.monitor import Monitor
 from sidecar.result import CheckResult
 from sidecar.state import CheckState, Record
+from sidecar.store.messages import Warm
 
 # Dependency checks may be restored; checks of the container beside always run first.
 WARM_KINDS = frozenset({"convex", "mastra"})
@@ -50,3 +55,33 @@ def restorable(
         if not candidate.is_stale(now):
             out.append(candidate)
     return out
+
+
+class WarmStart:
+    """Restores the Monitor from the stored results of the first sync's answer (once per
+    process: only the answer to a hello carries them)."""
+
+    def __init__(
+        self,
+        *,
+        monitor: Monitor,
+        fingerprints: Mapping[str, str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._monitor = monitor
+        self._fingerprints = dict(fingerprints)
+        self._clock = clock
+        self._log = logs.get("store")
+
+    def __call__(self, warm: Warm) -> None:
+        """Hand the restorable states of `warm` to the Monitor, and log which they were."""
+        states = restorable(
+            self._monitor.snapshot.states,
+            warm.records,
+            confirmed_age=warm.confirmed_age_ms / 1000,
+            fingerprints=self._fingerprints,
+            now=self._clock(),
+        )
+        if states:
+            self._monitor.restore(states)
+            self._log.info("warm start", checks=sorted(s.name for s in states))

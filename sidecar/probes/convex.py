@@ -27,7 +27,7 @@ _ANSWERED = (Unauthorized, FunctionError, RequestRejected)
 
 async def probe(session: aiohttp.ClientSession, check: ConvexCheck) -> CheckResult:
     """Pass when the public route answers 200 and a `health:ping` query gets any answer."""
-    return await guarded(check.limit, _both(_route(session, check), _ping(session, check)))
+    return await guarded(check.timeout, _both(_route(session, check), _ping(session, check)))
 
 
 def with_evidence(
@@ -40,7 +40,7 @@ def with_evidence(
         if check.target != evidence.url:
             return await probe(session, check)
         work = _both(_route(session, check), _proven(evidence))
-        return await guarded(check.limit, work)
+        return await guarded(check.timeout, work)
 
     return run
 
@@ -71,7 +71,7 @@ async def _route(session: aiohttp.ClientSession, check: ConvexCheck) -> str:
 
 
 async def _ping(session: aiohttp.ClientSession, check: ConvexCheck) -> str:
-    client = ConvexClient(session, url=check.target, timeout=check.limit, max_body=MAX_BODY)
+    client = ConvexClient(session, url=check.target, timeout=check.timeout, max_body=MAX_BODY)
     try:
         await client.query(PING, {})
     except _ANSWERED as exc:

@@ -14,7 +14,7 @@ from sidecar.result import CheckResult
 
 async def probe(session: aiohttp.ClientSession, check: HttpCheck) -> CheckResult:
     """Pass when the status is expected (default any 2xx) and the body matches the regex."""
-    return await guarded(check.limit, _request(session, check))
+    return await guarded(check.timeout, _request(session, check))
 
 
 async def _request(session: aiohttp.ClientSession, check: HttpCheck) -> Outcome:
@@ -33,7 +33,7 @@ async def _matches(check: HttpCheck, text: str) -> bool:
     `regex` (unlike `re`) releases the GIL while it matches and stops at its timeout."""
     pattern = check.body_regex
     assert pattern is not None
-    budget = check.limit / 2
+    budget = check.timeout / 2
 
     def search() -> bool:
         return regex.search(pattern, text, timeout=budget, concurrent=True) is not None

@@ -17,7 +17,7 @@ MAX_AGENTS_BODY = 1024 * 1024
 
 async def probe(session: aiohttp.ClientSession, check: MastraCheck) -> CheckResult:
     """Pass on `200 {"success": true}` from /health and every expected agent registered."""
-    return await guarded(check.limit, _probe(session, check))
+    return await guarded(check.timeout, _probe(session, check))
 
 
 async def _probe(session: aiohttp.ClientSession, check: MastraCheck) -> Outcome:

@@ -14,7 +14,7 @@ from sidecar.result import CheckResult
 
 async def probe(session: aiohttp.ClientSession, check: TcpCheck) -> CheckResult:
     """Pass when a TCP connection to the check's host and port opens in time."""
-    return await guarded(check.limit, _connect(check))
+    return await guarded(check.timeout, _connect(check))
 
 
 async def _connect(check: TcpCheck) -> Outcome:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from sidecar.checks import Check, HttpCheck, MastraCheck
 from sidecar.fleet import Drain, FleetView, Outage
+from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult
 from sidecar.snapshot import Snapshot, StoreState
@@ -29,9 +30,15 @@ def result(status: str, at: float) -> CheckResult:
 
 
 def monitor(
-    now: list[float], view: FleetView, checks: tuple[Check, ...] = (MASTRA, APP)
+    now: list[float],
+    view: FleetView,
+    checks: tuple[Check, ...] = (MASTRA, APP),
+    metrics: Metrics | None = None,
 ) -> Monitor:
-    return Monitor(instance="i", version="0", checks=checks, fleet=view, clock=lambda: now[0])
+    metrics = metrics or Metrics(checks=[c.name for c in checks], version="0")
+    return Monitor(
+        instance="i", version="0", checks=checks, metrics=metrics, fleet=view, clock=lambda: now[0]
+    )
 
 
 def failing_mastra(view: FleetView, *, failed_at: float = T0, now: float | None = None) -> Snapshot:
@@ -155,7 +162,8 @@ def test_metrics_and_one_log_line_per_shared_outage_change(capsys: object) -> No
     """sidecar_shared_outage and sidecar_check_holder follow the view; the start and the end
     of a shared outage are one line each, however many answers repeat it."""
     clock = [T0]
-    m = monitor(clock, fleet())
+    metrics = Metrics(checks=["mastra", "app"], version="0")
+    m = monitor(clock, fleet(), metrics=metrics)
     m.record("app", result("pass", T0))
     m.record("mastra", result("pass", T0))
     for at in (T0 + 1, T0 + 2):
@@ -164,7 +172,7 @@ def test_metrics_and_one_log_line_per_shared_outage_change(capsys: object) -> No
     for at in (T0 + 3, T0 + 4):
         clock[0] = at
         m.apply_fleet(fleet(at=at, outages={"mastra": Outage(4, 5)}, holders=frozenset({"mastra"})))
-    registry = m.metrics.registry
+    registry = metrics.registry
     assert registry.get_sample_value("sidecar_shared_outage", {"check": "mastra"}) == 1.0
     assert registry.get_sample_value("sidecar_shared_outage", {"check": "app"}) == 0.0
     assert registry.get_sample_value("sidecar_check_holder", {"check": "mastra"}) == 1.0

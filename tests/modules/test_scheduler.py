@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 
 from sidecar.checks import Check, HttpCheck
+from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult, Stopwatch
 from sidecar.scheduler import Scheduler
@@ -21,10 +23,20 @@ def http(name: str, url: str, interval: float = 0.2, timeout: float = 0.15) -> H
     return HttpCheck(name=name, target=url, interval=interval, timeout=timeout, jitter=0)
 
 
+def monitored(checks: list[Check], **kw: Any) -> tuple[Monitor, Metrics]:
+    metrics = Metrics(checks=[c.name for c in checks], version="0")
+    return Monitor(instance="t", version="0", checks=checks, metrics=metrics, **kw), metrics
+
+
 @contextlib.asynccontextmanager
-async def scheduling(monitor: Monitor, checks: list[Check], **kw: object) -> AsyncIterator[None]:
+async def scheduling(
+    watched: tuple[Monitor, Metrics], checks: list[Check], **kw: Any
+) -> AsyncIterator[None]:
+    monitor, metrics = watched
     async with aiohttp.ClientSession() as session:
-        scheduler = Scheduler(monitor=monitor, session=session, checks=checks, **kw)  # type: ignore[arg-type]
+        scheduler = Scheduler(
+            monitor=monitor, metrics=metrics, session=session, checks=checks, **kw
+        )
         task = asyncio.create_task(scheduler.run())
         try:
             yield
@@ -34,8 +46,8 @@ async def scheduling(monitor: Monitor, checks: list[Check], **kw: object) -> Asy
                 await task
 
 
-def runs(monitor: Monitor, check: str, result: str) -> float:
-    value = monitor.metrics.registry.get_sample_value(
+def runs(metrics: Metrics, check: str, result: str) -> float:
+    value = metrics.registry.get_sample_value(
         "sidecar_check_runs_total", {"check": check, "result": result}
     )
     return value or 0.0
@@ -49,8 +61,8 @@ async def test_first_round_at_once_and_one_hung_check_delays_nothing() -> None:
         faults.fault_server(faults.hang()) as hung,
     ):
         checks: list[Check] = [http("good", good.url), http("hung", hung.url)]
-        monitor = Monitor(instance="t", version="0", checks=checks)
-        async with scheduling(monitor, checks):
+        monitor, metrics = monitored(checks)
+        async with scheduling((monitor, metrics), checks):
             started = time.monotonic()
             async with asyncio.timeout(1):
                 while monitor.snapshot.statuses["good"] != "pass":
@@ -58,8 +70,8 @@ async def test_first_round_at_once_and_one_hung_check_delays_nothing() -> None:
                     monitor.changed.clear()
             assert time.monotonic() - started < 0.1
             await asyncio.sleep(1.05)
-        assert runs(monitor, "good", "pass") >= 5
-        assert runs(monitor, "hung", "fail") >= 4
+        assert runs(metrics, "good", "pass") >= 5
+        assert runs(metrics, "hung", "fail") >= 4
         assert monitor.snapshot.statuses["hung"] == "fail"
 
 
@@ -76,17 +88,19 @@ async def test_crashed_loop_is_logged_counted_and_restarted(
             raise RuntimeError("probe bug")
         return Stopwatch().result("pass", "fine")
 
-    checks: list[Check] = [http("boom", "http://127.0.0.1:9"), http("fine", "http://127.0.0.1:9")]
-    monitor = Monitor(instance="t", version="0", checks=checks)
-    async with scheduling(monitor, checks, probe=probe):
-        await asyncio.sleep(2.3)
-    crashes = monitor.metrics.registry.get_sample_value(
-        "sidecar_check_crashes_total", {"check": "boom"}
-    )
+    checks: list[Check] = [
+        http("boom", "http://127.0.0.1:9"),
+        http("fine", "http://127.0.0.1:9", interval=0.02, timeout=0.01),
+    ]
+    watched = monitored(checks)
+    async with scheduling(watched, checks, probe=probe, tick=0.05):
+        await asyncio.sleep(0.4)
+    metrics = watched[1]
+    crashes = metrics.registry.get_sample_value("sidecar_check_crashes_total", {"check": "boom"})
     assert crashes is not None
     assert crashes >= 2
     assert calls["boom"] >= 3
-    assert runs(monitor, "fine", "pass") >= 10
+    assert runs(metrics, "fine", "pass") >= 10
     assert "check loop crashed; restarting" in capsys.readouterr().out
 
 
@@ -98,9 +112,9 @@ async def test_scheduler_backstop_bounds_a_probe_that_ignores_its_timeout() -> N
         raise AssertionError("unreachable")
 
     checks: list[Check] = [http("stuck", "http://127.0.0.1:9", interval=2, timeout=0.1)]
-    monitor = Monitor(instance="t", version="0", checks=checks)
-    async with scheduling(monitor, checks, probe=probe):
-        await asyncio.sleep(1.3)
+    monitor, metrics = monitored(checks)
+    async with scheduling((monitor, metrics), checks, probe=probe, backstop_grace=0.05):
+        await asyncio.sleep(0.4)
     assert monitor.snapshot.statuses["stuck"] == "fail"
 
 
@@ -108,7 +122,7 @@ async def test_heartbeat_drives_live() -> None:
     """/live follows the heartbeat: fresh while the scheduler runs, stale once it stops."""
     now = [1000.0]
     checks: list[Check] = [http("a", "http://127.0.0.1:9")]
-    monitor = Monitor(instance="t", version="0", checks=checks, monotonic=lambda: now[0])
+    monitor, _ = monitored(checks, monotonic=lambda: now[0])
     assert monitor.live()
     now[0] += 4.9
     assert monitor.live()
@@ -129,8 +143,8 @@ async def test_first_round_is_staggered_and_each_check_keeps_its_place() -> None
         return Stopwatch().result("pass", "ok")
 
     checks: list[Check] = [http(f"c{i:02d}", "http://127.0.0.1:1", interval=0.5) for i in range(20)]
-    monitor = Monitor(instance="t", version="0", checks=checks)
-    async with scheduling(monitor, checks, probe=probe, first_round_step=0.04):
+    watched = monitored(checks)
+    async with scheduling(watched, checks, probe=probe, first_round_step=0.04):
         await asyncio.sleep(1.15)
     names = [c.name for c in checks]
     firsts = [starts[name][0] for name in names]

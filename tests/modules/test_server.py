@@ -16,17 +16,18 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from sidecar.checks import ConvexCheck, HttpCheck, MastraCheck
+from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.peers import parse_networks
 from sidecar.result import CheckResult
-from sidecar.server import create_app, health
+from sidecar.server import REGISTRY, create_app, health
 from sidecar.snapshot import StoreState
 
 TOKEN = "details-token-0123456789"
 ClientFactory = Callable[[web.Application], Coroutine[Any, Any, TestClient[Any, Any]]]
 
 
-def make_monitor(*, app_critical: bool = True) -> Monitor:
+def make_app(*, app_critical: bool = True, **options: Any) -> tuple[Monitor, web.Application]:
     checks = [
         ConvexCheck(name="convex", target="http://127.0.0.1:1", interval=10, timeout=2),
         MastraCheck(name="mastra", target="http://127.0.0.1:2", interval=10, timeout=2),
@@ -39,7 +40,9 @@ def make_monitor(*, app_critical: bool = True) -> Monitor:
             failures_before_fail=1,
         ),
     ]
-    return Monitor(instance="test-1", version="0.0.0", checks=checks)
+    metrics = Metrics(checks=[c.name for c in checks], version="0.0.0")
+    monitor = Monitor(instance="test-1", version="0.0.0", checks=checks, metrics=metrics)
+    return monitor, create_app(monitor, registry=metrics.registry, **options)
 
 
 def feed(monitor: Monitor, **statuses: str) -> None:
@@ -54,8 +57,8 @@ def feed(monitor: Monitor, **statuses: str) -> None:
 
 @pytest.fixture
 async def served(aiohttp_client: ClientFactory) -> tuple[Monitor, TestClient[Any, Any]]:
-    monitor = make_monitor()
-    return monitor, await aiohttp_client(create_app(monitor, details_token=TOKEN))
+    monitor, app = make_app(details_token=TOKEN)
+    return monitor, await aiohttp_client(app)
 
 
 async def get_json(client: TestClient[Any, Any], path: str, **kw: Any) -> tuple[int, Any]:
@@ -125,8 +128,8 @@ async def test_critical_failure(served: tuple[Monitor, TestClient[Any, Any]]) ->
 
 async def test_noncritical_failure_is_degraded(aiohttp_client: ClientFactory) -> None:
     """A non-critical check fails: /health 200 "degraded", still ready."""
-    monitor = make_monitor(app_critical=False)
-    client = await aiohttp_client(create_app(monitor))
+    monitor, app = make_app(app_critical=False)
+    client = await aiohttp_client(app)
     feed(monitor, convex="pass", mastra="pass", app="fail")
     status, body = await get_json(client, "/health")
     assert (status, body["status"], body["services"]["app"]) == (200, "degraded", "error")
@@ -250,9 +253,8 @@ async def test_unknown_query_parameters_are_ignored(
 
 def remote_request(path: str, peer: str, headers: dict[str, str] | None = None) -> web.Request:
     """A request as if from `peer` (the test client itself is always loopback)."""
-    monitor = make_monitor()
+    monitor, app = make_app(details_token=TOKEN)
     feed(monitor, convex="pass", mastra="pass", app="pass")
-    app = create_app(monitor, details_token=TOKEN)
     transport = mock.Mock()
     transport.get_extra_info.side_effect = lambda key, default=None: (
         (peer, 40000) if key == "peername" else default
@@ -275,7 +277,7 @@ async def test_verbose_through_a_proxy_is_not_loopback(
     """A reverse proxy on this host forwards a request: without SIDECAR_TRUSTED_PROXIES the
     sidecar cannot tell who the client is, so the details need the token (the loopback peer
     is the proxy, not the client)."""
-    client = await aiohttp_client(create_app(make_monitor(), details_token=TOKEN))
+    client = await aiohttp_client(make_app(details_token=TOKEN)[1])
     assert (await client.get("/health?verbose", headers=forwarded)).status == 403
     with_token = {**forwarded, "Authorization": f"Bearer {TOKEN}"}
     assert (await client.get("/health?verbose", headers=with_token)).status == 200
@@ -287,9 +289,7 @@ async def test_verbose_behind_a_trusted_proxy_judges_the_client(
 ) -> None:
     """With the proxy trusted, the client it names is judged: loopback gets the details,
     anyone else needs the token."""
-    app = create_app(
-        make_monitor(), details_token=TOKEN, trusted_proxies=parse_networks("127.0.0.1")
-    )
+    _, app = make_app(details_token=TOKEN, trusted_proxies=parse_networks("127.0.0.1"))
     client = await aiohttp_client(app)
     local = {"X-Forwarded-For": "127.0.0.1"}
     remote = {"X-Forwarded-For": "203.0.113.9"}
@@ -352,7 +352,7 @@ async def test_metrics_render_off_the_event_loop(
 ) -> None:
     """A scrape renders on the app's render thread, never on the event loop's: a large
     registry (hundreds of checks) must not stall `/ready` for the render's tens of ms."""
-    monitor, client = served
+    _, client = served
     seen: list[str] = []
 
     class Witness(Collector):
@@ -360,7 +360,8 @@ async def test_metrics_render_off_the_event_loop(
             seen.append(threading.current_thread().name)
             return []
 
-    monitor.metrics.registry.register(Witness())
+    assert client.app is not None
+    client.app[REGISTRY].register(Witness())
     seen.clear()  # registering collected once, to describe it
     assert (await client.get("/metrics")).status == 200
     assert (await client.get("/metrics", headers={"Accept-Encoding": "gzip"})).status == 200

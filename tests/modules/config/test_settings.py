@@ -30,7 +30,7 @@ def with_file(env: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
 
 def by_name(settings: Settings) -> dict[str, ConvexCheck | MastraCheck | HttpCheck | TcpCheck]:
     """The resolved checks by name."""
-    return {check.name: check for check in settings.resolved_checks()}
+    return {check.name: check for check in settings.resolved_checks}
 
 
 def test_seed_env_gives_the_two_seed_checks(clean_env: pytest.MonkeyPatch) -> None:
@@ -39,10 +39,10 @@ def test_seed_env_gives_the_two_seed_checks(clean_env: pytest.MonkeyPatch) -> No
     listens on 0.0.0.0:8099."""
     seed_env(clean_env)
     settings = load_settings()
-    checks = settings.resolved_checks()
+    checks = settings.resolved_checks
     assert [(c.name, c.kind) for c in checks] == [("convex", "convex"), ("mastra", "mastra")]
     assert all(c.critical for c in checks)
-    assert [(c.every, c.limit) for c in checks] == [(10.0, 2.0), (10.0, 2.0)]
+    assert [(c.interval, c.timeout) for c in checks] == [(10.0, 2.0), (10.0, 2.0)]
     assert [c.target for c in checks] == [BASE_ENV["CONVEX_URL"], BASE_ENV["MASTRA_URL"]]
     assert (settings.host, settings.port, settings.log_level) == ("0.0.0.0", 8099, "info")
     assert settings.secret.get_secret_value() == SECRET
@@ -94,7 +94,7 @@ def test_app_url_adds_a_critical_app_check(clean_env: pytest.MonkeyPatch) -> Non
     after the dependency checks."""
     seed_env(clean_env)
     clean_env.setenv("SIDECAR_APP_URL", "http://127.0.0.1:3000/api/health")
-    checks = load_settings().resolved_checks()
+    checks = load_settings().resolved_checks
     assert [c.name for c in checks] == ["convex", "mastra", "app"]
     app = checks[-1]
     assert isinstance(app, HttpCheck)
@@ -201,8 +201,8 @@ def test_checks_from_the_environment_as_json(clean_env: pytest.MonkeyPatch) -> N
     db, slow = checks["db"], checks["slow"]
     assert isinstance(db, TcpCheck)
     assert isinstance(slow, HttpCheck)
-    assert (db.host, db.port, db.every, db.limit) == ("::1", 5432, 1.0, 1.0)
-    assert (slow.every, slow.limit) == (30.0, 9.0)
+    assert (db.host, db.port, db.interval, db.timeout) == ("::1", 5432, 1.0, 1.0)
+    assert (slow.interval, slow.timeout) == (30.0, 9.0)
 
 
 def test_example_file_loads(clean_env: pytest.MonkeyPatch) -> None:
@@ -230,7 +230,7 @@ def test_example_file_loads(clean_env: pytest.MonkeyPatch) -> None:
     assert payments.body_regex is not None
     assert re.search(payments.body_regex, '{"status": "ok"}')
     assert payments.headers == {"Accept": "application/json"}
-    assert (payments.every, payments.limit, payments.jitter, payments.critical) == (
+    assert (payments.interval, payments.timeout, payments.jitter, payments.critical) == (
         30.0,
         5.0,
         0.2,
@@ -304,7 +304,7 @@ def test_a_relative_check_timeout_counts_against_the_default_interval(
     with pytest.raises(ConfigError, match=r"checks\[0\] \(slow, http\)\.timeout"):
         load_settings()
     clean_env.setenv("SIDECAR_INTERVAL", "20")
-    assert by_name(load_settings())["slow"].limit == 15.0
+    assert by_name(load_settings())["slow"].timeout == 15.0
 
 
 def test_store_defaults_and_ttl_follows_the_store_interval(clean_env: pytest.MonkeyPatch) -> None:
@@ -356,7 +356,7 @@ def test_at_most_200_checks(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> No
     clean_env.delenv("MASTRA_URL")
     table = '[[checks]]\nname = "c{}"\nkind = "tcp"\ntarget = "127.0.0.1:9"\n'
     with_file(clean_env, tmp_path, "".join(table.format(i) for i in range(199)))
-    assert len(load_settings().resolved_checks()) == 200
+    assert len(load_settings().resolved_checks) == 200
     with_file(clean_env, tmp_path, "".join(table.format(i) for i in range(200)))
     with pytest.raises(ConfigError, match=r"201 checks; at most 200 are allowed"):
         load_settings()
@@ -418,7 +418,7 @@ def test_panic_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
         '[[checks]]\nname = "quiet"\nkind = "mastra"\ntarget = "http://m:1"\npanic = false\n',
     )
     settings = load_settings()
-    panics = {c.name: c.panic for c in settings.resolved_checks()}
+    panics = {c.name: c.panic for c in settings.resolved_checks}
     assert panics == {
         "convex": True,
         "mastra": True,

@@ -1,0 +1,107 @@
+"""Configuration errors as a user reads them: one line per problem, naming the environment
+variable of a setting (`SIDECAR_PORT (port): ...`) or a check by index, name and kind
+(`checks[0] (payments, http).body_regex: ...`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ValidationError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+
+from sidecar.checks import KINDS
+
+# A spelling of a field (lower case) -> (the field's name, its environment names).
+FieldNames = Mapping[str, tuple[str, tuple[str, ...]]]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names each field and its problem."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {line}" for line in lines))
+
+
+def field_names(model: type[BaseModel]) -> FieldNames:
+    """Every spelling of `model`'s fields: the name and each environment name."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        choices = tuple(str(c) for c in alias.choices) if isinstance(alias, AliasChoices) else ()
+        for spelling in (name, *choices):
+            out[spelling.lower()] = (name, choices)
+    return out
+
+
+def heading(spelling: str, fields: FieldNames) -> str:
+    """How a line names a setting: `SIDECAR_CHECKS (checks)`, or the bare name."""
+    name, env = fields.get(spelling.lower(), (spelling, ()))
+    return f"{env[0]} ({name})" if env else name
+
+
+def describe(exc: ValidationError, fields: FieldNames) -> list[str]:
+    """One line per problem of `exc`."""
+    return [_line(error, fields) for error in exc.errors(include_url=False, include_input=False)]
+
+
+def problem(loc: tuple[str | int, ...], message: str, check: str | None = None) -> InitErrorDetails:
+    """A problem found across fields, at `loc` (`check`: the `name, kind` label of a check)."""
+    ctx = {"problem": message} if check is None else {"problem": message, "check": check}
+    return InitErrorDetails(
+        type=PydanticCustomError("invalid_setting", "{problem}", ctx), loc=loc, input=None
+    )
+
+
+def labelled(error: ErrorDetails, checks: Any) -> InitErrorDetails:
+    """`error` (inside the checks list) with its check's `name, kind` in the context."""
+    ctx: dict[str, Any] = {**error.get("ctx", {}), "problem": error["msg"]}
+    index = error["loc"][0] if error["loc"] else None
+    if isinstance(index, int) and isinstance(checks, list | tuple) and index < len(checks):
+        raw = checks[index]
+        if isinstance(raw, dict):
+            parts = [raw.get("name"), raw.get("kind")]
+            label = ", ".join(_printable(p[:60]) for p in parts if isinstance(p, str) and p)
+            if label:
+                ctx["check"] = label
+    return InitErrorDetails(
+        type=PydanticCustomError(error["type"], "{problem}", ctx),
+        loc=error["loc"],
+        input=error.get("input"),
+    )
+
+
+def _line(error: ErrorDetails, fields: FieldNames) -> str:
+    loc = list(error["loc"])
+    ctx = error.get("ctx") or {}
+    message = str(ctx.get("problem", error["msg"])).removeprefix("Value error, ")
+    kind = error["type"]
+    if not loc:
+        return message
+    name, env = fields.get(str(loc[0]).lower(), (str(loc[0]), ()))
+    rest = loc[1:]
+    if name == "checks" and rest and isinstance(rest[0], int):
+        label = ctx.get("check")
+        head = f"checks[{rest[0]}]" + (f" ({label})" if label else "")
+        rest = rest[1:]
+        if rest and rest[0] in KINDS:  # the discriminator's tag: already in the label
+            rest = rest[1:]
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            rest = [*rest, "kind"]
+            message = f"must be one of {', '.join(KINDS)}"
+    else:
+        head = heading(str(loc[0]), fields)
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "tuple_type" and name == "checks" and not rest:
+        message = "must be a list of checks ([[checks]] tables, or a JSON list)"
+    elif kind == "missing" and not rest and len(env) > 1:
+        message = f"required: set {' or '.join(env)}"
+    elif kind == "missing":
+        message = "required"
+    path = head + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
+    return f"{path}: {message}"
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
