@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sidecar.checks import Check, HttpCheck, MastraCheck
-from sidecar.fleet import Drain, FleetView, Outage
+from sidecar.fleet import NO_FLEET, Drain, FleetView, Outage
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult
 from sidecar.snapshot import Snapshot, StoreState
+from sidecar.state import CheckState
 
 T0 = 1_800_000_000.0
 GRACE = 3.0
@@ -189,3 +190,46 @@ def test_one_failing_instance_is_never_a_shared_outage() -> None:
     for failing, live, shared in ((1, 1, False), (1, 2, False), (2, 2, True), (2, 4, True)):
         view = fleet(at=T0 + SETTLED - 1, outages={"mastra": Outage(failing=failing, live=live)})
         assert failing_mastra(view, now=T0 + SETTLED).ready is shared, (failing, live)
+
+
+# The pure pieces ---------------------------------------------------------------------------
+
+
+def failing(check: MastraCheck = MASTRA, *, since: float = T0) -> CheckState:
+    """A check that passed and has failed since `since`."""
+    result = CheckResult(status="fail", output="down", latency=0.01, observed_at=since)
+    return CheckState(check=check, status="fail", result=result, since=since, previous="pass")
+
+
+def test_shared_outage_needs_the_threshold_more_than_one_and_a_fresh_count() -> None:
+    """A count of 3 of 5 at 0.5 excuses; 2 of 5 does not; 1 of 1 never does; a count older
+    than two intervals plus the grace is void."""
+    view = FleetView(threshold=0.5, grace=3.0, at=T0, outages={"mastra": Outage(3, 5)})
+    state = failing()
+    assert view.shared_outage(state, T0 + 1) == Outage(3, 5)
+    assert replace(view, outages={"mastra": Outage(2, 5)}).shared_outage(state, T0 + 1) is None
+    assert replace(view, outages={"mastra": Outage(1, 1)}).shared_outage(state, T0 + 1) is None
+    assert view.shared_outage(state, T0 + 2 * 10 + 3.0) == Outage(3, 5)
+    assert view.shared_outage(state, T0 + 2 * 10 + 3.1) is None
+    assert NO_FLEET.shared_outage(state, T0) is None
+
+
+def test_pending_covers_one_interval_plus_the_grace_after_a_pass() -> None:
+    """A check that passed and just failed waits for the count; one that never passed does
+    not."""
+    view = FleetView(threshold=0.5, grace=3.0)
+    assert view.pending(failing(), T0 + 13.0)
+    assert not view.pending(failing(), T0 + 13.1)
+    assert not view.pending(replace(failing(), previous="unknown"), T0 + 1)
+    assert not view.pending(CheckState(check=MASTRA), T0)
+
+
+def test_drained_until_its_end() -> None:
+    """A drain counts until `until`; one without an end counts until removed."""
+    drain = Drain(reason="maintenance", by="ops", until=T0 + 60)
+    view = FleetView(threshold=0.5, grace=3.0, drain=drain)
+    assert view.drained(T0 + 59) == drain
+    assert view.drained(T0 + 60) is None
+    forever = replace(view, drain=replace(drain, until=None))
+    assert forever.drained(T0 + 10**6) is not None
+    assert Outage(4, 5).describe("mastra") == "mastra failing on 4 of 5 instances"

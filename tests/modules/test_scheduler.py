@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,11 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.checks import Check, HttpCheck
+from sidecar.checks import Check, HttpCheck, TcpCheck
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult, Stopwatch
-from sidecar.scheduler import Scheduler
+from sidecar.scheduler import Scheduler, first_offsets, spacing
 from tests.support import faults
 
 
@@ -156,3 +157,38 @@ async def test_first_round_is_staggered_and_each_check_keeps_its_place() -> None
     assert firsts[-1] - firsts[0] >= 19 * step - 0.05
     assert firsts[-1] - firsts[0] < 0.5
     assert all(abs((s - f) - 0.5) < 0.2 for f, s in zip(firsts, seconds, strict=True))
+
+
+# The pure pieces ---------------------------------------------------------------------------
+
+
+def tcp(name: str, interval: float = 10.0) -> TcpCheck:
+    return TcpCheck(name=name, target="h:1", interval=interval, timeout=min(1.0, interval))
+
+
+def test_first_offsets_are_one_step_apart_in_order() -> None:
+    """Three checks start 10 ms apart, in their configured order."""
+    offsets = first_offsets([tcp("a"), tcp("b"), tcp("c")], step=0.01)
+    assert offsets == pytest.approx({"a": 0.0, "b": 0.01, "c": 0.02})
+    assert list(offsets) == ["a", "b", "c"]
+
+
+def test_first_offsets_shrink_to_fit_the_interval() -> None:
+    """Twenty checks of a 0.1 s interval cannot start 10 ms apart (0.19 s): the step becomes
+    the interval over the count, per check."""
+    checks = [tcp(f"c{i}", interval=0.1) for i in range(20)]
+    offsets = first_offsets(checks, step=0.01)
+    assert offsets["c19"] == pytest.approx(19 * 0.1 / 20)
+    assert max(offsets.values()) < 0.1
+    assert first_offsets([], step=0.01) == {}
+
+
+def test_spacing_stays_within_the_jitter() -> None:
+    """A 10 s check with 10% jitter comes back after 9 to 11 s; without jitter exactly 10."""
+    rng = random.Random(7)
+    jittered = HttpCheck(name="a", target="http://h", interval=10, timeout=1, jitter=0.1)
+    gaps = [spacing(jittered, rng) for _ in range(500)]
+    assert all(9.0 <= gap <= 11.0 for gap in gaps)
+    assert max(gaps) - min(gaps) > 1.0  # it does vary
+    steady = jittered.model_copy(update={"jitter": 0.0})
+    assert spacing(steady, rng) == 10.0

@@ -1,14 +1,20 @@
-"""The warm start's rule (`restorable`), a pure function: which stored records a restarted
-daemon may serve before its own first probe of them."""
+"""The warm start: its rule (`restorable`, a pure function: which stored records a restarted
+daemon may serve before its own first probe of them), and the step that applies it to the
+Monitor once the first sync answers."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from sidecar.checks import Check, HttpCheck, MastraCheck
+from sidecar.metrics import Metrics
+from sidecar.monitor import Monitor
 from sidecar.state import CheckState, Record, record_of
+from sidecar.store.messages import Warm
 from sidecar.store.signing import fingerprint
-from sidecar.warmstart import restorable
+from sidecar.warmstart import WarmStart, restorable
 
 NOW = 1_800_000_000.0
 SECRET = "test-secret-0123456789"
@@ -116,3 +122,38 @@ def test_record_of_dates_by_age_and_stores_stale_as_unknown() -> None:
     later = record_of(state, fingerprint="f", now=NOW + 30)
     assert later.status == "unknown"
     assert later.essence != record.essence
+
+
+# The step -------------------------------------------------------------------------------------
+
+
+def monitor() -> Monitor:
+    checks: list[Check] = [MASTRA, APP]
+    metrics = Metrics(checks=[c.name for c in checks], version="0")
+    return Monitor(instance="i", version="0", checks=checks, metrics=metrics, clock=lambda: NOW)
+
+
+def test_restores_fresh_dependency_results(capsys: pytest.CaptureFixture[str]) -> None:
+    """Stored passes of mastra and app confirmed 2 s ago: mastra is served as pass at once,
+    the app (the container beside) stays unknown until its own first probe."""
+    m = monitor()
+    WarmStart(monitor=m, fingerprints={c.name: fp(c) for c in (MASTRA, APP)}, clock=lambda: NOW)(
+        Warm(confirmed_age_ms=2000.0, records=(stored(MASTRA), stored(APP)))
+    )
+    assert m.snapshot.statuses == {"mastra": "pass", "app": "unknown"}
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "warm start" in line]
+    assert "mastra" in line
+    assert "app" not in line
+
+
+def test_stale_or_failing_records_restore_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """Confirmed too long ago, or a stored failure: the Monitor is untouched, nothing logged."""
+    m = monitor()
+    before = m.snapshot
+    step = WarmStart(
+        monitor=m, fingerprints={c.name: fp(c) for c in (MASTRA, APP)}, clock=lambda: NOW
+    )
+    step(Warm(confirmed_age_ms=60_000.0, records=(stored(MASTRA),)))
+    step(Warm(confirmed_age_ms=1000.0, records=(stored(MASTRA, status="fail"),)))
+    assert m.snapshot is before
+    assert "warm start" not in capsys.readouterr().out
