@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 
 from bench.common import SECRET, daemon, stop_on_sigterm, workdir
 from sidecar.limits import MAX_CHECKS
 from tests.support import procs
+from tests.support.configs import largest_checks
 from tests.support.latency import Latencies, measure
 from tests.support.measure import cpu_seconds, rss_kb
 
@@ -34,11 +34,6 @@ def ms(lat: Latencies) -> str:
 async def run(interval: float, seconds: float, logs: Path) -> list[str]:
     lines = []
     with procs.convex_local(logs / "convex.log", SECRET) as convex:
-        target = convex.url.removeprefix("http://")
-        checks = [
-            {"name": f"t{i:03d}", "kind": "tcp", "target": target, "interval": interval}
-            for i in range(MAX_CHECKS - 1)
-        ]
         env = {
             "CONVEX_URL": convex.url,
             "HEALTH_SIDECAR_SECRET": SECRET,
@@ -47,7 +42,7 @@ async def run(interval: float, seconds: float, logs: Path) -> list[str]:
             "SIDECAR_TIMEOUT": str(min(interval, 2.0)),
             "SIDECAR_LOG_LEVEL": "warning",
             "SIDECAR_DRAIN_SECONDS": "0",
-            "SIDECAR_CHECKS": json.dumps(checks),
+            "SIDECAR_CHECKS": largest_checks(convex.url, interval),
         }
         with daemon(env, logs / "daemon.log") as proc:
             startup = await measure(proc.url, rounds=2000, paths=("/ready",), pause=0.001)

@@ -6,7 +6,6 @@ start (tests/modules/config/invalid/)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -18,6 +17,7 @@ import pytest
 from sidecar.checks import MAX_PROBES_PER_SECOND
 from sidecar.limits import MAX_CHECKS
 from tests.support import convex, procs
+from tests.support.configs import largest_checks
 from tests.support.daemon import start_daemon, wait_for
 from tests.support.procs import SECRET
 
@@ -31,18 +31,13 @@ async def test_the_largest_accepted_configuration_is_stored_live_and_drains(
     ready, all 200 results in Convex, /live answering every time during a minute's worth of
     rounds, and SIGTERM drains (/ready 503 at once, exit 0)."""
     interval = MAX_CHECKS / MAX_PROBES_PER_SECOND
-    target = convex_local.url.removeprefix("http://")  # any listener will do
-    checks = [
-        {"name": f"t{i:03d}", "kind": "tcp", "target": target, "interval": interval}
-        for i in range(MAX_CHECKS - 1)
-    ]
     env = {
         "CONVEX_URL": convex_local.url,
         "HEALTH_SIDECAR_SECRET": SECRET,
         "SIDECAR_INSTANCE": "limits-max",
         "SIDECAR_TIMEOUT": str(interval),
         "SIDECAR_DRAIN_SECONDS": "1",
-        "SIDECAR_CHECKS": json.dumps(checks),
+        "SIDECAR_CHECKS": largest_checks(convex_local.url, interval),
     }
     daemon = await asyncio.to_thread(start_daemon, env, tmp_path / "daemon.log")
     try:

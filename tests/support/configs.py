@@ -8,11 +8,13 @@ on top of the valid base environment, where `KEY=` (no value) removes KEY.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import AliasChoices
 
 from sidecar.config import CONFIG_ENV, Settings
+from sidecar.limits import MAX_CHECKS
 from tests.support.procs import ROOT
 
 SECRET = "base-secret-0123456789"
@@ -64,3 +66,14 @@ def environment(fixture: Path) -> dict[str, str]:
         else:
             env.pop(key, None)
     return env
+
+
+def largest_checks(convex_url: str, interval: float) -> str:
+    """SIDECAR_CHECKS of the largest accepted configuration: with the built-in `convex` check,
+    MAX_CHECKS checks, the others tcp checks of the Convex stand-in's port every `interval`."""
+    target = convex_url.removeprefix("http://")  # any listener will do
+    checks = [
+        {"name": f"t{i:03d}", "kind": "tcp", "target": target, "interval": interval}
+        for i in range(MAX_CHECKS - 1)
+    ]
+    return json.dumps(checks)
