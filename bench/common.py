@@ -16,7 +16,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -90,11 +89,17 @@ def checks_json(checks: Sequence[Mapping[str, Any]]) -> str:
 
 @contextlib.contextmanager
 def daemon(
-    env: Mapping[str, str], log: Path, *, cpu: str | None = None, timeout: float = 30
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    cpu: str | None = None,
+    wait: harness.Wait = "live",
+    timeout: float = 30,
 ) -> Iterator[procs.Proc]:
-    """The real daemon on a free loopback port (on `cpu` if given), live, for a block."""
+    """The real daemon on a free loopback port (on `cpu` if given), live or ready, for a
+    block."""
     command = pinned([sys.executable, *harness.RUN], cpu)
-    with harness.running_daemon(env, log, command=command, timeout=timeout) as proc:
+    with harness.running_daemon(env, log, command=command, wait=wait, timeout=timeout) as proc:
         yield proc
 
 
@@ -105,15 +110,3 @@ def fetch(url: str, timeout: float = 5) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def wait_status(url: str, status: int, *, within: float) -> None:
-    """Poll `url` until it answers `status`."""
-    deadline = time.monotonic() + within
-    last = (0, b"")
-    while time.monotonic() < deadline:
-        last = fetch(url)
-        if last[0] == status:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer {status} within {within}s: {last}")

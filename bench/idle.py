@@ -20,7 +20,6 @@ from bench.common import (
     daemon_env,
     server,
     stop_on_sigterm,
-    wait_status,
     workdir,
 )
 from tests.support.measure import cpu_seconds, rss_kb
@@ -59,8 +58,7 @@ def measure(*, seconds: float, tmp: Path | None = None) -> Idle:
     tmp = workdir(tmp)
     with server("dep", tmp) as dep:
         env = daemon_env(dep.url, SIDECAR_INTERVAL="10", SIDECAR_CHECKS=ten_checks(dep.url))
-        with daemon(env, tmp / "daemon.log") as proc:
-            wait_status(proc.url + "/ready", 200, within=15)
+        with daemon(env, tmp / "daemon.log", wait="ready") as proc:
             time.sleep(SETTLE)
             pid = proc.popen.pid
             cpu0, t0 = cpu_seconds(pid), time.monotonic()

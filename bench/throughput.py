@@ -28,7 +28,6 @@ from bench.common import (
     fetch,
     server,
     stop_on_sigterm,
-    wait_status,
     workdir,
 )
 from tests.support.measure import WrkResult, run_wrk
@@ -73,8 +72,8 @@ def measure(
         runs.setdefault((target, path), []).append(once(seconds))
 
     with server("dep", tmp) as dep:
-        with daemon(daemon_env(dep.url), tmp / "daemon.log", cpu=SERVER_CPU) as sidecar:
-            wait_status(sidecar.url + "/ready", 200, within=10)
+        log = tmp / "daemon.log"
+        with daemon(daemon_env(dep.url), log, cpu=SERVER_CPU, wait="ready") as sidecar:
             ready_body, health_body = fetch(sidecar.url + "/ready")[1], _health_body(sidecar.url)
             with server(
                 "bare",

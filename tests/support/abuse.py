@@ -9,7 +9,6 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tests.support import procs, rawhttp
 from tests.support.procs import SECRET
@@ -57,18 +56,6 @@ def daemon_env(convex: procs.Proc, mastra: procs.Proc, instance: str) -> dict[st
         "SIDECAR_TIMEOUT": "1.5",
         "SIDECAR_DRAIN_SECONDS": "0",
     }
-
-
-def wait_ready(host: str, port: int, within: float = 15.0) -> None:
-    """Poll `/ready` until it answers 200."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = rawhttp.get(host, port, "/ready")
-        if last.status == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"/ready did not turn 200 within {within}s; last: {last}")
 
 
 def assert_still_right(daemon: Daemon, what: str) -> None:

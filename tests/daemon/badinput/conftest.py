@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.support import procs
-from tests.support.abuse import Daemon, daemon_env, wait_ready
+from tests.support.abuse import Daemon, daemon_env
 from tests.support.daemon import start_daemon
 
 
@@ -22,13 +21,9 @@ def daemon(
     """One ready daemon on 127.0.0.1 for the module; stopped (by its PID) at the end."""
     instance = f"badinput-{request.module.__name__.rsplit('.', 1)[-1]}"
     log = tmp_path_factory.mktemp("badinput") / "daemon.log"
-    proc = start_daemon(daemon_env(convex_local, mastra_local, instance), log)
-    url = urlsplit(proc.url)
-    assert url.hostname is not None
-    assert url.port is not None
-    running = Daemon(proc=proc, host=url.hostname, port=url.port)
+    proc = start_daemon(daemon_env(convex_local, mastra_local, instance), log, wait="ready")
+    running = Daemon(proc=proc, host="127.0.0.1", port=proc.port)
     try:
-        wait_ready(running.host, running.port)
         running.new_log_lines()  # start-up lines are not the abuse's
         yield running
     finally:
