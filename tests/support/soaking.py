@@ -43,13 +43,14 @@ class SoakResult:
 
     @property
     def rounds(self) -> float:
-        """Rounds completed during the soak (the slowest check's runs)."""
-        return self.samples[-1].rounds - self.samples[0].rounds
+        """Rounds completed during the soak (the slowest check's runs), counted from the
+        metrics page read before the first sample, as the loop that ends the soak counts them."""
+        return self.samples[-1].rounds
 
     @property
     def seconds(self) -> float:
         """How long the soak ran."""
-        return self.samples[-1].at - self.samples[0].at
+        return self.samples[-1].at
 
     @property
     def rss_slope_kb_per_1000_rounds(self) -> float:
