@@ -83,6 +83,21 @@ def _failed_check(line: dict[str, object], host: str, since: float) -> bool:
     )
 
 
+async def with_fleet(
+    workdir: Path, convex: str, mastra: str, args: argparse.Namespace
+) -> list[dict[str, float]]:
+    """Start the fleet of two (their sidecars' Convex at `convex`, Mastra at `mastra`), measure,
+    stop."""
+    async with running_fleet(
+        workdir,
+        convex,
+        [mastra] * 2,
+        app_interval=args.app_interval,
+        caddy_interval=args.caddy_interval,
+    ) as fleet:
+        return await measure(fleet, args.runs, args.app_interval + fleet.caddy_interval)
+
+
 async def measure(fleet: Fleet, runs: int, settle: float) -> list[dict[str, float]]:
     await fleet.wait_served_by({"app-1", "app-2"}, within=30)
     results = []
@@ -103,16 +118,8 @@ def main() -> None:
     with (
         procs.convex_local(tmp / "convex.log", SECRET) as convex,
         procs.mastra(tmp / "mastra.log") as mastra,
-        running_fleet(
-            tmp / "fleet",
-            convex.url,
-            mastra.url,
-            app_interval=args.app_interval,
-            caddy_interval=args.caddy_interval,
-        ) as fleet,
     ):
-        settle = args.app_interval + fleet.caddy_interval
-        results = asyncio.run(measure(fleet, args.runs, settle))
+        results = asyncio.run(with_fleet(tmp / "fleet", convex.url, mastra.url, args))
     print(
         f"\n{args.runs} runs; app check every {args.app_interval:g}s (2 failures before it "
         f"fails), Caddy health_interval {args.caddy_interval}; seconds after app-2's health "

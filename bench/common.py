@@ -1,5 +1,10 @@
-"""What the benchmarks share: starting the peers and the daemon on loopback, stopping them by
-their own PID, CPU pinning, and the environment of a daemon pointed at the 20 ms dependency.
+"""What the benchmarks share: starting the stand-ins and the daemon on loopback, stopping them
+by their own PID, CPU pinning, and the environment of a daemon pointed at the stand-ins.
+
+The daemon keeps its results in Convex, so its Convex is always dev/convex-local (the store's
+own functions behind Convex's wire format): without it the `convex` check fails and `/ready`
+never answers 200. Mastra and the extra checks' targets are the 20 ms dependency stand-in
+(`bench/servers.py dep`), or the real Mastra where a benchmark says so.
 
 On a machine with two or more cores, the server under test runs on CPU 0 and wrk on CPU 1
 (`taskset`), so the load generator and the server do not take turns on the same core: the
@@ -19,6 +24,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +75,30 @@ def server(mode: str, log_dir: Path, *args: str, cpu: str | None = None) -> Iter
         yield proc
 
 
-def daemon_env(dep: str, **extra: str) -> dict[str, str]:
-    """A daemon whose Convex and Mastra are the 20 ms dependency stand-in at `dep`."""
+@dataclass(frozen=True)
+class StandIns:
+    """dev/convex-local (the daemon's Convex) and the 20 ms dependency (its Mastra)."""
+
+    convex: procs.Proc
+    dep: procs.Proc
+
+
+@contextlib.contextmanager
+def stand_ins(log_dir: Path) -> Iterator[StandIns]:
+    """dev/convex-local holding SECRET and the 20 ms dependency, for a block."""
+    with (
+        procs.convex_local(log_dir / "convex.log", SECRET) as convex,
+        server("dep", log_dir) as dep,
+    ):
+        yield StandIns(convex, dep)
+
+
+def daemon_env(convex: str, mastra: str, **extra: str) -> dict[str, str]:
+    """A daemon whose Convex is at `convex` (dev/convex-local holding SECRET) and whose Mastra
+    is at `mastra`."""
     return {
-        "CONVEX_URL": dep,
-        "MASTRA_URL": dep,
+        "CONVEX_URL": convex,
+        "MASTRA_URL": mastra,
         "HEALTH_SIDECAR_SECRET": SECRET,
         "SIDECAR_INSTANCE": "bench",
         "SIDECAR_LOG_LEVEL": "warning",

@@ -17,7 +17,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import checks_json, daemon, daemon_env, fetch, server, stop_on_sigterm, workdir
+from bench.common import (
+    checks_json,
+    daemon,
+    daemon_env,
+    fetch,
+    server,
+    stand_ins,
+    stop_on_sigterm,
+    workdir,
+)
 
 SKIP = 5  # the first runs overlap the daemon's start
 
@@ -63,7 +72,7 @@ def analyse(arrivals: list[float], intervals: int, interval: float) -> Drift:
 def measure(*, intervals: int, interval: float, tmp: Path | None = None) -> Drift:
     """Run the daemon with one jitter-free check against the recorder; analyse arrivals."""
     tmp = workdir(tmp)
-    with server("dep", tmp) as dep, server("recorder", tmp) as recorder:
+    with stand_ins(tmp) as peers, server("recorder", tmp) as recorder:
         check = {
             "name": "drift",
             "kind": "http",
@@ -72,7 +81,7 @@ def measure(*, intervals: int, interval: float, tmp: Path | None = None) -> Drif
             "timeout": interval,
             "jitter": 0,
         }
-        env = daemon_env(dep.url, SIDECAR_CHECKS=checks_json([check]))
+        env = daemon_env(peers.convex.url, peers.dep.url, SIDECAR_CHECKS=checks_json([check]))
         with daemon(env, tmp / "daemon.log"):
             deadline = time.monotonic() + intervals * interval * 3 + 30
             arrivals: list[float] = []

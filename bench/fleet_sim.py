@@ -55,7 +55,8 @@ import aiohttp
 from bench.common import SECRET, stop_on_sigterm, workdir
 from sidecar import __version__, logs
 from sidecar.checks import Check
-from sidecar.config import ConfigError, Settings, load_settings
+from sidecar.config import Settings, load_settings
+from sidecar.config_errors import ConfigError
 from sidecar.fleet import FleetView
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/idle.py [--seconds 60]
 
-The checks (convex, mastra, six http and two tcp) probe the 20 ms dependency stand-in
-(bench/servers.py dep). After a settle period the daemon's user + system CPU time is read
-from /proc/<pid>/stat at the start and end of the window; RSS from /proc/<pid>/status.
-"""
+The daemon's Convex is dev/convex-local; Mastra and the eight extra checks (six http, two tcp)
+probe the 20 ms dependency stand-in (bench/servers.py dep). After a settle period the daemon's
+user + system CPU time is read from /proc/<pid>/stat at the start and end of the window; RSS
+from /proc/<pid>/status."""
 
 from __future__ import annotations
 
@@ -14,14 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import (
-    checks_json,
-    daemon,
-    daemon_env,
-    server,
-    stop_on_sigterm,
-    workdir,
-)
+from bench.common import checks_json, daemon, daemon_env, stand_ins, stop_on_sigterm, workdir
 from tests.support.measure import cpu_seconds, rss_kb
 
 SETTLE = 12.0  # every check has run once and the first report is written
@@ -56,8 +49,11 @@ def ten_checks(dep: str) -> str:
 def measure(*, seconds: float, tmp: Path | None = None) -> Idle:
     """Start the dependency and the daemon; measure the idle window."""
     tmp = workdir(tmp)
-    with server("dep", tmp) as dep:
-        env = daemon_env(dep.url, SIDECAR_INTERVAL="10", SIDECAR_CHECKS=ten_checks(dep.url))
+    with stand_ins(tmp) as peers:
+        dep = peers.dep.url
+        env = daemon_env(
+            peers.convex.url, dep, SIDECAR_INTERVAL="10", SIDECAR_CHECKS=ten_checks(dep)
+        )
         with daemon(env, tmp / "daemon.log", wait="ready") as proc:
             time.sleep(SETTLE)
             pid = proc.popen.pid

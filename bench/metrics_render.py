@@ -4,9 +4,8 @@
 
 In process: a Monitor with 50 checks, each with a result, and `generate_latest` of its
 registry, timed over many renders (what the handler spends). Over HTTP: the daemon with 50
-checks (all passing, against the 20 ms dependency stand-in), and wrk with one connection on
-`/metrics` (what a scraper sees, one request at a time).
-"""
+checks (all passing: its Convex is dev/convex-local, the rest the 20 ms dependency stand-in),
+and wrk with one connection on `/metrics` (what a scraper sees, one request at a time)."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ from bench.common import (
     checks_json,
     daemon,
     daemon_env,
-    fetch,
-    server,
+    stand_ins,
     stop_on_sigterm,
     workdir,
 )
@@ -86,16 +84,14 @@ def measure(*, seconds: float, tmp: Path | None = None) -> Render:
     """Both measurements."""
     tmp = workdir(tmp)
     p50, p99, size = in_process()
-    with server("dep", tmp) as dep:
+    with stand_ins(tmp) as peers:
+        dep = peers.dep.url
         more = [
-            {"name": f"check_{i}", "kind": "http", "target": f"{dep.url}/health"}
+            {"name": f"check_{i}", "kind": "http", "target": f"{dep}/health"}
             for i in range(CHECKS - 2)
         ]
-        env = daemon_env(dep.url, SIDECAR_CHECKS=checks_json(more))
-        with daemon(env, tmp / "daemon.log", cpu=SERVER_CPU) as proc:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and fetch(proc.url + "/ready")[0] != 200:
-                time.sleep(0.1)
+        env = daemon_env(peers.convex.url, dep, SIDECAR_CHECKS=checks_json(more))
+        with daemon(env, tmp / "daemon.log", cpu=SERVER_CPU, wait="ready") as proc:
             http = run_wrk(
                 proc.url + "/metrics", connections=1, threads=1, seconds=seconds, cpu=LOAD_CPU
             )

@@ -3,9 +3,10 @@
     python bench/servers.py MODE --port N [--loop uvloop|asyncio] [options]
 
 Modes:
-  dep       a Convex + Mastra stand-in that answers every request after `--delay` (20 ms):
-            /version, /api/query, /api/mutation (Convex's wire format) and /health
-            (Mastra's `{"success":true}`)
+  dep       a dependency that answers every request after `--delay` (20 ms): /health
+            (Mastra's `{"success":true}`) and / (a Convex deployment's root text, what the
+            status quo fetches). The daemon's own Convex is dev/convex-local, which runs the
+            store's functions (bench/common.py)
   bare      a bare aiohttp handler answering `--ready-body` on /ready and `--health-body` on
             /health: the same bytes the sidecar serves, nothing else (the stack's ceiling)
   probe     the scaling guide's `/api/health` route: every request fetches Convex
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -30,9 +30,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def dep_app(delay: float) -> web.Application:
-    """Convex and Mastra stand-ins, each answer `delay` seconds late."""
-    query = json.dumps({"status": "success", "value": []}).encode()
-    mutation = json.dumps({"status": "success", "value": {"expiresAt": 4102444800000.0}}).encode()
+    """Mastra's /health and a Convex deployment's root, each answered `delay` seconds late."""
     mastra = b'{"success":true}'
 
     def slow(body: bytes) -> Handler:
@@ -43,10 +41,7 @@ def dep_app(delay: float) -> web.Application:
         return handler
 
     app = web.Application()
-    app.router.add_post("/api/query", slow(query))
-    app.router.add_post("/api/mutation", slow(mutation))
     app.router.add_get("/health", slow(mastra))
-    app.router.add_get("/version", slow(b"unknown"))
     app.router.add_get("/", slow(b"This Convex deployment is running."))
     return app
 
@@ -82,15 +77,16 @@ def probe_app(convex: str, mastra: str) -> web.Application:
 
     async def health(request: web.Request) -> web.Response:
         session = request.app[SESSION]
+        services = {
+            "convex": await check(session, convex),
+            "mastra": await check(session, f"{mastra}/health"),
+        }
         doc = {
             "status": "ok",
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-            "services": {
-                "convex": await check(session, convex),
-                "mastra": await check(session, f"{mastra}/health"),
-            },
+            "services": services,
         }
-        healthy = all(v == "ok" for v in doc["services"].values())
+        healthy = all(v == "ok" for v in services.values())
         return web.json_response(doc, status=200 if healthy else 503)
 
     async def ready(request: web.Request) -> web.Response:

@@ -17,9 +17,7 @@ from pathlib import Path
 
 from bench.common import SECRET, daemon, stop_on_sigterm, workdir
 from tests.support import procs
-from tests.support.soaking import SoakResult, series_sum, soak
-
-CHECKS = ("convex", "mastra", "app", "db")
+from tests.support.soaking import CHECKS, SoakResult, series_sum, soak, soak_env
 
 
 @dataclass(frozen=True)
@@ -81,18 +79,8 @@ def run(*, rounds: int, warmup: int, within: float, tmp: Path | None = None) -> 
         procs.mastra(tmp / "mastra.log") as mastra,
     ):
         env = {
-            "CONVEX_URL": convex.url,
-            "MASTRA_URL": mastra.url,
-            "HEALTH_SIDECAR_SECRET": SECRET,
-            "SIDECAR_INSTANCE": "bench-soak",
-            "SIDECAR_INTERVAL": "0.01",
-            "SIDECAR_TIMEOUT": "0.01",
-            "SIDECAR_DRAIN_SECONDS": "0",
+            **soak_env(convex.url, mastra.url, SECRET, "bench-soak"),
             "SIDECAR_LOG_LEVEL": "warning",
-            "SIDECAR_CHECKS": (
-                f'[{{"name":"app","kind":"http","target":"{mastra.url}/health"}},'
-                f'{{"name":"db","kind":"tcp","target":"{convex.url.removeprefix("http://")}"}}]'
-            ),
         }
         with daemon(env, tmp / "daemon.log") as proc:
             result = soak(

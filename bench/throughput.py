@@ -4,13 +4,13 @@ every request (the scaling guide's `/api/health`, the status quo), side by side.
 
     .venv/bin/python bench/throughput.py [--seconds 10] [--rounds 3] [--connections 50]
 
-All three run on loopback against the same 20 ms dependency stand-in (bench/servers.py dep)
-and on the same event loop. wrk (Debian, one thread, 50 connections) drives each in turn:
-the sidecar and the bare handler alternately for `--rounds` rounds (the row is the round with
-the median throughput), then the status quo once. With two or more cores the server under
-test runs on CPU 0 and wrk on CPU 1. The sidecar's rendered variants (`?verbose` and
-`Accept: application/health+json`) get a row each too.
-"""
+All three run on loopback against the same 20 ms dependency stand-in (bench/servers.py dep) and
+on the same event loop; the sidecar's Convex is dev/convex-local, where it keeps its results
+(it syncs once a minute; its `/ready` and `/health` read none of it). wrk (Debian, one thread,
+50 connections) drives each in turn: the sidecar and the bare handler alternately for
+`--rounds` rounds (the row is the round with the median throughput), then the status quo once.
+With two or more cores the server under test runs on CPU 0 and wrk on CPU 1. The sidecar's
+rendered variants (`?verbose` and `Accept: application/health+json`) get a row each too."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from bench.common import (
     daemon_env,
     fetch,
     server,
+    stand_ins,
     stop_on_sigterm,
     workdir,
 )
@@ -71,9 +72,11 @@ def measure(
         once(1)  # warm up
         runs.setdefault((target, path), []).append(once(seconds))
 
-    with server("dep", tmp) as dep:
+    with stand_ins(tmp) as peers:
+        dep = peers.dep
         log = tmp / "daemon.log"
-        with daemon(daemon_env(dep.url), log, cpu=SERVER_CPU, wait="ready") as sidecar:
+        env = daemon_env(peers.convex.url, dep.url)
+        with daemon(env, log, cpu=SERVER_CPU, wait="ready") as sidecar:
             ready_body, health_body = fetch(sidecar.url + "/ready")[1], _health_body(sidecar.url)
             with server(
                 "bare",

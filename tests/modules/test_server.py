@@ -15,11 +15,11 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from sidecar.checks import ConvexCheck, HttpCheck, MastraCheck
+from sidecar.checks import Check, ConvexCheck, HttpCheck, MastraCheck
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.peers import parse_networks
-from sidecar.result import CheckResult
+from sidecar.result import CheckResult, Verdict
 from sidecar.server import REGISTRY, create_app, health
 from sidecar.snapshot import StoreState
 
@@ -28,7 +28,7 @@ ClientFactory = Callable[[web.Application], Coroutine[Any, Any, TestClient[Any, 
 
 
 def make_app(*, app_critical: bool = True, **options: Any) -> tuple[Monitor, web.Application]:
-    checks = [
+    checks: list[Check] = [
         ConvexCheck(name="convex", target="http://127.0.0.1:1", interval=10, timeout=2),
         MastraCheck(name="mastra", target="http://127.0.0.1:2", interval=10, timeout=2),
         HttpCheck(
@@ -45,13 +45,13 @@ def make_app(*, app_critical: bool = True, **options: Any) -> tuple[Monitor, web
     return monitor, create_app(monitor, registry=metrics.registry, **options)
 
 
-def feed(monitor: Monitor, **statuses: str) -> None:
+def feed(monitor: Monitor, **statuses: Verdict) -> None:
     for name, status in statuses.items():
         monitor.record(
             name,
             CheckResult(
                 status=status, output=f"{name} {status}", latency=0.012, observed_at=time.time()
-            ),  # type: ignore[arg-type]
+            ),
         )
 
 

@@ -28,7 +28,7 @@ def result(status: str, at: float = T0) -> CheckResult:
 
 def run(state: CheckState, statuses: str) -> list[str]:
     """Feed results given as letters (p, f, w); return the status after each."""
-    seen = []
+    seen: list[str] = []
     for letter in statuses:
         state = state.observe(result({"p": "pass", "f": "fail", "w": "warn"}[letter]))
         seen.append(state.status)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from pydantic import AliasChoices
 
-from sidecar.config import CONFIG_ENV, Settings
+from sidecar.config import Settings
+from sidecar.config_sources import CONFIG_ENV
 from sidecar.limits import MAX_CHECKS
 from tests.support.procs import ROOT
 

@@ -115,7 +115,11 @@ def _run(url: str, rounds: int, paths: Sequence[str], pause: float) -> dict[str,
                 time.sleep(pause)
     finally:
         conn.close()
-    return {p: {"samples": samples[p], "statuses": dict(statuses[p])} for p in paths}
+    report: dict[str, object] = {}
+    for p in paths:
+        counts: dict[int, int] = dict(statuses[p])
+        report[p] = {"samples": samples[p], "statuses": counts}
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ line through the RSS after a warm-up.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 import urllib.request
@@ -14,6 +15,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tests.support.measure import fd_count, rss_kb, slope, thread_count
+
+# The soaked checks: the built-in two, an http check of Mastra and a tcp check of Convex.
+CHECKS = ("convex", "mastra", "app", "db")
+
+
+def soak_env(convex: str, mastra: str, secret: str, instance: str) -> dict[str, str]:
+    """The soaked daemon: the four CHECKS every 10 ms, with 10 ms timeouts, and a Convex sync
+    a second (Convex at `convex` holding `secret`, Mastra at `mastra`)."""
+    checks = [
+        {"name": "app", "kind": "http", "target": mastra + "/health"},
+        {"name": "db", "kind": "tcp", "target": convex.removeprefix("http://")},
+    ]
+    return {
+        "CONVEX_URL": convex,
+        "MASTRA_URL": mastra,
+        "HEALTH_SIDECAR_SECRET": secret,
+        "SIDECAR_INSTANCE": instance,
+        "SIDECAR_INTERVAL": "0.01",
+        "SIDECAR_TIMEOUT": "0.01",
+        "SIDECAR_DRAIN_SECONDS": "0",
+        "SIDECAR_STORE_INTERVAL": "1",
+        "SIDECAR_CHECKS": json.dumps(checks),
+    }
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ The full form (20,000 rounds) is `bench/soak.py`, which reports the slope.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,38 +12,18 @@ import pytest
 from tests.support import procs
 from tests.support.daemon import log_lines, start_daemon
 from tests.support.procs import SECRET
-from tests.support.soaking import series_sum, soak
+from tests.support.soaking import CHECKS, series_sum, soak, soak_env
 
 pytestmark = [pytest.mark.serial, pytest.mark.slow]
 
 ROUNDS = 3500
 WARMUP_ROUNDS = 1500  # allocator arenas and caches settle in the first ~1,500 rounds
 WITHIN = 55.0
-CHECKS = ("convex", "mastra", "app", "db")
 # Four probes a round: leaking as little as 32 bytes a probe (a response, a task, a socket
 # buffer leaks far more) would pass 128 KiB per 1,000 rounds. A healthy daemon settles below
 # ~50 after the warm-up and is flat after ~10,000 rounds (bench/soak.py).
 MAX_SLOPE_KB_PER_1000 = 128.0
 MAX_GROWTH_KB = 512
-
-
-def soak_env(convex: procs.Proc, mastra: procs.Proc, instance: str) -> dict[str, str]:
-    """Four checks (convex, mastra, an http and a tcp check) every 10 ms."""
-    checks = [
-        {"name": "app", "kind": "http", "target": mastra.url + "/health"},
-        {"name": "db", "kind": "tcp", "target": convex.url.removeprefix("http://")},
-    ]
-    return {
-        "CONVEX_URL": convex.url,
-        "MASTRA_URL": mastra.url,
-        "HEALTH_SIDECAR_SECRET": SECRET,
-        "SIDECAR_INSTANCE": instance,
-        "SIDECAR_INTERVAL": "0.01",
-        "SIDECAR_TIMEOUT": "0.01",
-        "SIDECAR_DRAIN_SECONDS": "0",
-        "SIDECAR_STORE_INTERVAL": "1",
-        "SIDECAR_CHECKS": json.dumps(checks),
-    }
 
 
 def test_soak_memory_and_descriptors_stay_flat(
@@ -54,7 +33,9 @@ def test_soak_memory_and_descriptors_stay_flat(
     55 s): after a warm-up of 1,500 rounds, RSS grows less than 128 KiB per 1,000 rounds and
     less than 512 KiB in all; open file descriptors and threads end where they began (probe
     connections in flight aside); no check loop crashed and no background task died."""
-    daemon = start_daemon(soak_env(convex_local, mastra_local, "soak"), tmp_path / "daemon.log")
+    daemon = start_daemon(
+        soak_env(convex_local.url, mastra_local.url, SECRET, "soak"), tmp_path / "daemon.log"
+    )
     try:
         result = soak(
             daemon.url,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, load_settings
+from sidecar.config import load_settings
+from sidecar.config_errors import ConfigError
 from tests.support.configs import SECRET, environment, expectation, invalid_fixtures
 
 FIXTURES = invalid_fixtures()

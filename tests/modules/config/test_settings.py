@@ -11,7 +11,8 @@ import pytest
 from pydantic import AliasChoices
 
 from sidecar.checks import ConvexCheck, HttpCheck, MastraCheck, TcpCheck
-from sidecar.config import ConfigError, Settings, load_settings
+from sidecar.config import Settings, load_settings
+from sidecar.config_errors import ConfigError
 from tests.support.configs import BASE_ENV, EXAMPLE, SECRET
 
 
