@@ -5,7 +5,8 @@
 The daemon's Convex is dev/convex-local; Mastra and the eight extra checks (six http, two tcp)
 probe the 20 ms dependency stand-in (bench/servers.py dep). After a settle period the daemon's
 user + system CPU time is read from /proc/<pid>/stat at the start and end of the window; RSS
-from /proc/<pid>/status."""
+from /proc/<pid>/status.
+"""
 
 from __future__ import annotations
 

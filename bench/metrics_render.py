@@ -5,7 +5,8 @@
 In process: a Monitor with 50 checks, each with a result, and `generate_latest` of its
 registry, timed over many renders (what the handler spends). Over HTTP: the daemon with 50
 checks (all passing: its Convex is dev/convex-local, the rest the 20 ms dependency stand-in),
-and wrk with one connection on `/metrics` (what a scraper sees, one request at a time)."""
+and wrk with one connection on `/metrics` (what a scraper sees, one request at a time).
+"""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ on the same event loop; the sidecar's Convex is dev/convex-local, where it keeps
 50 connections) drives each in turn: the sidecar and the bare handler alternately for
 `--rounds` rounds (the row is the round with the median throughput), then the status quo once.
 With two or more cores the server under test runs on CPU 0 and wrk on CPU 1. The sidecar's
-rendered variants (`?verbose` and `Accept: application/health+json`) get a row each too."""
+rendered variants (`?verbose` and `Accept: application/health+json`) get a row each too.
+"""
 
 from __future__ import annotations
 
