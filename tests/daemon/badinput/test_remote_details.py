@@ -45,12 +45,7 @@ def remote(
 ) -> Iterator[procs.Proc]:
     """A ready daemon with a details token, listening on the host side of the veth pair."""
     env = {**daemon_env(convex_local, mastra_local, "remote-token"), "SIDECAR_DETAILS_TOKEN": TOKEN}
-    proc = start_daemon(env, tmp_path_factory.mktemp("remote") / "daemon.log", host=ns.host_ip)
-    try:
-        wait_ready_from(ns, proc)
-        yield proc
-    finally:
-        proc.stop()
+    yield from ready_on_host_side(ns, env, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +58,14 @@ def remote_without_token(
     """The same without SIDECAR_DETAILS_TOKEN."""
     env = daemon_env(convex_local, mastra_local, "remote-no-token")
     env.pop("SIDECAR_DETAILS_TOKEN")
+    yield from ready_on_host_side(ns, env, tmp_path_factory)
+
+
+def ready_on_host_side(
+    ns: netns.Namespace, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[procs.Proc]:
+    """The daemon with `env` on the host side of the veth pair, ready as seen from inside the
+    namespace; stopped afterwards."""
     proc = start_daemon(env, tmp_path_factory.mktemp("remote") / "daemon.log", host=ns.host_ip)
     try:
         wait_ready_from(ns, proc)

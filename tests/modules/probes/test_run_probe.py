@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import aiohttp
 import pytest
@@ -34,21 +35,21 @@ async def test_cancel_propagates(
     session: aiohttp.ClientSession, hanging_url: str, kind: str
 ) -> None:
     """A probe cancelled while it waits (scheduler shutdown) raises CancelledError at once."""
-    task = asyncio.create_task(run_probe(session, make_check(kind, hanging_url)))
-    await asyncio.sleep(0.1)
-    assert not task.done()
-    task.cancel()
-    async with asyncio.timeout(0.2):
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    assert task.cancelled()
+    await assert_cancelled_at_once(run_probe(session, make_check(kind, hanging_url)))
 
 
 async def test_cancel_propagates_from_tcp(
     session: aiohttp.ClientSession, full_backlog: int
 ) -> None:
     """A tcp probe cancelled mid-connect (a full accept queue) is cancelled too."""
-    task = asyncio.create_task(run_probe(session, make_check("tcp", f"127.0.0.1:{full_backlog}")))
+    check = make_check("tcp", f"127.0.0.1:{full_backlog}")
+    await assert_cancelled_at_once(run_probe(session, check))
+
+
+async def assert_cancelled_at_once(probe: Coroutine[Any, Any, object]) -> None:
+    """Run `probe` for 0.1 s (it must still be waiting), cancel it: CancelledError within
+    0.2 s."""
+    task = asyncio.create_task(probe)
     await asyncio.sleep(0.1)
     assert not task.done()
     task.cancel()
