@@ -41,7 +41,16 @@ from sidecar.checks import (
     default_panic,
     http_url,
 )
-from sidecar.config_errors import ConfigError, describe, field_names, labelled, problem
+from sidecar.config_errors import (
+    CROSS_FIELD,
+    ConfigError,
+    FieldNames,
+    describe,
+    errors,
+    field_names,
+    labelled,
+    problem,
+)
 from sidecar.config_sources import CONFIG_ENV, EnvSource, TomlSource
 from sidecar.limits import MAX_CHECKS, MAX_TTL_MS, MIN_TTL_MS
 from sidecar.peers import Network, parse_networks
@@ -306,11 +315,40 @@ def _resolve(settings: Settings) -> tuple[Check, ...]:
 
 def load_settings() -> Settings:
     """Build the settings from the environment and file, or raise `ConfigError` naming every
-    invalid field."""
+    invalid field where its value came from. Every value in the file must be valid, even one
+    the environment overrides."""
+    fields = field_names(Settings)
+    file = TomlSource(Settings)
+    in_file = file()
+    from_env = {fields[key.lower()][0] for key in EnvSource(Settings)()}
+    files = {fields.get(key.lower(), (key, ()))[0]: str(file.path) for key in in_file}
+    lines = _file_problems(in_file, fields, files)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
-        raise ConfigError(describe(exc, field_names(Settings))) from None
+        taken = {name: path for name, path in files.items() if name not in from_env}
+        lines += describe(errors(exc), fields, taken, from_env)
+        raise ConfigError(list(dict.fromkeys(lines))) from None
+    if lines:
+        raise ConfigError(lines)
+    return settings
+
+
+def _file_problems(in_file: dict[str, Any], fields: FieldNames, files: dict[str, str]) -> list[str]:
+    """The file's invalid values, judged as if the environment did not override them (the
+    settings the file does not set come from the environment as usual). Problems across
+    settings are left to the settings in effect; unknown keys too (never init options)."""
+    known = {key: value for key, value in in_file.items() if key.lower() in fields}
+    own = {(key,) for key in known}
+    try:
+        Settings(**known)
+    except ValidationError as exc:
+        return describe(
+            (e for e in errors(exc) if e["type"] != CROSS_FIELD and e["loc"][:1] in own),
+            fields,
+            files,
+        )
+    return []
 
 
 def effective(settings: Settings) -> dict[str, Any]:

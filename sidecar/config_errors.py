@@ -1,10 +1,12 @@
-"""Configuration errors as a user reads them: one line per problem, naming the environment
-variable of a setting (`SIDECAR_PORT (port): ...`) or a check by index, name and kind
+"""Configuration errors as a user reads them: one line per problem, naming where the bad value
+came from: the environment variable of a setting (`SIDECAR_PORT (port): ...`), or the TOML
+file and its key (`/etc/sidecar.toml: port: ...`), and a check by index, name and kind
 (`checks[0] (payments, http).body_regex: ...`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ValidationError
@@ -14,6 +16,8 @@ from sidecar.checks import KINDS
 
 # A spelling of a field (lower case) -> (the field's name, its environment names).
 FieldNames = Mapping[str, tuple[str, tuple[str, ...]]]
+# The error type of a problem found across fields (`problem`).
+CROSS_FIELD = "invalid_setting"
 
 
 class ConfigError(Exception):
@@ -40,17 +44,40 @@ def heading(spelling: str, fields: FieldNames) -> str:
     return f"{env[0]} ({name})" if env else name
 
 
-def describe(exc: ValidationError, fields: FieldNames) -> list[str]:
-    """One line per problem of `exc`."""
-    return [_line(error, fields) for error in exc.errors(include_url=False, include_input=False)]
+def errors(exc: ValidationError) -> list[ErrorDetails]:
+    """The problems of `exc`, without URLs or the values given (they may hold secrets)."""
+    return exc.errors(include_url=False, include_input=False)
+
+
+def describe(
+    problems: Iterable[ErrorDetails],
+    fields: FieldNames,
+    files: Mapping[str, str] | None = None,
+    env: Collection[str] = (),
+) -> list[str]:
+    """One line per problem. `files`: the settings (by field name; an unknown key as the file
+    spells it) whose value came from a TOML file, and that file's path; `env`: the settings
+    the environment set."""
+    return [_line(error, fields, files or {}, env) for error in problems]
 
 
 def problem(loc: tuple[str | int, ...], message: str, check: str | None = None) -> InitErrorDetails:
-    """A problem found across fields, at `loc` (`check`: the `name, kind` label of a check)."""
+    """A problem found across fields, at `loc` (`check`: the `name, kind` label of a check).
+    `message` names other settings by their environment name; `describe` names a setting the
+    file set by its key instead."""
     ctx = {"problem": message} if check is None else {"problem": message, "check": check}
     return InitErrorDetails(
-        type=PydanticCustomError("invalid_setting", "{problem}", ctx), loc=loc, input=None
+        type=PydanticCustomError(CROSS_FIELD, "{problem}", ctx), loc=loc, input=None
     )
+
+
+def _spelt_as_keys(message: str, fields: FieldNames, keys: Collection[str]) -> str:
+    """`message` with the environment names of the settings `keys` spelt as the file's keys."""
+    spelt = {env: name for env, (name, _) in fields.items() if name in keys and env != name}
+    if not spelt:
+        return message
+    pattern = r"\b(" + "|".join(re.escape(env) for env in spelt) + r")\b"
+    return re.sub(pattern, lambda m: spelt[m[0].lower()], message, flags=re.IGNORECASE)
 
 
 def labelled(error: ErrorDetails, checks: Any) -> InitErrorDetails:
@@ -71,7 +98,9 @@ def labelled(error: ErrorDetails, checks: Any) -> InitErrorDetails:
     )
 
 
-def _line(error: ErrorDetails, fields: FieldNames) -> str:
+def _line(
+    error: ErrorDetails, fields: FieldNames, files: Mapping[str, str], set_by_env: Collection[str]
+) -> str:
     loc = list(error["loc"])
     ctx = error.get("ctx") or {}
     message = str(ctx.get("problem", error["msg"])).removeprefix("Value error, ")
@@ -79,6 +108,11 @@ def _line(error: ErrorDetails, fields: FieldNames) -> str:
     if not loc:
         return message
     name, env = fields.get(str(loc[0]).lower(), (str(loc[0]), ()))
+    if kind == CROSS_FIELD:
+        # In a line about the file, every setting the environment did not set is spelt as
+        # the file spells it; elsewhere, those the file set.
+        keys = [f for f, _ in fields.values() if f not in set_by_env or f in files]
+        message = _spelt_as_keys(message, fields, keys if name in files else list(files))
     rest = loc[1:]
     if name == "checks" and rest and isinstance(rest[0], int):
         label = ctx.get("check")
@@ -89,8 +123,12 @@ def _line(error: ErrorDetails, fields: FieldNames) -> str:
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             rest = [*rest, "kind"]
             message = f"must be one of {', '.join(KINDS)}"
+    elif name in files:
+        head = name
     else:
         head = heading(str(loc[0]), fields)
+    if name in files:
+        head = f"{files[name]}: {head}"
     if kind == "extra_forbidden":
         message = "unknown key"
     elif kind == "tuple_type" and name == "checks" and not rest:

@@ -31,13 +31,14 @@ class EnvSource(EnvSettingsSource):
 
 
 class TomlSource(PydanticBaseSettingsSource):
-    """Reads `SIDECAR_CONFIG` (a TOML file) and hands its keys to the fields' first alias, so
-    the file says `port = 8099` while the environment says `SIDECAR_PORT`."""
+    """Reads `SIDECAR_CONFIG` (a TOML file, at `path`) and hands its keys to the fields' first
+    alias, so the file says `port = 8099` while the environment says `SIDECAR_PORT`."""
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
         # Looked up case-insensitively, like every other setting.
         path = next((v for k, v in os.environ.items() if k.upper() == CONFIG_ENV), None)
+        self.path = path or None
         self._data = _read_toml(path)
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
@@ -59,7 +60,7 @@ class TomlSource(PydanticBaseSettingsSource):
             if key == "config_file" or key in env_names:
                 name = env_names.get(key, key)
                 hint = "" if name == "config_file" else f"; the file spells it {name!r}"
-                raise ConfigError([f"{CONFIG_ENV}: key {key!r} cannot be set in the file{hint}"])
+                raise ConfigError([f"{self.path}: {key}: cannot be set in the file{hint}"])
             if isinstance(alias, AliasChoices):
                 out[str(alias.choices[0])] = value
             else:

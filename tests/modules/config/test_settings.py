@@ -266,8 +266,8 @@ def test_errors_name_the_env_variable_and_the_check(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Every problem is reported at once, one line each: a top-level field by its
-    environment name and field name, a check by index, name and kind (no discriminator tag
-    or dotted index in the path)."""
+    environment name and field name, a check by the file it came from, its index, name and
+    kind (no discriminator tag or dotted index in the path)."""
     seed_env(clean_env)
     clean_env.setenv("SIDECAR_PORT", "0")
     clean_env.setenv("SIDECAR_LOG_LEVEL", "loud")
@@ -285,10 +285,71 @@ def test_errors_name_the_env_variable_and_the_check(
     assert len(lines) == 4, lines
     assert any(line.startswith("  SIDECAR_PORT (port): ") for line in lines)
     assert any(line.startswith("  SIDECAR_LOG_LEVEL (log_level): ") for line in lines)
+    file = tmp_path / "sidecar.toml"
     assert any(
-        line.startswith("  checks[1] (payments, http).body_regex: is not a valid regular")
+        line.startswith(f"  {file}: checks[1] (payments, http).body_regex: is not a valid regular")
         for line in lines
     ), lines
+
+
+def test_a_bad_value_in_the_file_names_the_file_and_its_key(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`interval = "fast"` in the file is reported as the file's `interval`, not under the
+    environment name the file never used."""
+    seed_env(clean_env)
+    with_file(clean_env, tmp_path, 'interval = "fast"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    file = tmp_path / "sidecar.toml"
+    assert str(caught.value).splitlines()[1:] == [
+        f"  {file}: interval: Input should be a valid number, unable to parse string as a number"
+    ]
+
+
+def test_a_bad_value_in_the_file_is_an_error_though_the_environment_sets_it(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The environment wins over the file, but does not hide a broken file: the next deploy
+    without the variable would fail. The variable's own value is judged too."""
+    seed_env(clean_env)
+    with_file(clean_env, tmp_path, 'interval = "fast"\nport = 8080\n')
+    clean_env.setenv("SIDECAR_INTERVAL", "5")
+    clean_env.setenv("SIDECAR_PORT", "0")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    file = tmp_path / "sidecar.toml"
+    assert str(caught.value).splitlines()[1:] == [
+        f"  {file}: interval: Input should be a valid number, unable to parse string as a number",
+        "  SIDECAR_PORT (port): Input should be greater than or equal to 1",
+    ]
+    with_file(clean_env, tmp_path, "interval = 20\nport = 8080\n")
+    clean_env.setenv("SIDECAR_PORT", "9000")
+    assert (load_settings().interval, load_settings().port) == (5.0, 9000)
+
+
+def test_a_problem_across_sources_names_each_setting_where_it_was_set(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A timeout from the environment over an interval from the file: the line is the
+    variable's, and it names the file's key for the interval (and the other way round)."""
+    seed_env(clean_env)
+    with_file(clean_env, tmp_path, "interval = 5\n")
+    clean_env.setenv("SIDECAR_TIMEOUT", "6")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).splitlines()[1:] == [
+        "  SIDECAR_TIMEOUT (timeout): 6s exceeds interval (5s)"
+    ]
+    with_file(clean_env, tmp_path, "timeout = 6\n")
+    clean_env.delenv("SIDECAR_TIMEOUT")
+    clean_env.setenv("SIDECAR_INTERVAL", "5")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    file = tmp_path / "sidecar.toml"
+    assert str(caught.value).splitlines()[1:] == [
+        f"  {file}: timeout: 6s exceeds SIDECAR_INTERVAL (5s)"
+    ]
 
 
 def test_a_relative_check_timeout_counts_against_the_default_interval(
