@@ -186,6 +186,8 @@ class TcpCheck(_Check):
     @field_validator("target")
     @classmethod
     def _host_port(cls, value: str) -> str:
+        if "://" in value:
+            raise ValueError(f"must be host:port, without a scheme: {_host_port_of(value)}")
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port with a port from 1 to 65535")
@@ -200,6 +202,19 @@ class TcpCheck(_Check):
     def port(self) -> int:
         """The port part."""
         return int(self.target.rpartition(":")[2])
+
+
+def _host_port_of(url: str) -> str:
+    """The `host:port` a URL given as a tcp target meant, as an example for the message (never
+    its credentials); `host:port` itself when the URL has no port."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        return "e.g. db:5432"
+    return f"e.g. [{host}]:{port}" if ":" in host else f"e.g. {host}:{port}"
 
 
 Check = Annotated[

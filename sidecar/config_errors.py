@@ -123,6 +123,8 @@ def _line(
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             rest = [*rest, "kind"]
             message = f"must be one of {', '.join(KINDS)}"
+        if name in set_by_env and env:
+            head = f"{env[0]}: {head}"
     elif name in files:
         head = name
     else:
