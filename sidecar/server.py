@@ -25,8 +25,10 @@ RENDER = web.AppKey("metrics_render", ThreadPoolExecutor)
 JSON = "application/json"
 HEALTH_JSON = "application/health+json"
 NO_STORE = "no-store"
-TRUE_VALUES = frozenset({"", "1", "true", "yes", "on"})
-FALSE_VALUES = frozenset({"0", "false", "no", "off"})
+# A flag's values, exactly as docs/endpoints.md lists them (no other spelling, no case folding).
+TRUE_VALUES = ("", "1", "true")
+FALSE_VALUES = ("0", "false")
+FLAG_VALUES = "1, true or no value to turn it on, 0 or false to turn it off"
 LIVE_OK = dumps({"live": True})
 LIVE_STUCK = dumps({"live": False, "reasons": ["scheduler heartbeat is stale"]})
 # Every response carries `Cache-Control: no-store`, set where the response is made: an
@@ -78,13 +80,13 @@ def _flag(request: web.Request, name: str) -> bool:
     values = request.query.getall(name, [])
     if not values:
         return False
-    value = values[-1].strip().lower()
+    value = values[-1]
     if value in TRUE_VALUES:
         return True
     if value in FALSE_VALUES:
         return False
     raise web.HTTPBadRequest(
-        text=dumps({"error": f"{name} must be one of 1, true, 0, false"}).decode(),
+        text=dumps({"error": f"{name} takes {FLAG_VALUES}"}).decode(),
         content_type=JSON,
         headers=NO_STORE_HEADERS,
     )

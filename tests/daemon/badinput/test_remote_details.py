@@ -149,7 +149,6 @@ VERBOSE_FORMS: list[dict[str, Any]] = [
     {"path": "/health?verbose="},
     {"path": "/health?verbose=1"},
     {"path": "/health?verbose=true"},
-    {"path": "/health?verbose=YES"},
     {"path": "/health?verbose=0&verbose=1"},
     {"path": "/healthz?verbose"},
     {"path": "/api/health?verbose"},
