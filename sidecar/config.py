@@ -352,9 +352,11 @@ def _file_problems(in_file: dict[str, Any], fields: FieldNames, files: dict[str,
 
 
 def effective(settings: Settings) -> dict[str, Any]:
-    """The settings as `health-sidecar config` prints them: JSON, with the resolved checks,
+    """The settings as `health-sidecar config` prints them: JSON, every value the one in
+    effect (the TTL derived when not set, the resolved checks; null only for what is unset),
     and every secret masked (secrets, the values of URL queries and check headers)."""
     doc = settings.model_dump(mode="json", exclude={"checks"})
+    doc["store_ttl"] = settings.ttl
     for key in ("secret", "details_token"):
         if doc[key] is not None:
             doc[key] = MASK

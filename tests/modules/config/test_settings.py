@@ -11,7 +11,7 @@ import pytest
 from pydantic import AliasChoices
 
 from sidecar.checks import ConvexCheck, HttpCheck, MastraCheck, TcpCheck
-from sidecar.config import Settings, load_settings
+from sidecar.config import Settings, effective, load_settings
 from sidecar.config_errors import ConfigError
 from tests.support.configs import BASE_ENV, EXAMPLE, SECRET
 
@@ -381,6 +381,27 @@ def test_store_defaults_and_ttl_follows_the_store_interval(clean_env: pytest.Mon
     assert load_settings().ttl == 18000.0
     clean_env.setenv("SIDECAR_STORE_TTL", "86400")
     assert load_settings().ttl == 86400.0
+
+
+def test_config_prints_the_value_in_effect_of_every_setting(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """`health-sidecar config` (`effective`) prints the TTL the daemon uses, not `null` when
+    it is derived; null is left only for what is unset (an optional URL, the token, the file),
+    and every setting is there."""
+    seed_env(clean_env)
+    doc = effective(load_settings())
+    assert set(doc) == set(Settings.model_fields)
+    assert doc["store_ttl"] == 300.0
+    assert {key for key, value in doc.items() if value is None} == {
+        "app_url",
+        "config_file",
+        "details_token",
+    }
+    clean_env.setenv("SIDECAR_STORE_INTERVAL", "300")
+    assert effective(load_settings())["store_ttl"] == 1500.0
+    clean_env.setenv("SIDECAR_STORE_TTL", "7200")
+    assert effective(load_settings())["store_ttl"] == 7200.0
 
 
 @pytest.mark.parametrize(
