@@ -86,5 +86,9 @@ async def _ping(session: aiohttp.ClientSession, check: ConvexCheck) -> str:
 async def _proven(evidence: RuntimeEvidence) -> str:
     await evidence.settled()  # at start, the first store call decides (within the timeout)
     if not evidence.fresh():
+        # Count from the first call until the window is full: at start, not the window.
+        since = evidence.since_first()
+        if since is not None:
+            raise ProbeFailed(f"runtime: no store call answered yet ({since:.0f}s since the first)")
         raise ProbeFailed(f"runtime: no store call answered within {evidence.window:g}s")
     return "runtime answered (store sync)"

@@ -22,15 +22,21 @@ class RuntimeEvidence:
         self.window = window
         self._monotonic = monotonic
         self._answered_at: float | None = None
+        self._first_at: float | None = None
         self._settled = asyncio.Event()
 
     def answered(self) -> None:
         """The runtime answered a store call just now."""
         self._answered_at = self._monotonic()
-        self._settled.set()
+        self._settle()
 
     def missed(self) -> None:
         """A store call got no answer from the runtime (unreachable, 5xx, garbage)."""
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._first_at is None:
+            self._first_at = self._monotonic()
         self._settled.set()
 
     async def settled(self) -> None:
@@ -41,3 +47,11 @@ class RuntimeEvidence:
         """True when the runtime answered within the window."""
         at = self._answered_at
         return at is not None and self._monotonic() - at <= self.window
+
+    def since_first(self) -> float | None:
+        """Seconds since the first store call ended while none has answered yet, if that is
+        less than the window: what a missing answer may be blamed on (None otherwise)."""
+        if self._answered_at is not None or self._first_at is None:
+            return None
+        elapsed = self._monotonic() - self._first_at
+        return elapsed if elapsed < self.window else None

@@ -221,6 +221,31 @@ async def test_store_deployment_without_a_recent_answer_fails(
     assert convex_like.seen == []
 
 
+async def test_at_start_the_failure_counts_from_the_first_store_call(
+    session: aiohttp.ClientSession, aiohttp_server: AiohttpServer
+) -> None:
+    """Against a Convex whose runtime never answers, the first failure (what the first log
+    line quotes) does not claim a whole window of silence: it counts from the first store
+    call, until the window has passed."""
+    now = [100.0]
+    url = await ConvexLike().start(aiohttp_server)
+    evidence = RuntimeEvidence(url=url, window=122, monotonic=lambda: now[0])
+    evidence.missed()
+    assert await store_probe(session, url, evidence) == (
+        "fail",
+        "instance_name 200; runtime: no store call answered yet (0s since the first)",
+    )
+    now[0] += 60
+    evidence.missed()
+    assert (await store_probe(session, url, evidence))[1].endswith(
+        "runtime: no store call answered yet (60s since the first)"
+    )
+    now[0] += 62
+    assert (await store_probe(session, url, evidence))[1].endswith(
+        "runtime: no store call answered within 122s"
+    )
+
+
 async def test_store_deployment_waits_for_the_first_sync(
     session: aiohttp.ClientSession, aiohttp_server: AiohttpServer
 ) -> None:
