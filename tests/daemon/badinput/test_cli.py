@@ -24,6 +24,9 @@ RUN_FIXTURES = [
     "check-bad-regex.toml",
     "duplicate-check-names.toml",
     "store-ttl-too-short.toml",
+    "port-not-an-integer.toml",
+    "tcp-target-with-a-scheme.toml",
+    "tcp-target-url-without-port.env",
 ]
 
 
