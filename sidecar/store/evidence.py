@@ -49,8 +49,8 @@ class RuntimeEvidence:
         return at is not None and self._monotonic() - at <= self.window
 
     def since_first(self) -> float | None:
-        """Seconds since the first store call ended while none has answered yet, if that is
-        less than the window: what a missing answer may be blamed on (None otherwise)."""
+        """At start, the silence so far: seconds since the first store call ended, while no
+        call has answered yet and the window has not passed since (None otherwise)."""
         if self._answered_at is not None or self._first_at is None:
             return None
         elapsed = self._monotonic() - self._first_at

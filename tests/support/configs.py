@@ -1,7 +1,8 @@
 """Configurations for the settings tests: a valid base environment, the names the settings
 read, and the invalid-config fixtures under tests/modules/config/invalid/.
 
-A fixture's first line is `# expect: TEXT`, the field name the error must mention. `*.toml`
+A fixture's first line is `# expect: TEXT`, what the error must say: where the bad value came
+from (the variable, or the file's name and key) and, where it matters, the problem. `*.toml`
 fixtures are the file SIDECAR_CONFIG points at; `*.env` fixtures are `KEY=VALUE` lines applied
 on top of the valid base environment, where `KEY=` (no value) removes KEY.
 """
@@ -45,7 +46,7 @@ def invalid_fixtures() -> list[Path]:
 
 
 def expectation(fixture: Path) -> str:
-    """The field name from the fixture's first line."""
+    """The text from the fixture's first line."""
     first = fixture.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith(EXPECT), f"{fixture.name}: first line must be '{EXPECT}FIELD'"
     return first.removeprefix(EXPECT).strip()
