@@ -320,7 +320,7 @@ def load_settings() -> Settings:
     fields = field_names(Settings)
     file = TomlSource(Settings)
     in_file = file()
-    from_env = {fields[key.lower()][0] for key in EnvSource(Settings)()}
+    from_env = {fields.get(key.lower(), (key, ()))[0] for key in EnvSource(Settings)()}
     files = {fields.get(key.lower(), (key, ()))[0]: str(file.path) for key in in_file}
     lines = _file_problems(in_file, fields, files)
     try:
