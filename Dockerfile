@@ -4,13 +4,14 @@
 #   docker build --build-arg VERSION="$(python3 -c 'import sidecar; print(sidecar.__version__)')" \
 #     -t health-sidecar .
 #
-# Run (read-only root file system: the daemon writes nothing to disk and logs JSON to stdout):
+# Run (read-only root file system: the daemon writes nothing to disk and logs JSON to stdout),
+# in its app container's network namespace (docs/deploy/docker.md):
 #   docker run -d --name health-sidecar --read-only --cap-drop ALL \
-#     --security-opt no-new-privileges --stop-timeout 30 -p 8099:8099 \
+#     --security-opt no-new-privileges --stop-timeout 30 --network container:app-1 \
 #     -e CONVEX_URL=https://your-deployment.convex.cloud \
 #     -e MASTRA_URL=http://mastra:4111 \
-#     -e HEALTH_SIDECAR_SECRET=... \
-#     -e SIDECAR_APP_URL=http://app:3000/api/health \
+#     -e HEALTH_SIDECAR_SECRET \
+#     -e SIDECAR_APP_URL=http://127.0.0.1:3000/api/health \
 #     health-sidecar
 #
 # --stop-timeout must outlast the daemon's drain after SIGTERM: see README.md, "Lifecycle"
@@ -50,13 +51,13 @@ RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     && /opt/venv/bin/pip install --no-cache-dir . \
     && /opt/venv/bin/python -m pip uninstall --yes pip setuptools
 # The version label's one source is the package: a VERSION build argument that differs from
-# sidecar.__version__ (or is missing) stops the build here.
-ARG VERSION
-RUN /opt/venv/bin/python -c 'import sys, sidecar; v = sidecar.__version__; sys.exit(0 if sys.argv[1] == v else f"build argument VERSION={sys.argv[1]!r}, but the package is {v}: docker build --build-arg VERSION={v}")' "$VERSION"
+# sidecar.__version__ stops the build here. Without one the label is empty, never wrong.
+ARG VERSION=
+RUN /opt/venv/bin/python -c 'import sys, sidecar; v = sidecar.__version__; sys.exit(0 if sys.argv[1] in ("", v) else f"build argument VERSION={sys.argv[1]!r}, but the package is {v}: docker build --build-arg VERSION={v}")' "$VERSION"
 
 # ---- runtime: the base image plus /opt/venv, nothing else ----
 FROM ${PYTHON_IMAGE} AS runtime
-ARG VERSION
+ARG VERSION=
 
 LABEL org.opencontainers.image.title="health-sidecar" \
       org.opencontainers.image.description="Health sidecar for Convex + Mastra app containers: /live /ready /health /metrics" \
@@ -68,7 +69,8 @@ LABEL org.opencontainers.image.title="health-sidecar" \
 # warn). A base image that ships pip, setuptools or wheel outside the venv (python:*-slim
 # does) loses them here: nothing at run time uses them.
 RUN if python3 -m pip --version >/dev/null 2>&1; then \
-      python3 -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel; \
+      python3 -m pip uninstall --yes --root-user-action=ignore --disable-pip-version-check \
+        $(python3 -c 'import importlib.metadata as m; print(*{d.metadata["Name"].lower() for d in m.distributions()} & {"pip", "setuptools", "wheel"})'); \
     fi \
     && groupadd --gid 10001 sidecar \
     && useradd --uid 10001 --gid 10001 --no-create-home --no-log-init \

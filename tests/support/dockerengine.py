@@ -278,6 +278,23 @@ def build_standin(eng: Engine, work: Path) -> None:
     tar.unlink()
 
 
+def base_with_pip(eng: Engine, base: str, work: Path) -> str:
+    """`base` as python:*-slim ships, pip and setuptools in /usr/local, on PATH: for the base
+    python:3.11-slim itself, else `base` with a venv at /usr/local (built without network)."""
+    if base == SLIM:
+        return SLIM
+    image_id = eng.docker("image", "inspect", "--format", "{{.Id}}", base).stdout.strip()
+    tag = f"health-sidecar-test/python-with-pip:{image_id.removeprefix('sha256:')[:12]}"
+    if not eng.has_image(tag):
+        (work / "with-pip").mkdir(exist_ok=True)
+        (work / "with-pip" / "Dockerfile").write_text(
+            f"FROM {base}\n"
+            "RUN python3 -m venv /usr/local && /usr/local/bin/python3 -m pip --version\n"
+        )
+        eng.docker("build", "--network", "none", "--tag", tag, str(work / "with-pip"), timeout=300)
+    return tag
+
+
 # Building the image ---------------------------------------------------------------------------
 
 # pip settings that name files on this machine, or are replaced by the CA secret, or would

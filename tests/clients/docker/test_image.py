@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import sidecar
-from tests.support import procs
+from tests.support import dockerengine, procs
 from tests.support.dockerengine import Build, Engine
 from tests.support.procs import SECRET
 
@@ -114,6 +114,32 @@ def test_a_version_argument_other_than_the_package_stops_the_build(
     ), run.stderr[-3000:]
 
 
+def test_without_a_version_argument_the_label_is_empty(
+    docker_engine: Engine, built_image: Build, tmp_path: Path
+) -> None:
+    """Scenario: a plain `docker build` (no VERSION, as docker compose builds it) succeeds
+    and its version label is empty: never a version other than the package's."""
+    iidfile = tmp_path / "iid"
+    docker_engine.docker(
+        "build",
+        "--network",
+        "host",
+        "--build-arg",
+        f"PYTHON_IMAGE={built_image.base}",
+        "--iidfile",
+        str(iidfile),
+        str(procs.ROOT),
+        timeout=300,
+    )
+    image = iidfile.read_text().strip()
+    try:
+        labels = inspect(docker_engine, image, ".Config.Labels")
+        assert labels["org.opencontainers.image.version"] == "", labels
+    finally:
+        if image != inspect(docker_engine, built_image.tag, ".Id"):
+            docker_engine.docker("image", "rm", image, check=False)
+
+
 PROBE = """
 import importlib.metadata, importlib.util, json, re, shutil, sys
 print(json.dumps({
@@ -127,6 +153,16 @@ print(json.dumps({
 """
 
 
+def probe_pythons(eng: Engine, image: str) -> list[dict[str, Any]]:
+    """PROBE's answer from each python the image has: the venv's first, then the base's."""
+    pythons = ("/opt/venv/bin/python", "/usr/local/bin/python3", "/usr/bin/python3")
+    script = "for p in " + " ".join(pythons) + '; do [ ! -x "$p" ] || "$p" -c "$0"; done'
+    run = eng.docker(
+        "run", "--rm", "--network", "none", *RUN_FLAGS, image, "sh", "-c", script, PROBE
+    )
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
 def test_runtime_has_no_packaging_tools_and_no_build_secrets(
     docker_engine: Engine, built_image: Build
 ) -> None:
@@ -134,12 +170,7 @@ def test_runtime_has_no_packaging_tools_and_no_build_secrets(
     pkg_resources, no pip executable is on PATH; the venv holds the package and its runtime
     dependencies, no dev tool; the build's pip settings and CA bundle (build secrets) left
     nothing behind: no PIP_ variable, nothing under /run/secrets, not in the history."""
-    pythons = ("/opt/venv/bin/python", "/usr/local/bin/python3", "/usr/bin/python3")
-    script = "for p in " + " ".join(pythons) + '; do [ ! -x "$p" ] || "$p" -c "$0"; done'
-    run = docker_engine.docker(
-        "run", "--rm", "--network", "none", *RUN_FLAGS, built_image.tag, "sh", "-c", script, PROBE
-    )
-    found = [json.loads(line) for line in run.stdout.splitlines()]
+    found = probe_pythons(docker_engine, built_image.tag)
     assert found[0]["python"] == "/opt/venv/bin/python", found
     assert len(found) >= 2, "the base's python was not found"
     for each in found:
@@ -158,6 +189,30 @@ def test_runtime_has_no_packaging_tools_and_no_build_secrets(
         key, eq, value = line.partition(" = ")
         if eq:
             assert f"{key}={value}" not in history.replace(" = ", "="), line
+
+
+def test_a_base_that_ships_pip_loses_it(
+    docker_engine: Engine, built_image: Build, tmp_path: Path
+) -> None:
+    """Scenario: built on a base that has pip and setuptools on PATH outside the venv (as
+    python:3.11-slim has), the image keeps neither: no python finds them, no pip on PATH, and
+    removing them printed no warning."""
+    try:
+        base = dockerengine.base_with_pip(docker_engine, built_image.base, tmp_path)
+        build = dockerengine.build_image(
+            docker_engine,
+            tag="health-sidecar:test-base-with-pip",
+            base=base,
+            version=sidecar.__version__,
+            work=tmp_path,
+        )
+    except dockerengine.EngineError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    assert not re.search(r"(?i)\bwarning\b", build.output), build.output[-3000:]
+    found = probe_pythons(docker_engine, build.tag)
+    assert "/usr/local/bin/python3" in [f["python"] for f in found], found
+    for each in found:
+        assert (each["modules"], each["tools"]) == ([], []), each
 
 
 def test_user_is_created_without_a_warning(docker_engine: Engine, built_image: Build) -> None:
