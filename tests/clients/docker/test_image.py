@@ -28,7 +28,9 @@ from tests.support import dockerengine, procs
 from tests.support.dockerengine import Build, Engine
 from tests.support.procs import SECRET
 
-pytestmark = [pytest.mark.serial, pytest.mark.slow]
+# The first run builds the base and the image (about 90 s of setup): more than the default 120 s
+# per test on a loaded machine.
+pytestmark = [pytest.mark.serial, pytest.mark.slow, pytest.mark.timeout(300)]
 
 RUN_FLAGS = (
     "--read-only",
