@@ -226,7 +226,19 @@ def engine(log_dir: Path, start_timeout: float = 60) -> Iterator[Engine]:
                 eng.remove_created()
         finally:
             procs.stop_process(popen, timeout=30)
+            unmount_under(run_dir)  # dockerd leaves its exec-root's netns/default mounted
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount whatever is mounted under `root` (deepest first), so it can be removed."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+        if Path(point).is_relative_to(root):
+            points.append(point)
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", point], capture_output=True, timeout=30, check=False)
 
 
 # The base image -------------------------------------------------------------------------------
