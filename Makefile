@@ -7,11 +7,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEBS := caddy prometheus wrk
 
-.PHONY: test test-fast lint typecheck vitest pytest demo deps debs docker-debs image clean
+.PHONY: test test-fast lint typecheck vitest pytest demo deps packages debs docker-debs image clean
 
 test: deps lint vitest pytest
 
-deps: $(VENV)/.installed node_modules/.installed dev/mastra/node_modules/.installed debs
+# Everything the tests need; `packages` is what the demo and the in-process tests need (the
+# Python package and the npm packages: no Debian package, no root).
+deps: packages debs
+packages: $(VENV)/.installed node_modules/.installed dev/mastra/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,10 +73,10 @@ pytest: deps docker-debs
 	$(BIN)/pytest -q -m serial
 
 # The modules in process, without the slow ones: under a minute (tests/README.md).
-test-fast: $(VENV)/.installed node_modules/.installed dev/mastra/node_modules/.installed
+test-fast: packages
 	$(BIN)/pytest -q tests/modules -m "not slow"
 
-demo: deps
+demo: packages
 	$(BIN)/python dev/demo.py
 
 clean:

@@ -147,8 +147,12 @@ class Monitor:
                 )
         for name in old.shared_outages.keys() - new.shared_outages.keys():
             self._log.info(f"shared outage over: {name}", check=name)
-        before, after = old.fleet.drained(old.built_at), new.fleet.drained(new.built_at)
-        if after is not None and after != before:
-            self._log.warning(f"drained: {after.reason}", by=after.by, until=after.until)
+        before, after = old.central_drain, new.central_drain
+        # One drain is one request (its start, by the deployment's clock); its `until` moves
+        # by a few ms with each sync's round trip, so it is no reason for another line.
+        if after is not None and (before is None or before.since != after.since):
+            self._log.warning(
+                f"drained: {after.reason}", by=after.by, since=after.since, until=after.until
+            )
         elif after is None and before is not None:
             self._log.info("drain over")

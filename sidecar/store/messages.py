@@ -67,10 +67,12 @@ class SharedAnswer:
 
 @dataclass(frozen=True, slots=True)
 class DrainAnswer:
-    """A drain of this instance in force: its reason, who asked, for how much longer."""
+    """A drain of this instance in force: its reason, who asked, how long ago it began, for
+    how much longer."""
 
     reason: str
     by: str
+    age_ms: float
     remaining_ms: float | None
 
 
@@ -246,6 +248,7 @@ def _drain(value: Any) -> DrainAnswer:
     return DrainAnswer(
         reason=as_string(drain, "reason"),
         by=as_string(drain, "by"),
+        age_ms=as_number(drain, "ageMs"),
         remaining_ms=None if remaining is None else as_number(drain, "remainingMs"),
     )
 

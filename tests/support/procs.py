@@ -152,12 +152,19 @@ def mastra_argv() -> list[str]:
 
 
 def start_convex_local(
-    log: Path, secret: str = SECRET, port: int | None = None, root: Path = ROOT
+    log: Path,
+    secret: str = SECRET,
+    port: int | None = None,
+    root: Path = ROOT,
+    *,
+    operator_secret: str | None = None,
 ) -> Proc:
-    """Start dev/convex-local (of the checkout at `root`) holding `secret` on 127.0.0.1 (a
-    free port unless given)."""
+    """Start dev/convex-local (of the checkout at `root`) holding `secret` (and the
+    operator's key, when given) on 127.0.0.1 (a free port unless given)."""
     port = port or free_port()
     env = {"PORT": str(port), "HEALTH_SIDECAR_SECRET": secret}
+    if operator_secret is not None:
+        env["HEALTH_SIDECAR_OPERATOR_SECRET"] = operator_secret
     return start(convex_local_argv(root), port=port, ready_path="/version", log=log, env=env)
 
 
