@@ -1,13 +1,15 @@
 /**
- * Test-only functions and schema for server.test.ts (passed to `createConvexLocal` as
- * `functions: { notes }, schema: testSchema`; never served by `npm start`). One table with one
- * user-defined index, so that the byte accounting can be checked against hand-computed numbers.
+ * Test-only functions and schema for server.test.ts and sync_ws.test.ts (passed to
+ * `createConvexLocal` as `functions: { notes, tallies }, schema: testSchema`; never served by
+ * `npm start`). `notes` has one user-defined index, so that the byte accounting can be checked
+ * against hand-computed numbers; `tallies` is a second table, which no `notes` function reads.
  */
 import { defineSchema, defineTable, mutationGeneric, queryGeneric } from "convex/server";
 import { ConvexError, v } from "convex/values";
 
 export const testSchema = defineSchema({
   notes: defineTable({ author: v.string(), body: v.string() }).index("by_author", ["author"]),
+  tallies: defineTable({ name: v.string(), count: v.number() }).index("by_name", ["name"]),
 });
 
 const note = { author: v.string(), body: v.string() };
@@ -66,6 +68,35 @@ export const notes = {
       await ctx.db.get(id);
       await ctx.db.patch(id, { body });
       return await ctx.meta.getTransactionMetrics();
+    },
+  }),
+};
+
+/** Module "tallies": `tallies:bump` (a mutation that returns the new count) and `tallies:get`. */
+export const tallies = {
+  bump: mutationGeneric({
+    args: { name: v.string() },
+    handler: async (ctx, { name }) => {
+      const row = await ctx.db
+        .query("tallies")
+        .withIndex("by_name", (q) => q.eq("name", name))
+        .unique();
+      if (row === null) {
+        await ctx.db.insert("tallies", { name, count: 1 });
+        return 1;
+      }
+      await ctx.db.patch(row._id, { count: row.count + 1 });
+      return row.count + 1;
+    },
+  }),
+  get: queryGeneric({
+    args: { name: v.string() },
+    handler: async (ctx, { name }) => {
+      const row = await ctx.db
+        .query("tallies")
+        .withIndex("by_name", (q) => q.eq("name", name))
+        .unique();
+      return row?.count ?? 0;
     },
   }),
 };
