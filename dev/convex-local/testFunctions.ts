@@ -4,7 +4,14 @@
  * `npm start`). `notes` has one user-defined index, so that the byte accounting can be checked
  * against hand-computed numbers; `tallies` is a second table, which no `notes` function reads.
  */
-import { defineSchema, defineTable, mutationGeneric, queryGeneric } from "convex/server";
+import {
+  defineSchema,
+  defineTable,
+  mutationGeneric,
+  queryGeneric,
+  type GenericDataModel,
+  type GenericDatabaseReader,
+} from "convex/server";
 import { ConvexError, v } from "convex/values";
 
 export const testSchema = defineSchema({
@@ -91,12 +98,22 @@ export const tallies = {
   }),
   get: queryGeneric({
     args: { name: v.string() },
-    handler: async (ctx, { name }) => {
-      const row = await ctx.db
-        .query("tallies")
-        .withIndex("by_name", (q) => q.eq("name", name))
-        .unique();
-      return row?.count ?? 0;
+    handler: async (ctx, { name }) => await countOf(ctx.db, name),
+  }),
+  /** `tallies:get` behind a token, refused as health:watch refuses a wrong one. */
+  guarded: queryGeneric({
+    args: { name: v.string(), token: v.string() },
+    handler: async (ctx, { name, token }) => {
+      if (token !== "right") throw new ConvexError({ code: "unauthorized", message: "wrong token" });
+      return await countOf(ctx.db, name);
     },
   }),
 };
+
+async function countOf(db: GenericDatabaseReader<GenericDataModel>, name: string): Promise<number> {
+  const row = await db
+    .query("tallies")
+    .withIndex("by_name", (q) => q.eq("name", name))
+    .unique();
+  return (row?.count as number | undefined) ?? 0;
+}
