@@ -19,6 +19,7 @@ const REDACTED = /\[Request ID: [0-9a-f]{16}\] Server Error(\n  Called by client
 
 const ref = {
   bump: makeFunctionReference<"mutation", { name: string }, number>("tallies:bump"),
+  bumpLater: makeFunctionReference<"mutation", { name: string }, null>("tallies:bumpLater"),
   tally: makeFunctionReference<"query", { name: string }, number>("tallies:get"),
   add: makeFunctionReference<"mutation", { author: string; body: string }, string>("notes:add"),
   byAuthor: makeFunctionReference<"query", { author: string }, { body: string }[]>("notes:byAuthor"),
@@ -134,6 +135,15 @@ describe("the official ConvexClient over the sync protocol", () => {
     expect(after.calls).toBe(before.calls + 1);
     expect(after.documentsRead).toBe(before.documentsRead + 1);
     expect(after.bytesRead).toBeGreaterThan(before.bytesRead);
+  });
+
+  test("a scheduled function's commit re-runs the queries it wrote under", async () => {
+    const local = await start();
+    const seen = subscribe(client(local.url), ref.tally, { name: "later" });
+    await until(() => seen.values.length === 1, "the first result");
+    await new ConvexHttpClient(local.url).mutation(ref.bumpLater, { name: "later" });
+    await until(() => seen.values.at(-1) === 1, "the scheduled bump's result");
+    expect(seen.values).toEqual([0, 1]);
   });
 
   test("a mutation over the socket returns its value", async () => {

@@ -7,6 +7,7 @@
 import {
   defineSchema,
   defineTable,
+  makeFunctionReference,
   mutationGeneric,
   queryGeneric,
   type GenericDataModel,
@@ -99,6 +100,13 @@ export const tallies = {
   get: queryGeneric({
     args: { name: v.string() },
     handler: async (ctx, { name }) => await countOf(ctx.db, name),
+  }),
+  /** Schedules `tallies:bump` at once: its commit is a scheduled function's. */
+  bumpLater: mutationGeneric({
+    args: { name: v.string() },
+    handler: async (ctx, { name }) => {
+      await ctx.scheduler.runAfter(0, makeFunctionReference<"mutation">("tallies:bump"), { name });
+    },
   }),
   /** `tallies:get` behind a token, refused as health:watch refuses a wrong one. */
   guarded: queryGeneric({
