@@ -12,6 +12,7 @@ import { ConvexError } from "convex/values";
 import { afterEach, describe, expect, test } from "vitest";
 import WebSocket from "ws";
 import { startServer, type ConvexLocal } from "./server";
+import { MAX_CLIENT_MESSAGE_BYTES } from "./sync_ws";
 import { notes, tallies, testSchema } from "./testFunctions";
 
 /** The JS client wraps the server's message: "[CONVEX M(path)] [Request ID: ...] Server Error\n  Called by client". */
@@ -277,6 +278,14 @@ describe("raw WebSockets", () => {
       modifications: [{ type: "QueryUpdated", queryId: 7, value: 1, logLines: [], journal: null }],
     });
     socket.ws.close();
+  });
+
+  test("a message over the bound closes the socket 1009", async () => {
+    const local = await start();
+    const socket = await raw(local.url);
+    socket.ws.send("x".repeat(MAX_CLIENT_MESSAGE_BYTES + 1));
+    expect(await socket.closed).toBe(1009);
+    expect(socket.messages).toEqual([]);
   });
 
   test("an upgrade that a fault of /_dev/faults matches is refused with the fault's answer", async () => {
