@@ -31,6 +31,8 @@ import aiohttp
 from sidecar import logs
 
 _QUERY_ID = 0
+# The path of Convex's Rust and Python clients. Without a version in it the server never splits
+# a transition into TransitionChunks (it does so only for npm clients new enough to ask).
 _SYNC_PATH = "/api/sync"
 
 
