@@ -69,6 +69,53 @@ export const notes = {
       for (let i = 0; i < 17; i++) await ctx.db.insert("notes", { author: "big", body: "x".repeat(1_000_000) });
     },
   }),
+  /** The oldest note of `author` (`.first()` stops after one document). */
+  firstByAuthor: queryGeneric({
+    args: { author: v.string() },
+    handler: async (ctx, { author }) =>
+      await ctx.db
+        .query("notes")
+        .withIndex("by_author", (q) => q.eq("author", author))
+        .first(),
+  }),
+  /** Authors from `from` on, newest first, at most `n`. */
+  takeFrom: queryGeneric({
+    args: { from: v.string(), n: v.number() },
+    handler: async (ctx, { from, n }) =>
+      await ctx.db
+        .query("notes")
+        .withIndex("by_author", (q) => q.gte("author", from))
+        .order("desc")
+        .take(n),
+  }),
+  page: queryGeneric({
+    args: { cursor: v.union(v.string(), v.null()), numItems: v.number() },
+    handler: async (ctx, { cursor, numItems }) => await ctx.db.query("notes").paginate({ cursor, numItems }),
+  }),
+  /** Reads a note and writes its body back with a suffix: the read-modify-write that conflicts. */
+  bump: mutationGeneric({
+    args: byId,
+    handler: async (ctx, { id }) => {
+      const note = await ctx.db.get(id);
+      if (note !== null) await ctx.db.patch(id, { body: `${note.body}+` });
+    },
+  }),
+  /** Moves a note to another author (its `by_author` key changes). */
+  reassign: mutationGeneric({
+    args: { ...byId, author: v.string() },
+    handler: async (ctx, { id, author }) => await ctx.db.patch(id, { author }),
+  }),
+  /** Counts `author`'s notes and records the count as a new note: reads a range, inserts. */
+  tally: mutationGeneric({
+    args: { author: v.string() },
+    handler: async (ctx, { author }) => {
+      const all = await ctx.db
+        .query("notes")
+        .withIndex("by_author", (q) => q.eq("author", author))
+        .collect();
+      await ctx.db.insert("notes", { author: "tally", body: String(all.length) });
+    },
+  }),
   /** A get then a patch of the same document; returns convex-test's own transaction metrics. */
   rewriteAndMeasure: mutationGeneric({
     args: { ...byId, body: v.string() },
