@@ -38,6 +38,7 @@ import {
   type FunctionKind,
 } from "./failures.js";
 import { FaultInjector } from "./faults.js";
+import type { ReadSet } from "./readsets.js";
 import { attachSync, type SyncServer } from "./sync_ws.js";
 import { installDatabaseObserver } from "./syscalls.js";
 import { UsageMeter, type UsageReport } from "./usage.js";
@@ -95,7 +96,8 @@ const FORMATS: Record<string, Format> = {
 
 // ------------------------------------------------------------------ the backend
 
-type CallResult = { ok: true; value: Value } | ({ ok: false } & Omit<FailedCall, "requestId">);
+/** A call's outcome, with what its transaction read (the sync protocol re-runs queries by it). */
+type CallResult = ({ ok: true; value: Value } | ({ ok: false } & Omit<FailedCall, "requestId">)) & { readSet: ReadSet };
 
 /** One convex-test deployment, running one function at a time and counting its usage. */
 class Backend {
@@ -130,7 +132,7 @@ class Backend {
     );
     if (measured.ok) return measured;
     const failure = describeFailure(measured.error, measured.started, positional[0] as JSONValue);
-    return { ok: false, kind, path: display, failure, startedAt };
+    return { ok: false, kind, path: display, failure, startedAt, readSet: measured.readSet };
   }
 
   /** Every document of `table` of the schema (a dev route; not counted in the stats). */
