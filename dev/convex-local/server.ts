@@ -37,12 +37,18 @@ import {
   type FailedCall,
   type FunctionKind,
 } from "./failures.js";
+import { indexCatalog } from "./bandwidth.js";
 import { FaultInjector } from "./faults.js";
-import { installDatabaseObserver } from "./syscalls.js";
+import { CLOUD_LIMITS } from "./limits.js";
+import { ConcurrencyModel, type ConcurrencyReport, type OccOptions } from "./occ.js";
+import type { ReadSet } from "./readsets.js";
+import { attachSync, type SyncServer } from "./sync_ws.js";
+import { installDatabaseObserver, observeAlso, withCommitHooks } from "./syscalls.js";
 import { UsageMeter, type UsageReport } from "./usage.js";
 import {
   RequestError,
   badJsonBody,
+  encodeTs,
   exportClean,
   floatJson,
   internalError,
@@ -74,12 +80,18 @@ export interface ConvexLocalOptions {
   name?: string;
   /** Where deployment log lines go (default: stdout). */
   log?: (line: string) => void;
+  /** Optimistic concurrency (occ.ts): on by default; `{ enabled: false }` for deterministic tests. */
+  occ?: OccOptions;
 }
 
-/** A stand-in: its HTTP server and, for in-process use, its usage stats. */
+/** `GET /_dev/stats`: usage by function, and the concurrency counters (occ.ts). */
+export type StatsReport = UsageReport & { transactions: ConcurrencyReport };
+
+/** A stand-in: its HTTP server (with the sync protocol, sync_ws.ts) and, for in-process use, its usage stats. */
 export interface ConvexLocal {
   server: Server;
-  stats(): UsageReport;
+  sync: SyncServer;
+  stats(): StatsReport;
   resetStats(): void;
 }
 
@@ -92,27 +104,42 @@ const FORMATS: Record<string, Format> = {
 
 // ------------------------------------------------------------------ the backend
 
-type CallResult = { ok: true; value: Value } | ({ ok: false } & Omit<FailedCall, "requestId">);
+/** A call's outcome, with what its transaction read (the sync protocol re-runs queries by it). */
+type CallResult = ({ ok: true; value: Value } | ({ ok: false } & Omit<FailedCall, "requestId">)) & { readSet: ReadSet };
 
 /** One convex-test deployment, running one function at a time and counting its usage. */
 class Backend {
   readonly meter: UsageMeter;
+  readonly occ: ConcurrencyModel;
   readonly #functions: FunctionModules;
   readonly #tables: ReadonlySet<string>;
   readonly #t;
   #tail: Promise<unknown> = Promise.resolve();
   #lastTs = 0n;
 
-  constructor(functions: FunctionModules, schema: Schema) {
+  constructor(functions: FunctionModules, schema: Schema, occ: OccOptions = {}) {
     const modules: Record<string, () => Promise<unknown>> = {
       "convex/_generated/server.js": () => import("../../convex/_generated/server.js"),
     };
-    for (const [path, module] of Object.entries(functions)) modules[`convex/${path}.ts`] = async () => module;
+    for (const [path, module] of Object.entries(functions)) {
+      const hooked = withCommitHooks(module);
+      modules[`convex/${path}.ts`] = async () => hooked;
+    }
     this.#functions = functions;
     this.#tables = new Set(Object.keys(schema.tables));
-    this.#t = convexTest({ schema, modules, transactionLimits: true });
+    this.#t = convexTest({ schema, modules, transactionLimits: CLOUD_LIMITS });
     installDatabaseObserver();
     this.meter = new UsageMeter(schema);
+    this.occ = new ConcurrencyModel(indexCatalog(schema), occ);
+  }
+
+  report(): StatsReport {
+    return { ...this.meter.report(), transactions: this.occ.report() };
+  }
+
+  resetStats(): void {
+    this.meter.reset();
+    this.occ.reset();
   }
 
   /** Calls the public function at `path` as `endpoint` requires; a failure is a result, not an exception. */
@@ -123,11 +150,13 @@ class Backend {
     const positional = Array.isArray(rawArgs) ? rawArgs : [rawArgs];
     const startedAt = Date.now();
     const measured = await this.meter.measure(display, () =>
-      this.#serialized(() => this.#run(endpoint, fn, display, positional)),
+      this.occ.run(display, kind ?? "unknown", (observer) =>
+        this.#serialized(() => observeAlso(observer, () => this.#run(endpoint, fn, display, positional))),
+      ),
     );
     if (measured.ok) return measured;
     const failure = describeFailure(measured.error, measured.started, positional[0] as JSONValue);
-    return { ok: false, kind, path: display, failure, startedAt };
+    return { ok: false, kind, path: display, failure, startedAt, readSet: measured.readSet };
   }
 
   /** Every document of `table` of the schema (a dev route; not counted in the stats). */
@@ -224,13 +253,6 @@ function formatOf(name: unknown): Format {
   return FORMATS[text];
 }
 
-/** `SerializedTs`: base64 of a u64, little-endian. */
-function encodeTs(ts: bigint): string {
-  const bytes = Buffer.alloc(8);
-  bytes.writeBigUInt64LE(ts);
-  return bytes.toString("base64");
-}
-
 /** `Timestamp::try_from(SerializedTs)`: a malformed one is an error without metadata (500). */
 function checkTs(ts: unknown): void {
   if (ts === undefined) throw badJsonBody("Failed to deserialize the JSON body into the target type: missing field `ts`");
@@ -278,12 +300,12 @@ interface Context {
 /** The HTTP stand-in itself. */
 export function createConvexLocal(options: ConvexLocalOptions = {}): ConvexLocal {
   const context: Context = {
-    backend: new Backend(options.functions ?? FUNCTION_MODULES, options.schema ?? repoSchema),
+    backend: new Backend(options.functions ?? FUNCTION_MODULES, options.schema ?? repoSchema, options.occ),
     faults: new FaultInjector(),
     style: options.errors ?? "prod",
     log: options.log ?? ((line: string) => console.log(line)),
   };
-  const routes = routeTable(context, options.name ?? "convex-local");
+  let routes: ReadonlyMap<string, Route> = new Map();
   const server = createServer((req, res) => {
     handle(context, routes, req, res).catch((error: unknown) => {
       if (!(error instanceof RequestError)) console.error("convex-local:", error);
@@ -292,8 +314,10 @@ export function createConvexLocal(options: ConvexLocalOptions = {}): ConvexLocal
       sendError(res, error instanceof RequestError ? error : internalError());
     });
   });
-  const { meter } = context.backend;
-  return { server, stats: () => meter.report(), resetStats: () => meter.reset() };
+  const sync = attachSync(server, context);
+  routes = new Map([...routeTable(context, options.name ?? "convex-local"), ...sync.routes]);
+  const { backend } = context;
+  return { server, sync, stats: () => backend.report(), resetStats: () => backend.resetStats() };
 }
 
 async function handle(context: Context, routes: ReadonlyMap<string, Route>, req: IncomingMessage, res: ServerResponse) {
@@ -336,12 +360,12 @@ function routeTable(context: Context, name: string): ReadonlyMap<string, Route> 
     ["/instance_name", text(name)],
     ["/echo", { methods: POST, handle: echo }],
     ["/api/query_ts", json(POST, () => ({ ts: encodeTs(backend.latestTimestamp()) }))],
-    ["/_dev/stats", json(GET, () => backend.meter.report())],
+    ["/_dev/stats", json(GET, () => backend.report())],
     [
       "/_dev/stats/reset",
       json(POST, () => {
-        backend.meter.reset();
-        return backend.meter.report();
+        backend.resetStats();
+        return backend.report();
       }),
     ],
     ["/_dev/faults", faultRoute(faults)],
@@ -372,6 +396,7 @@ async function callFunction(
   if (result.ok) return send(res, 200, floatJson({ status: "success", value: exportValue(result.value) }));
   log(deploymentLogLine({ ...result, requestId }));
   const { failure } = result;
+  if (failure.system !== undefined) return sendError(res, new RequestError(failure.system.status, failure.system.code, failure.system.message));
   const errorData = failure.data === undefined ? undefined : exportValue(failure.data);
   send(res, 200, floatJson({ status: "error", errorMessage: errorMessage(requestId, failure, style), errorData }));
 }
@@ -434,25 +459,39 @@ function fail(message: string): never {
   process.exit(2);
 }
 
-/** The options the environment gives: CONVEX_LOCAL_ERRORS (prod|dev) and CONVEX_LOCAL_NAME. */
-function optionsFromEnv(env: NodeJS.ProcessEnv): ConvexLocalOptions {
+/**
+ * The options the environment gives: CONVEX_LOCAL_ERRORS (prod|dev), CONVEX_LOCAL_NAME,
+ * CONVEX_LOCAL_OCC (on|off) and CONVEX_LOCAL_FUNCTIONS (repo|test: test serves
+ * testFunctions.ts instead of ../../convex).
+ */
+async function optionsFromEnv(env: NodeJS.ProcessEnv): Promise<ConvexLocalOptions> {
   const errors = env.CONVEX_LOCAL_ERRORS || "prod";
   if (!(ERROR_STYLES as readonly string[]).includes(errors)) {
     fail(`CONVEX_LOCAL_ERRORS must be one of ${ERROR_STYLES.join(", ")}, got ${errors}`);
   }
-  return { errors: errors as ErrorStyle, name: env.CONVEX_LOCAL_NAME || undefined };
+  const occ = env.CONVEX_LOCAL_OCC || "on";
+  if (occ !== "on" && occ !== "off") fail(`CONVEX_LOCAL_OCC must be one of on, off, got ${occ}`);
+  const functions = env.CONVEX_LOCAL_FUNCTIONS || "repo";
+  if (functions !== "repo" && functions !== "test") fail(`CONVEX_LOCAL_FUNCTIONS must be repo or test, got ${functions}`);
+  const served: ConvexLocalOptions = {};
+  if (functions === "test") {
+    const { notes, tallies, testSchema } = await import("./testFunctions.js");
+    Object.assign(served, { functions: { notes, tallies }, schema: testSchema });
+  }
+  return { ...served, errors: errors as ErrorStyle, name: env.CONVEX_LOCAL_NAME || undefined, occ: { enabled: occ === "on" } };
 }
 
 async function main() {
   const port = Number(process.env.PORT ?? 3210);
   if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`PORT must be 0..65535, got ${process.env.PORT}`);
-  const options = optionsFromEnv(process.env);
+  const options = await optionsFromEnv(process.env);
   if (!process.env.HEALTH_SIDECAR_SECRET) {
     console.error("convex-local: HEALTH_SIDECAR_SECRET is not set: every signed health function will answer unauthorized");
   }
-  const { server, url } = await startServer(port, options);
+  const { server, sync, url } = await startServer(port, options);
   console.log(`convex-local listening on ${url}`);
   const stop = () => {
+    sync.closeAll();
     server.close(() => process.exit(0));
     server.closeAllConnections();
   };

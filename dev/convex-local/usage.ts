@@ -2,7 +2,9 @@
  * Usage stats of a stand-in, by function path: calls, errors and database bandwidth counted as a
  * Convex deployment bills them (bandwidth.ts). Reads count when they happen, even in a call that
  * fails; writes count when their transaction commits, once per document (the final version), as
- * Convex's committer does.
+ * Convex's committer does. Each call also yields its read set, and each commit's write set goes
+ * to the commit listeners (readsets.ts, transactions.ts): the sync protocol re-runs subscribed
+ * queries by them (sync_ws.ts).
  */
 import type { GenericSchema, SchemaDefinition } from "convex/server";
 import {
@@ -14,7 +16,9 @@ import {
   type IndexCatalog,
   type StoredDocument,
 } from "./bandwidth.js";
-import { observeDatabase, type DatabaseObserver, type ReadSource } from "./syscalls.js";
+import type { ReadSet, WriteSet } from "./readsets.js";
+import { combineObservers, observeDatabase, type DatabaseObserver, type ReadSource } from "./syscalls.js";
+import { TransactionRecorder } from "./transactions.js";
 
 export interface FunctionStats {
   calls: number;
@@ -30,14 +34,20 @@ export interface UsageReport {
   functions: Record<string, FunctionStats>;
 }
 
-/** A function call's outcome; `started` tells whether its body ran (a transaction or a syscall began). */
-export type Measured<T> = { ok: true; value: T } | { ok: false; error: unknown; started: boolean };
+/**
+ * A function call's outcome; `started` tells whether its body ran (a transaction or a syscall
+ * began); `readSet` is what its own transaction read (nothing if none began).
+ */
+export type Measured<T> = ({ ok: true; value: T } | { ok: false; error: unknown; started: boolean }) & { readSet: ReadSet };
 
 interface PendingWrite {
   fn: string;
   table: string;
   doc: StoredDocument | null;
 }
+
+/** Told of every top-level commit (a call's or a scheduled function's) that wrote user documents. */
+export type CommitListener = (writeSet: WriteSet) => void;
 
 const NO_USAGE: FunctionStats = {
   calls: 0,
@@ -54,6 +64,7 @@ export class UsageMeter {
   readonly #stats = new Map<string, FunctionStats>();
   /** Pending writes of the open transaction and of its nested ones, innermost last, by document id. */
   readonly #transactions: Map<string, PendingWrite>[] = [];
+  readonly #commitListeners = new Set<CommitListener>();
 
   constructor(schema: SchemaDefinition<GenericSchema, boolean>) {
     this.#indexes = indexCatalog(schema);
@@ -62,13 +73,28 @@ export class UsageMeter {
   /** Runs one function call, counted under `fn` (its database usage counts under the path that does it). */
   async measure<T>(fn: string, run: () => Promise<T>): Promise<Measured<T>> {
     const call = new CallObserver(this);
+    let readSet: ReadSet | null = null;
+    const recorder = new TransactionRecorder(this.#indexes, {
+      committing: () => undefined,
+      finished: ({ readSet: reads, writeSet }, committed) => {
+        readSet ??= reads; // the call's own transaction ends first; then those it scheduled
+        if (committed && writeSet.writes.length > 0) for (const listener of this.#commitListeners) listener(writeSet);
+      },
+    });
     this.#add(fn, { calls: 1 });
     try {
-      return { ok: true, value: await observeDatabase(call, run) };
+      const value = await observeDatabase(combineObservers(call, recorder), run);
+      return { ok: true, value, readSet: readSet ?? { reads: [] } };
     } catch (error) {
       this.#add(fn, { errors: 1 });
-      return { ok: false, error, started: call.started };
+      return { ok: false, error, started: call.started, readSet: readSet ?? { reads: [] } };
     }
+  }
+
+  /** Calls `listener` after each commit that wrote user documents (the sync protocol re-runs queries then). */
+  onCommit(listener: CommitListener): () => void {
+    this.#commitListeners.add(listener);
+    return () => this.#commitListeners.delete(listener);
   }
 
   report(): UsageReport {
