@@ -212,11 +212,15 @@ async def test_drain_undrain_and_fleet_commands(
         unknown = cli(fleet_convex.url, "drain", "--instance", "fd-nobody", "--reason", "x")
         undrained = cli(fleet_convex.url, "undrain", "--instance", "fd-b")
         back = await wait_for(members[1].daemon.url + "/ready", 200, within=5)
-        cli(fleet_convex.url, "drain", "--all", "--yes", "--reason", "maintenance", "--for", "1m")
+        drain_all = [
+            *("drain", "--all", "--yes", "--reason", "maintenance", "--for", "1m"),
+            *("--timeout", "5s", "--no-wait"),
+        ]
+        assert cli(fleet_convex.url, *drain_all).returncode == 0
         for member in members:
             await wait_for(member.daemon.url + "/ready", 503, within=5)
         all_drained = await readiness(members)
-        cli(fleet_convex.url, "undrain", "--all", "--yes")
+        assert cli(fleet_convex.url, "undrain", "--all", "--yes", "--timeout", "3s").returncode == 0
         for member in members:
             await wait_for(member.daemon.url + "/ready", 200, within=5)
         all_back = await readiness(members)
@@ -254,21 +258,30 @@ async def test_drain_undrain_and_fleet_commands(
     [
         (["drain", "--instance", "x", "--reason", "r", "--for", "soon"], "--for"),
         (["drain", "--instance", "x", "--reason", "r", "--for", "0s"], "--for"),
+        (["drain", "--instance", "fd-a", "--reason", "r", "--for", "90"], "--for"),
+        (["drain", "--instance", "fd-a", "--reason", "r", "--for", "31d"], "--for"),
+        (["drain", "--instance", "fd-a", "--reason", "r", "--timeout", "soon"], "--timeout"),
+        (["drain", "--instance", "fd-a", "--reason", "r", "--timeout", "10"], "--timeout"),
+        (["undrain", "--instance", "fd-a", "--timeout", "0s"], "--timeout"),
+        (["drain", "--instance", "fd-a", "--all", "--reason", "r"], "--all"),
         (["drain", "--instance", "x"], "--reason"),
         (["drain", "--all", "--reason", "r"], "--yes"),
         (["undrain"], "--instance"),
         (["undrain", "--instance", "x", "--reason", "r"], "--reason"),
     ],
 )
-def test_drain_bad_input_is_refused_naming_the_option(
+async def test_drain_bad_input_is_refused_naming_the_option(
     fleet_convex: procs.Proc, args: list[str], error: str
 ) -> None:
-    """A bad duration, a drain without a reason, --all without --yes: exit 2 naming the
-    option, before anything reaches Convex."""
-    proc = cli(fleet_convex.url, *args)
+    """A bad duration (no unit, over 30 days), a --timeout that does not parse, a drain
+    without a reason, --all without --yes or with --instance: exit 2 naming the option, before
+    anything reaches Convex (its audit trail has no new row)."""
+    before = await convex.documents(fleet_convex.url, "sidecarDrainLog")
+    proc = await asyncio.to_thread(cli, fleet_convex.url, *args)
     assert proc.returncode == 2, proc
     assert error in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert await convex.documents(fleet_convex.url, "sidecarDrainLog") == before
 
 
 async def test_a_shared_check_is_probed_by_one_instance_for_all(
