@@ -24,6 +24,8 @@ RUN_FIXTURES = [
     "check-bad-regex.toml",
     "duplicate-check-names.toml",
     "store-ttl-too-short.toml",
+    "fast-interval-exceeds-interval.toml",
+    "fast-interval-below-minimum.env",
 ]
 
 
