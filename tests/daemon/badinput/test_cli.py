@@ -22,10 +22,10 @@ RUN_FIXTURES = [
     "config-file-missing.env",
     "not-toml.toml",
     "check-bad-regex.toml",
-    "duplicate-check-names.toml",
-    "store-ttl-too-short.toml",
     "fast-interval-exceeds-interval.toml",
     "fast-interval-below-minimum.env",
+    "duplicate-check-names.toml",
+    "store-ttl-too-short.toml",
 ]
 
 
