@@ -80,7 +80,8 @@ class DrainAnswer:
 class SyncAnswer:
     """What `health:sync` answered. `heartbeat` names this instance's liveness document: the
     next sync sends it back, so a steady-state sync touches that one small document only.
-    `outages` maps each panic check sent as failing to (failing, live) instances."""
+    `outages` maps each panic check sent as failing to (failing, live) instances; `live` is
+    the fleet's live instances, this one included, when the answer says (None: it does not)."""
 
     now_ms: float
     expires_at_ms: float
@@ -91,6 +92,7 @@ class SyncAnswer:
     outages: Mapping[str, tuple[int, int]]
     shared: tuple[SharedAnswer, ...]
     drain: DrainAnswer | None
+    live: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,7 @@ def sync_answer(value: Any) -> SyncAnswer:
         raise BadResponse("'resend' is not a boolean")
     warm = answer.get("warm")
     drain = answer.get("drain")
+    live = answer.get("live")
     return SyncAnswer(
         now_ms=as_number(answer, "now"),
         expires_at_ms=as_number(answer, "expiresAt"),
@@ -202,6 +205,7 @@ def sync_answer(value: Any) -> SyncAnswer:
         outages=_outages(answer),
         shared=tuple(_shared(item) for item in as_list(answer, "shared")),
         drain=None if drain is None else _drain(drain),
+        live=None if live is None else int(as_number(answer, "live")),
     )
 
 
