@@ -1,9 +1,25 @@
-"""JSON logs on stdout with the scaling guide's field names; stdlib logs share the renderer."""
+"""JSON logs on stdout with the scaling guide's field names; stdlib logs share the renderer.
+
+The event loop never writes. structlog hands each event to stdlib logging (its stdlib bridge);
+the root logger's one handler, a `QueueHandler`, renders the record to its JSON line where it
+was logged (structlog's `ProcessorFormatter`: the event's own time and context) and puts the
+line on a bounded queue; one writer thread, a `QueueListener`, writes the lines to stdout.
+A full queue (stdout not read), a closed stdout or a failing write drops the line and counts
+it (`dropped()`, served as `sidecar_log_lines_dropped_total`); the first drop is said once on
+stderr, from a thread of its own, since stderr may be as stuck as stdout.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import logging.handlers
+import os
+import queue
 import sys
+import threading
+import time
 from typing import Any, TextIO
 
 import structlog
@@ -17,6 +33,152 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+QUEUE_LINES = 1000  # lines waiting for the writer: bursts fit, a stuck stdout costs ~1 MB
+FLUSH_SECONDS = 1.0  # how long `shutdown` waits for the writer before leaving it behind
+STDERR = 2
+
+
+class Drops:
+    """Log lines that were not written, counted from any thread; the first one is reported
+    once on `report_fd` by a thread of its own (a stuck stderr then holds only that thread)."""
+
+    def __init__(self, *, report_fd: int = STDERR) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._report_fd = report_fd
+        self.reporter: threading.Thread | None = None
+
+    @property
+    def count(self) -> int:
+        """Lines dropped so far."""
+        with self._lock:
+            return self._count
+
+    def add(self, why: str) -> None:
+        """Count one dropped line; `why` goes into the report if it is the first."""
+        with self._lock:
+            self._count += 1
+            first = self._count == 1
+        if first:
+            self.reporter = threading.Thread(
+                target=self._report, args=(why,), name="log-drop-report", daemon=True
+            )
+            self.reporter.start()
+
+    def _report(self, why: str) -> None:
+        line = (
+            f"health-sidecar: a log line was dropped ({why}); further drops are counted in"
+            " sidecar_log_lines_dropped_total, not reported\n"
+        )
+        with contextlib.suppress(OSError):  # stderr closed too: the counter still says it
+            os.write(self._report_fd, line.encode())
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, BrokenPipeError):
+        return "stdout is closed"
+    if isinstance(exc, ValueError):
+        return "stdout is a closed file"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"writing to stdout failed: {errno.errorcode.get(exc.errno, exc.errno)}"
+    return f"writing to stdout failed: {type(exc).__name__}"
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """On the logging thread (the event loop): render, then enqueue or drop; never blocks."""
+
+    def __init__(self, lines: queue.Queue[Any], drops: Drops) -> None:
+        super().__init__(lines)
+        self._drops = drops
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self._drops.add(f"the queue of {QUEUE_LINES} lines is full: stdout is not read")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # Instead of a traceback on stderr, written here on the loop (stderr may be stuck).
+        self._drops.add(f"a record could not be rendered: {sys.exc_info()[0]}")
+
+
+class _Writer(logging.handlers.QueueListener):
+    """The one thread that writes: each queued line to `sink` (a file descriptor, written
+    without Python's buffers and their locks, or a text stream); a failed write is a drop."""
+
+    def __init__(self, lines: queue.Queue[Any], sink: TextIO | int | None, drops: Drops) -> None:
+        super().__init__(lines)
+        self._lines = lines
+        self._sink = sink
+        self._drops = drops
+
+    def handle(self, record: logging.LogRecord) -> None:
+        line = f"{record.msg}\n"
+        try:
+            if self._sink is None:
+                self._drops.add("the process has no stdout")
+            elif isinstance(self._sink, int):
+                _write_all(self._sink, line.encode("utf-8", "replace"))
+            else:
+                self._sink.write(line)
+                self._sink.flush()
+        except (OSError, ValueError) as exc:
+            self._drops.add(_why(exc))
+
+    def stop_within(self, timeout: float) -> bool:
+        """Write what is queued and end the thread, waiting at most `timeout`; False if the
+        thread is still stuck in a write (it is a daemon thread: it never holds up exit)."""
+        deadline = time.monotonic() + timeout
+        thread = self._thread
+        if thread is None:
+            return True
+        try:
+            self._lines.put(None, timeout=timeout)  # None: QueueListener's "stop" sentinel
+        except queue.Full:
+            return False
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            return False
+        self._thread = None
+        return True
+
+
+def _stdout() -> TextIO | int | None:
+    """stdout's file descriptor; None when the process started without one (Python then has
+    no sys.stdout, and the descriptor may be a socket's by now: every line is dropped)."""
+    if sys.stdout is None:
+        return None
+    try:
+        return sys.stdout.fileno()
+    except (OSError, ValueError):  # a stream without a descriptor (a test's capture)
+        return sys.stdout
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+class _Pipeline:
+    """What `configure` set up: the queue's two ends and the count of drops."""
+
+    def __init__(self, sink: TextIO | int | None, drops: Drops) -> None:
+        lines: queue.Queue[Any] = queue.Queue(QUEUE_LINES)
+        self.drops = drops
+        self.handler = _Enqueue(lines, drops)
+        self.writer = _Writer(lines, sink, drops)
+        self.writer.start()
+
+    def stop(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        done = self.writer.stop_within(timeout)
+        reporter = self.drops.reporter
+        if reporter is not None:
+            reporter.join(max(0.0, deadline - time.monotonic()))
+        return done
+
+
+_current: list[_Pipeline] = []  # the last `configure`'s (logging is per process): one or none
 
 
 def _container(instance: str) -> Processor:
@@ -45,9 +207,14 @@ def _quiet_bad_requests(record: logging.LogRecord) -> bool:
     return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
-def configure(*, level: str, instance: str, stream: TextIO | None = None) -> None:
-    """Route structlog and stdlib logging (aiohttp's too) to one JSON line per event."""
-    out = stream or sys.stdout
+def configure(
+    *, level: str, instance: str, stream: TextIO | int | None = None, report_fd: int = STDERR
+) -> None:
+    """Route structlog and stdlib logging (aiohttp's too) to one JSON line per event, written
+    to `stream` (stdout's file descriptor unless given) by the writer thread; a first drop is
+    reported on `report_fd`."""
+    shutdown()
+    sink = stream if stream is not None else _stdout()
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -62,23 +229,36 @@ def configure(*, level: str, instance: str, stream: TextIO | None = None) -> Non
         structlog.processors.JSONRenderer(sort_keys=False),
     ]
     structlog.configure(
-        processors=[*shared, *final],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(out)
-    handler.addFilter(_quiet_bad_requests)
-    handler.setFormatter(
+    pipeline = _Pipeline(sink, Drops(report_fd=report_fd))
+    pipeline.handler.addFilter(_quiet_bad_requests)
+    pipeline.handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, _component_from_stdlib],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
         )
     )
+    _current[:] = [pipeline]
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [pipeline.handler]
     root.setLevel(LEVELS[level])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def dropped() -> int:
+    """Log lines dropped since the last `configure` (0 before it)."""
+    return _current[0].drops.count if _current else 0
+
+
+def shutdown(*, timeout: float = FLUSH_SECONDS) -> bool:
+    """Write what is queued and stop the writer thread, waiting at most `timeout`; False if
+    the writer is stuck (stdout not read): it is left behind (a daemon thread, which never
+    holds up exit), and a later call tries again."""
+    return _current[0].stop(timeout) if _current else True
 
 
 def get(component: str) -> Any:

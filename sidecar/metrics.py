@@ -14,9 +14,10 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sidecar import logs
 from sidecar.snapshot import Snapshot
 from sidecar.state import STATUSES
 
@@ -92,6 +93,7 @@ class Metrics:
         )
         build = Gauge("sidecar_build_info", "Build information.", ["version"], registry=reg)
         build.labels(version=version).set(1)
+        reg.register(LogDropsCollector())
         for name in checks:
             self.check_duration.labels(check=name)
             self.check_crashes.labels(check=name)
@@ -110,6 +112,18 @@ class Metrics:
         self.registry.register(SnapshotCollector(source))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+
+
+class LogDropsCollector(Collector):
+    """The log lines the logs module dropped (a closed or full stdout), read at scrape time."""
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        """Yield `sidecar_log_lines_dropped_total`."""
+        yield CounterMetricFamily(
+            "sidecar_log_lines_dropped",
+            "Log lines dropped: stdout closed, not read (the queue full) or failing.",
+            value=logs.dropped(),
+        )
 
 
 class SnapshotCollector(Collector):
