@@ -33,7 +33,7 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-QUEUE_LINES = 1000  # lines waiting for the writer: bursts fit, a stuck stdout costs ~1 MB
+QUEUE_LINES = 1000  # lines waiting for the writer: bursts fit; full, they hold ~0.5 MB
 FLUSH_SECONDS = 1.0  # how long `shutdown` waits for the writer before leaving it behind
 STDERR = 2
 
@@ -54,11 +54,13 @@ class Drops:
         with self._lock:
             return self._count
 
-    def add(self, why: str) -> None:
-        """Count one dropped line; `why` goes into the report if it is the first."""
+    def add(self, why: str, lines: int = 1) -> None:
+        """Count dropped lines; `why` goes into the report if they are the first."""
+        if lines <= 0:
+            return
         with self._lock:
-            self._count += 1
-            first = self._count == 1
+            first = self._count == 0
+            self._count += lines
         if first:
             self.reporter = threading.Thread(
                 target=self._report, args=(why,), name="log-drop-report", daemon=True
@@ -84,6 +86,14 @@ def _why(exc: BaseException) -> str:
     return f"writing to stdout failed: {type(exc).__name__}"
 
 
+class _Line(logging.LogRecord):
+    """A rendered line on its way to the writer: a LogRecord with nothing but `msg` (the
+    default `prepare` queues a full copy of the record: five times the memory, and time)."""
+
+    def __init__(self, text: str) -> None:  # LogRecord's own fields left out on purpose
+        self.msg = text
+
+
 class _Enqueue(logging.handlers.QueueHandler):
     """On the logging thread (the event loop): render, then enqueue or drop; never blocks."""
 
@@ -91,11 +101,16 @@ class _Enqueue(logging.handlers.QueueHandler):
         super().__init__(lines)
         self._drops = drops
 
+    def prepare(self, record: logging.LogRecord) -> _Line:
+        return _Line(self.format(record))
+
     def enqueue(self, record: logging.LogRecord) -> None:
         try:
             self.queue.put_nowait(record)
         except queue.Full:
-            self._drops.add(f"the queue of {QUEUE_LINES} lines is full: stdout is not read")
+            self._drops.add(
+                f"the queue of {QUEUE_LINES} lines is full: stdout is not read, or too slowly"
+            )
 
     def handleError(self, record: logging.LogRecord) -> None:
         # Instead of a traceback on stderr, written here on the loop (stderr may be stuck).
@@ -103,27 +118,54 @@ class _Enqueue(logging.handlers.QueueHandler):
 
 
 class _Writer(logging.handlers.QueueListener):
-    """The one thread that writes: each queued line to `sink` (a file descriptor, written
-    without Python's buffers and their locks, or a text stream); a failed write is a drop."""
+    """The one thread that writes: the queued lines to `sink` (a file descriptor, written
+    without Python's buffers and their locks, or a text stream), as many at a time as are
+    waiting (one write each time it gets the GIL back from a busy loop, not one line: it
+    keeps up with any burst the loop can make); a line that could not be written is a drop."""
 
     def __init__(self, lines: queue.Queue[Any], sink: TextIO | int | None, drops: Drops) -> None:
         super().__init__(lines)
         self._lines = lines
         self._sink = sink
         self._drops = drops
+        self._stopping = False
+
+    def dequeue(self, block: bool) -> Any:
+        # After `handle` took the stop sentinel along with lines, the loop still gets it.
+        return None if self._stopping else self._lines.get(block)
 
     def handle(self, record: logging.LogRecord) -> None:
-        line = f"{record.msg}\n"
-        try:
-            if self._sink is None:
-                self._drops.add("the process has no stdout")
-            elif isinstance(self._sink, int):
-                _write_all(self._sink, line.encode("utf-8", "replace"))
-            else:
-                self._sink.write(line)
+        batch = [f"{record.msg}\n"]
+        while len(batch) < QUEUE_LINES:
+            try:
+                more = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:  # QueueListener's stop sentinel: `dequeue` returns it next
+                self._stopping = True
+                break
+            self._lines.task_done()
+            batch.append(f"{more.msg}\n")
+        self._write(batch)
+
+    def _write(self, batch: list[str]) -> None:
+        if self._sink is None:
+            self._drops.add("the process has no stdout", len(batch))
+            return
+        if not isinstance(self._sink, int):
+            try:
+                self._sink.write("".join(batch))
                 self._sink.flush()
-        except (OSError, ValueError) as exc:
-            self._drops.add(_why(exc))
+            except (OSError, ValueError) as exc:
+                self._drops.add(_why(exc), len(batch))
+            return
+        data = memoryview("".join(batch).encode("utf-8", "replace"))
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._sink, data[written:])
+        except OSError as exc:
+            self._drops.add(_why(exc), len(batch) - data[:written].tobytes().count(b"\n"))
 
     def stop_within(self, timeout: float) -> bool:
         """Write what is queued and end the thread, waiting at most `timeout`; False if the
@@ -152,11 +194,6 @@ def _stdout() -> TextIO | int | None:
         return sys.stdout.fileno()
     except (OSError, ValueError):  # a stream without a descriptor (a test's capture)
         return sys.stdout
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
 
 
 class _Pipeline:
