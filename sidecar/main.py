@@ -18,6 +18,7 @@ EXIT_CONFIG = 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status. A closed
     stdout (`health-sidecar config | head -1`) ends any command quietly with 0."""
+    standard_descriptors()
     try:
         try:
             return command(argv)
@@ -30,6 +31,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def standard_descriptors() -> None:
+    """Open /dev/null on any of descriptors 0, 1 and 2 the process started without (`>&-`):
+    otherwise the first socket takes that number, and uvloop aborts the process when it closes
+    it. Python has already made sys.stdout None for a closed stdout: logs then count every line
+    as dropped."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def command(argv: Sequence[str] | None = None) -> int:
