@@ -173,7 +173,7 @@ def read_all(fd: int, into: list[bytes]) -> None:
 def test_the_count_is_on_the_metrics_page(report: tuple[int, int]) -> None:
     """`sidecar_log_lines_dropped_total` on an app's registry reads the logs module's count."""
     logs.configure(level="info", instance="web-7", stream=io.StringIO(), report_fd=report[1])
-    metrics = Metrics(checks=["app"], version="test")
+    metrics = Metrics(checks=["app"], version="test", dropped_lines=logs.dropped)
     assert metrics.registry.get_sample_value("sidecar_log_lines_dropped_total") == 0
     read, write = os.pipe()
     os.close(read)
