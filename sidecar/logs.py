@@ -114,7 +114,7 @@ class _Enqueue(logging.handlers.QueueHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:
         # Instead of a traceback on stderr, written here on the loop (stderr may be stuck).
-        self._drops.add(f"a record could not be rendered: {sys.exc_info()[0]}")
+        self._drops.add(f"a record could not be rendered: {type(sys.exc_info()[1]).__name__}")
 
 
 class _Writer(logging.handlers.QueueListener):
@@ -129,6 +129,11 @@ class _Writer(logging.handlers.QueueListener):
         self._sink = sink
         self._drops = drops
         self._stopping = False
+
+    def start(self) -> None:
+        super().start()
+        if self._thread is not None:
+            self._thread.name = "log-writer"
 
     def dequeue(self, block: bool) -> Any:
         # After `handle` took the stop sentinel along with lines, the loop still gets it.
