@@ -168,10 +168,16 @@ def measure(
                 close(stuck_pipe[1])
                 fill(stuck.url, stuck.port, stuck_pipe[0])
                 targets = dict(zip(MODES, (read, stuck), strict=True))
-                for _ in range(rounds):
+                for n in range(rounds):
                     for mode, proc in targets.items():
-                        runs.setdefault(mode, []).append(
-                            once(proc, mode, seconds=seconds, per_second=per_second)
+                        row = once(proc, mode, seconds=seconds, per_second=per_second)
+                        runs.setdefault(mode, []).append(row)
+                        r = row.result
+                        print(
+                            f"round {n + 1}, {mode}: {r.rps:,.0f} req/s, p50 {r.p50_ms:.2f} ms,"
+                            f" p99 {r.p99_ms:.2f} ms, {row.lines:,} lines, {row.dropped:,.0f}"
+                            " dropped",
+                            flush=True,
                         )
     finally:
         for fd in sorted(open_fds):
