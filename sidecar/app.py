@@ -31,7 +31,9 @@ def build_app(settings: Settings) -> web.Application:
     """The aiohttp app; its cleanup context runs the scheduler and the store sync."""
     checks = settings.resolved_checks
     timing = SyncTiming(period=settings.store_interval, timeout=settings.store_timeout)
-    metrics = Metrics(checks=[c.name for c in checks], version=__version__)
+    metrics = Metrics(
+        checks=[c.name for c in checks], version=__version__, dropped_lines=logs.dropped
+    )
     monitor = Monitor(
         instance=settings.instance,
         version=__version__,

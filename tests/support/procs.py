@@ -91,18 +91,24 @@ def wait_http(
 
 
 def spawn(
-    argv: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path = ROOT
+    argv: Sequence[str],
+    *,
+    log: Path,
+    env: Mapping[str, str],
+    cwd: Path = ROOT,
+    stdout: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in its own session (so it is stopped with its children by its PID) with
-    exactly `env`, its output to `log`; return at once."""
+    exactly `env`, its output to `log`; return at once. `stdout` (a file descriptor, such as
+    a pipe's end) takes stdout instead, and `log` gets only stderr."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         return subprocess.Popen(
             list(argv),
             cwd=cwd,
             env=dict(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            stdout=out if stdout is None else stdout,
+            stderr=subprocess.STDOUT if stdout is None else out,
             start_new_session=True,
         )
 
