@@ -539,7 +539,8 @@ export const purgeExpired = internalMutation({
  * itself. Stops where `budget` (documents still to delete) runs out and returns what is left.
  */
 async function purgeHeartbeat(ctx: MutationCtx, beat: Heartbeat, budget: number): Promise<number> {
-  await uncount(ctx, beat);
+  budget -= await uncount(ctx, beat);
+  if (budget <= 0) return 0; // the next run goes on: it is out of the counts now
   const registries = await ctx.db
     .query("sidecarInstances")
     .withIndex("by_heartbeat", (q) => q.eq("heartbeat", beat._id))
