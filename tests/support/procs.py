@@ -163,6 +163,8 @@ def start_convex_local(
         "PORT": str(port),
         "HEALTH_SIDECAR_SECRET": secret,
         "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
+        # The test session registers many new names a minute (the limit: convex/fleet.test.ts).
+        "HEALTH_SIDECAR_JOINS_PER_MINUTE": "100000",
     }
     return start(convex_local_argv(root), port=port, ready_path="/version", log=log, env=env)
 
