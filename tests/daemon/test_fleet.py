@@ -20,8 +20,16 @@ import pytest
 
 from tests.support import convex, faults, procs
 from tests.support.daemon import cli as daemon_cli
-from tests.support.daemon import get, log_lines, metric, metrics_text, start_daemon, wait_for
-from tests.support.procs import SECRET
+from tests.support.daemon import (
+    cli_async,
+    get,
+    log_lines,
+    metric,
+    metrics_text,
+    start_daemon,
+    wait_for,
+)
+from tests.support.procs import OPERATOR_SECRET, SECRET
 from tests.support.switch import SwitchServer, switch_server
 
 pytestmark = pytest.mark.slow
@@ -88,7 +96,12 @@ async def fleet_of(
 
 def cli(convex_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`health-sidecar ARGS` with the fleet's settings."""
-    return daemon_cli(*args, env={"CONVEX_URL": convex_url, "HEALTH_SIDECAR_SECRET": SECRET})
+    env = {
+        "CONVEX_URL": convex_url,
+        "HEALTH_SIDECAR_SECRET": SECRET,
+        "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
+    }
+    return daemon_cli(*args, env=env)
 
 
 async def readiness(members: Sequence[Member]) -> list[int]:
@@ -272,7 +285,9 @@ async def test_drain_undrain_and_fleet_commands(
     assert health[0] == 200
     assert others == [200]
     assert table.returncode == 1
-    assert "yes: kernel upgrade" in table.stdout
+    assert "yes: kernel upgrade (by " in table.stdout
+    assert "(claimed), signed with the operator key" in table.stdout
+    assert all(m["draining"] is None for m in mine.values())
     assert all_drained == [503, 503], all_drained
     assert all_back == [200, 200], all_back
     assert unknown.returncode == 2, unknown
@@ -381,6 +396,51 @@ async def test_drain_bad_input_is_refused_naming_the_option(
     assert error in proc.stderr
     assert "Traceback" not in proc.stderr
     assert await convex.documents(fleet_convex.url, "sidecarDrainLog") == before
+
+
+@pytest.mark.parametrize("args", [["fleet"], ["drain", "--instance", "x", "--reason", "r"]])
+def test_without_the_operator_key_the_cli_says_so_and_exits_2(
+    fleet_convex: procs.Proc, args: list[str]
+) -> None:
+    """fleet, drain and undrain are signed with HEALTH_SIDECAR_OPERATOR_SECRET: without it in
+    the environment the CLI names it and exits 2, and nothing reaches Convex; the fleet key
+    alone is not enough."""
+    env = {"CONVEX_URL": fleet_convex.url, "HEALTH_SIDECAR_SECRET": SECRET}
+    proc = daemon_cli(*args, env=env)
+    assert proc.returncode == 2, proc
+    assert "HEALTH_SIDECAR_OPERATOR_SECRET is not set" in proc.stderr
+    assert SECRET not in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+CLOCK_SKEW = json.dumps(
+    {
+        "status": "error",
+        "errorMessage": "[Request ID: 0123456789abcdef] Server Error",
+        "errorData": {
+            "code": "clock_skew",
+            "message": "timestamp 95 s from the deployment's clock (at most 30 s): "
+            "check the sidecar's clock",
+        },
+    }
+).encode()
+
+
+@pytest.mark.parametrize("args", [["fleet"], ["undrain", "--instance", "x"]])
+async def test_a_clock_skew_is_exit_3_not_not_ready(args: list[str]) -> None:
+    """A deployment that refuses the call's timestamp (as Convex answers it: a ConvexError
+    with code clock_skew; a fault server, since this host's clock cannot be moved): the CLI
+    says so and exits 3, not 1 ("not ready")."""
+    async with faults.fault_server(faults.respond(200, CLOCK_SKEW)) as deployment:
+        env = {
+            "CONVEX_URL": deployment.url,
+            "HEALTH_SIDECAR_SECRET": SECRET,
+            "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
+        }
+        proc = await cli_async(*args, env=env)
+    assert proc.returncode == 3, proc
+    assert "clock_skew: timestamp 95 s from the deployment's clock" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 async def test_a_shared_check_is_probed_by_one_instance_for_all(
