@@ -72,14 +72,15 @@ class Snapshot:
             and statuses[s.name] == "fail"
             and (outage := self.fleet.shared_outage(s, now)) is not None
         }
-        # A panic check that just failed, waiting for Convex's count (the store answering).
+        # A panic check that just failed, waiting for Convex's count (the store answering) or,
+        # while the store fails, for the last known peers' witness.
         awaiting = tuple(
             s.name
             for s in self.states
             if s.check.panic
             and statuses[s.name] == "fail"
             and s.name not in shared
-            and self.store.status != "error"
+            and (self.store.status != "error" or bool(self.fleet.peers))
             and self.fleet.pending(s, now)
         )
         reasons = ["draining"] if self.draining else []

@@ -61,6 +61,7 @@ class Syncer:
         timing: SyncTiming,
         threshold: float,
         warm_start: Callable[[Warm], None],
+        advertise: str | None = None,
     ) -> None:
         self._monitor = monitor
         self._warm_start = warm_start
@@ -71,6 +72,7 @@ class Syncer:
         self._timing = timing
         self._threshold = threshold
         self._log = logs.get("store")
+        self._advertise = advertise  # sent with hello: where the peers reach this sidecar
         # What Convex holds, as far as its answers said: each check's Record.essence, this
         # instance's summary and its failing panic checks.
         self._acked: dict[str, tuple[str, str, int, str]] = {}
@@ -144,6 +146,7 @@ class Syncer:
             panic=panic if panic or self._acked_panic else None,
             hold_ms=_lease_ms(2 * _longest(snap, panic) + self._timing.grace),
             shared=[self._ask(snap, s.check, now) for s in snap.states if s.check.shared],
+            advertise=self._advertise if self._hello else None,
         )
 
     def _ask(self, snap: Snapshot, check: Check, now: float) -> SharedAsk:
@@ -183,6 +186,7 @@ class Syncer:
                 until=None if drain.remaining_ms is None else now + drain.remaining_ms / 1000,
             ),
             holders=frozenset(a.check for a in answer.shared if a.holder),
+            peers=answer.peers,
         )
 
     def _adopt(self, answer: SyncAnswer) -> None:
