@@ -11,22 +11,22 @@ from dataclasses import replace
 
 import pytest
 
-from sidecar.fleet import FleetView, Outage, Witnessed
+from sidecar.fleet import Outage, Witnessed
 from sidecar.peers import Peer
+from sidecar.snapshot import StoreState
 from sidecar.store.errors import BadResponse
 from sidecar.store.messages import SyncRequest, sync_answer, sync_payload
 from sidecar.store.signing import signature
-from sidecar.snapshot import StoreState
 from sidecar.witness import (
     HEADER,
     MAX_ASKED,
     PATH,
+    Account,
     Buckets,
     Door,
     Question,
     Refused,
     Replays,
-    Account,
     answer,
     parse_account,
     question,
@@ -73,7 +73,8 @@ def test_the_signature_is_the_stores_scheme_over_path_instance_ts_and_body() -> 
     assert signed == signature(
         SECRET, path=PATH, instance="web-2", ts=doc["ts"], body=body.decode()
     )
-    assert SECRET.encode() not in body and SECRET not in signed
+    assert SECRET.encode() not in body
+    assert SECRET not in signed
 
 
 def test_unsigned_forged_or_tampered_questions_are_refused_401() -> None:
@@ -96,7 +97,8 @@ def test_a_stale_question_is_refused_401(skew: float) -> None:
     now = [T0 + skew]
     body, signed = asked(at=T0)
     status, reason = refusal(door(now), body, signed)
-    assert status == 401 and reason.startswith("stale")
+    assert status == 401
+    assert reason.startswith("stale")
 
 
 def test_within_the_window_either_way_is_fresh() -> None:
@@ -171,7 +173,8 @@ def test_the_rate_table_is_bounded() -> None:
 
 def test_replays_are_remembered_for_the_window_and_bounded() -> None:
     seen = Replays(window=60, size=2)
-    assert seen.first("a", T0) and seen.first("b", T0)
+    assert seen.first("a", T0)
+    assert seen.first("b", T0)
     assert not seen.first("a", T0 + 59)
     with pytest.raises(Refused) as caught:
         seen.first("c", T0 + 59)  # full of live entries: no replay could be told
@@ -190,7 +193,8 @@ def test_the_answer_holds_statuses_only() -> None:
         "checks": {"mastra": "fail", "app": "pass", "nope": "unknown"},
     }
     text = json.dumps(doc)
-    assert "http" not in text and "m:4111" not in text
+    assert "http" not in text
+    assert "m:4111" not in text
     assert (
         answer(replace(snap, store=StoreState(status="ok")), replace_q())["reaches_convex"] is True
     )
@@ -203,13 +207,14 @@ def replace_q() -> Question:
     return Question(instance="web-2", ts=0, checks=("mastra",), nonce="")
 
 
-def test_a_testimony_is_parsed_strictly() -> None:
+def test_an_account_is_parsed_strictly() -> None:
     ok = parse_account(
         {"instance": "b", "reaches_convex": False, "checks": {"mastra": "fail"}}, ["mastra", "x"]
     )
     assert ok == Account(
         instance="b", reaches_convex=False, statuses={"mastra": "fail", "x": "unknown"}
     )
+    bad: object
     for bad in (
         [],
         {"instance": "", "reaches_convex": False, "checks": {}},
@@ -217,7 +222,7 @@ def test_a_testimony_is_parsed_strictly() -> None:
         {"instance": "b", "reaches_convex": None, "checks": []},
         {"instance": "b", "reaches_convex": None, "checks": {"mastra": "down"}},
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="answer"):
             parse_account(bad, ["mastra"])
 
 
@@ -279,14 +284,15 @@ def test_a_panic_check_that_just_failed_waits_for_witnesses_while_convex_is_down
     with_peers = fleet(at=T0 - 1, peers=(Peer(instance="b", url="http://b:8099"),))
     down = StoreState(status="error", kind="unavailable")
     snap = replace(failing_mastra(with_peers, now=T0 + 1), store=down)
-    assert snap.ready and snap.awaiting_count == ("mastra",)
+    assert snap.ready
+    assert snap.awaiting_count == ("mastra",)
     late = replace(failing_mastra(with_peers, now=T0 + 10 + GRACE + 0.5), store=down)
     assert not late.ready
     alone = replace(failing_mastra(fleet(at=T0 - 1), now=T0 + 1), store=down)
     assert not alone.ready
 
 
-ANSWER = {
+ANSWER: dict[str, object] = {
     "now": 1.0,
     "expiresAt": 2.0,
     "written": 0,
