@@ -141,20 +141,25 @@ async def witness(request: web.Request) -> web.Response:
     work unless admitted; answered at once from the Snapshot, statuses only; each check asked
     is hurried (probed soon) here."""
     desk = request.app[WITNESS]
-    if (request.content_length or 0) > MAX_BODY:
-        return _refusal(413, f"a question is at most {MAX_BODY} bytes")
     try:
-        async with asyncio.timeout(WITNESS_READ_TIMEOUT):
-            body = await _read_bounded(request, MAX_BODY)
-    except TimeoutError:
-        return _refusal(408, "the question's body came too slowly")
-    if body is None:
-        return _refusal(413, f"a question is at most {MAX_BODY} bytes")
-    try:
-        asked = desk.door.admit(
-            address=request.remote, signed=request.headers.get(HEADER), body=body
-        )
+        desk.door.within_rate(request.remote)
+        if (request.content_length or 0) > MAX_BODY:
+            raise Refused(413, f"a question is at most {MAX_BODY} bytes")
+        try:
+            async with asyncio.timeout(WITNESS_READ_TIMEOUT):
+                body = await _read_bounded(request, MAX_BODY)
+        except TimeoutError:
+            raise Refused(408, "the question's body came too slowly") from None
+        if body is None:
+            raise Refused(413, f"a question is at most {MAX_BODY} bytes")
+        asked = desk.door.verify(signed=request.headers.get(HEADER), body=body)
     except Refused as refused:
+        if refused.status == 429 and desk.held < desk.max_held:
+            desk.held += 1
+            try:
+                await asyncio.sleep(desk.tarpit)
+            finally:
+                desk.held -= 1
         return _refusal(refused.status, refused.reason)
     snap = request.app[MONITOR].snapshot
     for name in asked.checks:

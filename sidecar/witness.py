@@ -35,6 +35,8 @@ RATE = 5.0  # questions a second per peer address, in the long run
 BURST = 10.0  # and at once
 MAX_ADDRESSES = 1024  # peer addresses the rate table remembers (least recent forgotten)
 MAX_SEEN = 8192  # signatures remembered against replays, within the window
+TARPIT = 1.0  # seconds a question over the rate waits for its 429
+MAX_HELD = 1024  # questions waiting in the tarpit at once, at most
 NONCE = re.compile(r"[0-9a-f]{32}")
 SIGNATURE = re.compile(r"[0-9a-f]{64}")
 # Store errors that mean Convex was not reached (its runtime did not answer).
@@ -177,9 +179,17 @@ class Door:
     def admit(self, *, address: str | None, signed: str | None, body: bytes) -> Question:
         """The question in `body`, or Refused: 429 over the rate, 401 unsigned, 400
         malformed, 401 for a bad signature, a stale `ts` or a replay."""
-        now = self._clock()
-        if not self._buckets.take(address or "?", now):
+        self.within_rate(address)
+        return self.verify(signed=signed, body=body)
+
+    def within_rate(self, address: str | None) -> None:
+        """Refused(429) when `address` is over its rate (judged first: a flood costs no more)."""
+        if not self._buckets.take(address or "?", self._clock()):
             raise Refused(429, "too many questions from this address")
+
+    def verify(self, *, signed: str | None, body: bytes) -> Question:
+        """The question in `body` if signed, fresh and new; Refused (401 or 400) otherwise."""
+        now = self._clock()
         if signed is None or not SIGNATURE.fullmatch(signed):
             raise Refused(401, f"unsigned: {HEADER} must hold the 64 hex HMAC")
         asked = parse_question(body)
@@ -196,13 +206,19 @@ class Door:
 
 
 class Desk:
-    """The witness endpoint's parts: the door, and `hurry`, what a question makes this
-    instance do about each check asked that it has (probe it soon: the app wires the
-    scheduler's, which runs a check at most once per fast interval; by default nothing)."""
+    """The witness endpoint's parts: the door; `hurry`, what a question makes this instance
+    do about each check asked that it has (probe it soon: the app wires the scheduler's,
+    which runs a check at most once per fast interval; by default nothing); and the tarpit:
+    a question over its address's rate is answered 429 only after `tarpit` seconds (at most
+    `max_held` at a time, the others at once), so that a flood on keep-alive connections gets
+    one answer per connection and second, and costs the event loop next to nothing."""
 
-    def __init__(self, door: Door) -> None:
+    def __init__(self, door: Door, *, tarpit: float = TARPIT, max_held: int = MAX_HELD) -> None:
         self.door = door
         self.hurry: Callable[[str], object] = _nothing
+        self.tarpit = tarpit
+        self.max_held = max_held
+        self.held = 0
 
 
 def _nothing(_: str) -> None:

@@ -48,7 +48,7 @@ class Instance:
             clock=lambda: self.now[0],
         )
         self.hurried: list[str] = []
-        self.desk = Desk(Door(SECRET))
+        self.desk = Desk(Door(SECRET), tarpit=0.05)
         self.desk.hurry = self.hurried.append
         self.app = create_app(self.monitor, registry=metrics.registry, witness_desk=self.desk)
         self.see("app", "pass")
