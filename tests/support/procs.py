@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-0123456789"  # HEALTH_SIDECAR_SECRET of the test session's stand-ins
+# HEALTH_SIDECAR_OPERATOR_SECRET of the stand-ins: what the CLI signs drain and fleet with.
+OPERATOR_SECRET = "test-operator-secret-0123456789"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -157,7 +159,11 @@ def start_convex_local(
     """Start dev/convex-local (of the checkout at `root`) holding `secret` on 127.0.0.1 (a
     free port unless given)."""
     port = port or free_port()
-    env = {"PORT": str(port), "HEALTH_SIDECAR_SECRET": secret}
+    env = {
+        "PORT": str(port),
+        "HEALTH_SIDECAR_SECRET": secret,
+        "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
+    }
     return start(convex_local_argv(root), port=port, ready_path="/version", log=log, env=env)
 
 
