@@ -89,6 +89,7 @@ def build_app(settings: Settings) -> web.Application:
             timing=timing,
             threshold=settings.panic_threshold,
             warm_start=WarmStart(monitor=monitor, fingerprints=fingerprints),
+            advertise=settings.advertise,
         )
         scheduler = Scheduler(
             monitor=monitor,

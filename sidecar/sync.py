@@ -157,6 +157,7 @@ class Syncer:
             hold_ms=_lease_ms(2 * _longest(snap, panic) + self._timing.grace),
             shared=[self._ask(snap, s.check, now) for s in snap.states if s.check.shared],
             advertise=self._advertise if self._hello else None,
+            want_peers=self._advertise is not None and not snap.fleet.peers,
         )
 
     def _ask(self, snap: Snapshot, check: Check, now: float) -> SharedAsk:
@@ -196,7 +197,7 @@ class Syncer:
                 until=None if drain.remaining_ms is None else now + drain.remaining_ms / 1000,
             ),
             holders=frozenset(a.check for a in answer.shared if a.holder),
-            peers=answer.peers,
+            peers=self._monitor.snapshot.fleet.peers if answer.peers is None else answer.peers,
         )
 
     def _adopt(self, answer: SyncAnswer) -> None:

@@ -59,6 +59,7 @@ class SyncRequest:
     shared: Sequence[SharedAsk] = ()
     leaving: bool = False  # the last sync before the process stops
     advertise: str | None = None  # with hello: where peers reach this sidecar (witnesses)
+    want_peers: bool = False  # this instance knows no peer yet: Convex names some at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class SyncAnswer:
     drain: DrainAnswer | None
     token: str | None = None  # a hello's answer: what every later sync presents
     live: int | None = None  # live instances as last counted (None: an older deployment)
-    peers: tuple[Peer, ...] = ()  # a rotating handful of live peers (absent: none)
+    peers: tuple[Peer, ...] | None = None  # a rotating handful of peers (None: keep the last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,8 @@ def sync_payload(
         payload["leaving"] = True
     if request.hello is not None and request.advertise is not None:
         payload["advertise"] = request.advertise
+    if request.want_peers:
+        payload["wantPeers"] = True
     if request.shared:
         payload["shared"] = [
             {
@@ -242,11 +245,12 @@ def sync_answer(value: Any) -> SyncAnswer:
     )
 
 
-def _peers(answer: Mapping[str, Any]) -> tuple[Peer, ...]:
-    """The answer's `peers` (a missing key: none), each checked: a bounded name and an
-    http(s) URL with a host; more than MAX_PEERS is not an answer of these functions."""
+def _peers(answer: Mapping[str, Any]) -> tuple[Peer, ...] | None:
+    """The answer's `peers` (None: the key is absent, Convex did not read them this time),
+    each checked: a bounded name and an http(s) URL with a host; more than MAX_PEERS is not
+    an answer of these functions."""
     if answer.get("peers") is None:
-        return ()
+        return None
     items = as_list(answer, "peers")
     if len(items) > MAX_PEERS:
         raise BadResponse(f"'peers' holds {len(items)} entries; at most {MAX_PEERS}")

@@ -306,10 +306,13 @@ ANSWER: dict[str, object] = {
 
 
 def test_a_sync_answer_names_at_most_five_peers_strictly() -> None:
-    assert sync_answer(ANSWER).peers == ()
-    assert sync_answer({**ANSWER, "peers": None}).peers == ()
+    assert sync_answer(ANSWER).peers is None  # absent: the last handful stays
+    assert sync_answer({**ANSWER, "peers": None}).peers is None
+    assert sync_answer({**ANSWER, "peers": []}).peers == ()
     peers = [{"instance": f"web-{i}", "url": f"http://web-{i}:8099"} for i in range(5)]
-    assert sync_answer({**ANSWER, "peers": peers}).peers[4] == Peer("web-4", "http://web-4:8099")
+    named = sync_answer({**ANSWER, "peers": peers}).peers
+    assert named is not None
+    assert named[4] == Peer("web-4", "http://web-4:8099")
     for bad in (
         [*peers, {"instance": "web-9", "url": "http://web-9:8099"}],
         [{"instance": "a", "url": "ftp://a"}],
@@ -323,6 +326,12 @@ def test_a_sync_answer_names_at_most_five_peers_strictly() -> None:
     ):
         with pytest.raises(BadResponse):
             sync_answer({**ANSWER, "peers": bad})
+
+
+def test_a_sync_asks_for_peers_only_when_it_knows_none() -> None:
+    asks = SyncRequest(want_peers=True)
+    assert sync_payload(asks, version="0", ttl_ms=1, heartbeat="h")["wantPeers"] is True
+    assert "wantPeers" not in sync_payload(SyncRequest(), version="0", ttl_ms=1, heartbeat="h")
 
 
 def test_the_hello_carries_the_advertised_url_and_only_the_hello() -> None:
