@@ -177,7 +177,7 @@ async function applyPeers(
     payload.wantPeers ||
     before === undefined ||
     Math.floor(before / PEER_REFRESH_MS) !== Math.floor(now / PEER_REFRESH_MS);
-  const peers = due ? await peersFor(ctx, instance) : [];
+  const peers = due ? await peersFor(ctx, instance, now) : [];
   return peers.length > 0 ? { peers } : {};
 }
 

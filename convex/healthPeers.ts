@@ -3,16 +3,17 @@
  * Convex itself is down. A hello that carries `advertise` writes the instance into a small ring,
  * `sidecarPeers`, at the slot its name hashes to (PEER_SLOTS slots: a bigger fleet keeps the
  * most recent hello of each slot); its last sync (`leaving`) takes it out, and the hourly sweep
- * takes out the ones whose heartbeat is gone. A hello's answer, and one sync answer of each
- * instance per PEER_REFRESH_MS, name up to MAX_PEERS of them, read from a random slot on (an index range of at most PEERS_READ small documents, written
- * only by hellos and leaves: never a scan of the fleet, and no read of a heartbeat that every
- * sync patches). An instance killed without a last sync stays in the ring until the sweep or
- * another hello takes its slot: its silence counts as no answer on the asker's side.
+ * takes out the ones whose heartbeat is gone. A hello's answer, a sync that asks (`wantPeers`)
+ * and one sync answer of each instance per PEER_REFRESH_MS name up to MAX_PEERS live others,
+ * read from a random slot on: an index range of at most PEERS_READ small documents (written
+ * only by hellos and leaves) and their heartbeats. Never a scan of the fleet, and a steady-state
+ * sync reads none of it. An instance killed without a last sync stays in the ring until the
+ * sweep or another hello takes its slot, but is not named once it is no longer counted.
  */
 import { v } from "convex/values";
 import type { Id } from "./_generated/dataModel";
 import type { MutationCtx } from "./_generated/server";
-import { shardOf } from "./healthCounts";
+import { counted, shardOf } from "./healthCounts";
 
 export const PEER_SLOTS = 64;
 export const PEER_REFRESH_MS = 5 * 60_000; // a sync answer reads the ring once per window (health.ts)
@@ -50,8 +51,13 @@ export async function forgetPeer(ctx: MutationCtx, instance: string): Promise<vo
   if (entry !== null && entry.instance === instance) await ctx.db.delete("sidecarPeers", entry._id);
 }
 
-/** Up to MAX_PEERS other instances, from a random slot on (wrapping around), at most PEERS_READ read. */
-export async function peersFor(ctx: MutationCtx, instance: string): Promise<PeerAnswer[]> {
+/**
+ * Up to MAX_PEERS other live instances, from a random slot on (wrapping around): at most
+ * PEERS_READ entries read, and their heartbeats (an entry whose instance is no longer counted
+ * is skipped). Read on a hello, on a sync asking for peers, and once per window (health.ts):
+ * the heartbeat reads are rare, so they rarely meet the peers' own syncs' patches.
+ */
+export async function peersFor(ctx: MutationCtx, instance: string, now: number): Promise<PeerAnswer[]> {
   const start = Math.floor(Math.random() * PEER_SLOTS);
   const after = await ctx.db
     .query("sidecarPeers")
@@ -64,8 +70,11 @@ export async function peersFor(ctx: MutationCtx, instance: string): Promise<Peer
           .withIndex("by_slot", (q) => q.lt("slot", start))
           .take(PEERS_READ - after.length)
       : [];
-  return [...after, ...before]
-    .filter((entry) => entry.instance !== instance)
-    .slice(0, MAX_PEERS)
-    .map(({ instance, url }) => ({ instance, url }));
+  const peers: PeerAnswer[] = [];
+  for (const entry of [...after, ...before]) {
+    if (entry.instance === instance || peers.length >= MAX_PEERS) continue;
+    const beat = await ctx.db.get("sidecarHeartbeats", entry.heartbeat);
+    if (beat !== null && counted(beat, now)) peers.push({ instance: entry.instance, url: entry.url });
+  }
+  return peers;
 }

@@ -33,7 +33,7 @@ const url = (instance: string) => `http://${instance}:8099`;
 async function join(t: T, names: string[]) {
   let answer = null;
   for (const name of names) {
-    answer = await sync(t, signed(name, payload({ hello: hello(["convex"]), advertise: url(name), ttlMs: TTL })));
+    answer = await sync(t, signed(name, payload({ hello: hello(["convex"]), advertise: url(name), ttlMs: TTL, periodMs: MINUTE })));
   }
   return answer;
 }
@@ -41,7 +41,7 @@ async function join(t: T, names: string[]) {
 /** The next refresh window of the ring. */
 const nextWindow = () => vi.setSystemTime(Date.now() + PEER_REFRESH_MS);
 const steady = async (t: T, name: string) =>
-  await sync(t, signed(name, payload({ heartbeat: await heartbeatOf(t, name), ttlMs: TTL })));
+  await sync(t, signed(name, payload({ heartbeat: await heartbeatOf(t, name), ttlMs: TTL, periodMs: MINUTE })));
 const TTL = 15 * MINUTE; // longer than a window: a steady sync a window later is still the instance's
 
 const ring = (t: T) => t.run(async (ctx) => await ctx.db.query("sidecarPeers").collect());
@@ -68,6 +68,8 @@ describe("peers", () => {
     expect((await join(t, [b]))!.peers).toEqual([{ instance: a, url: url(a) }]);
     await join(t, [c]);
     nextWindow();
+    await steady(t, b); // still live a window later
+    await steady(t, c);
     const answer = await steady(t, a);
     expect(answer.peers).toEqual(
       expect.arrayContaining([
@@ -88,8 +90,10 @@ describe("peers", () => {
     const random = vi.spyOn(Math, "random");
     for (let i = 0; i < 16; i++) {
       random.mockReturnValue(i / 16);
-      nextWindow();
-      const answer = await steady(t, me);
+      const answer = await sync(
+        t,
+        signed(me, payload({ heartbeat: await heartbeatOf(t, me), ttlMs: TTL, wantPeers: true })),
+      );
       expect(answer.peers!.length).toBeLessThanOrEqual(MAX_PEERS);
       expect(answer.peers!.length).toBe(MAX_PEERS);
       for (const peer of answer.peers!) {
@@ -119,6 +123,7 @@ describe("peers", () => {
     const [a, b] = distinctNames(2);
     await join(t, [a, b]);
     vi.setSystemTime(Math.ceil(Date.now() / PEER_REFRESH_MS) * PEER_REFRESH_MS + PEER_REFRESH_MS - 1000);
+    await steady(t, b);
     expect((await steady(t, a)).peers).toEqual([{ instance: b, url: url(b) }]); // a new window since the hello
     vi.setSystemTime(Date.now() + 500);
     expect((await steady(t, a)).peers).toBeUndefined(); // same window: not read
@@ -162,6 +167,19 @@ describe("peers", () => {
     expect(error.data.code).toBe("invalid_argument");
     expect(error.data.message).toContain("body.advertise");
     expect(await ring(t)).toEqual([]);
+  });
+
+  test("an entry whose instance is no longer counted is not named", async () => {
+    const t = setup();
+    const [a, b, c] = distinctNames(3);
+    await join(t, [a, b, c]);
+    vi.setSystemTime(Date.now() + 10 * MINUTE); // b and c sent no sync: past their liveUntil
+    await steady(t, c);
+    const answer = await sync(
+      t,
+      signed(a, payload({ heartbeat: await heartbeatOf(t, a), ttlMs: TTL, wantPeers: true })),
+    );
+    expect(answer.peers).toEqual([{ instance: c, url: url(c) }]);
   });
 
   test("the sweep takes out the entries whose instance is gone", async () => {

@@ -166,6 +166,7 @@ class Snapshot:
             "awaiting_count": list(self.awaiting_count),
             "holder": sorted(self.fleet.holders),
             "synced_at": None if self.fleet.at is None else iso(self.fleet.at),
+            "peers": [p.instance for p in self.fleet.peers],
         }
 
     def health_json_document(self, *, details: bool) -> dict[str, Any]:
