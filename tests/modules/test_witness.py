@@ -18,9 +18,11 @@ from sidecar.store.errors import BadResponse
 from sidecar.store.messages import SyncRequest, sync_answer, sync_payload
 from sidecar.store.signing import signature
 from sidecar.witness import (
+    BURST,
     HEADER,
     MAX_ASKED,
     PATH,
+    RATE,
     Account,
     Buckets,
     Door,
@@ -150,15 +152,15 @@ def test_a_body_that_is_not_utf8_json_is_refused_400() -> None:
 
 
 def test_the_rate_is_per_address_and_refills() -> None:
-    """A burst of 10 per address, then 5 a second; another address has its own bucket; the
+    """A burst of 40 per address, then 20 a second; another address has its own bucket; the
     limit is judged before the signature (an unsigned flood costs no HMAC)."""
     now = [T0]
     d = door(now)
-    for _ in range(10):
+    for _ in range(int(BURST)):
         assert refusal(d, b"{}", None, "10.0.0.9")[0] == 401
     assert refusal(d, b"{}", None, "10.0.0.9")[0] == 429
     assert refusal(d, b"{}", None, "10.0.0.8")[0] == 401
-    now[0] += 0.2  # one token back
+    now[0] += 1.5 / RATE  # one token and a half back
     assert refusal(d, b"{}", None, "10.0.0.9")[0] == 401
     assert refusal(d, b"{}", None, "10.0.0.9")[0] == 429
 

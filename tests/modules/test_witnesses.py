@@ -23,13 +23,14 @@ from sidecar.peers import Peer
 from sidecar.result import CheckResult
 from sidecar.server import create_app
 from sidecar.snapshot import StoreState
-from sidecar.witness import HEADER, MAX_BODY, PATH, Desk, Door, question
+from sidecar.witness import HEADER, MAX_BODY, PATH, Buckets, Desk, Door, question
 from sidecar.witnesses import Witnesses
 from tests.modules.test_app import closed_port
 from tests.modules.test_fleet import APP, GRACE, MASTRA, fleet
 
 ClientFactory = Callable[[web.Application], Coroutine[Any, Any, TestClient[Any, Any]]]
 SECRET = "fleet-secret-0123456789abcdef"
+BURST = 10
 DOWN = StoreState(status="error", kind="unavailable", message="cannot reach http://convex:3210")
 
 
@@ -48,7 +49,8 @@ class Instance:
             clock=lambda: self.now[0],
         )
         self.hurried: list[str] = []
-        self.desk = Desk(Door(SECRET), tarpit=0.05)
+        # A slow bucket (the burst, then one a second), so that real time refills none mid-test.
+        self.desk = Desk(Door(SECRET, buckets=Buckets(rate=1.0, burst=BURST)), tarpit=0.05)
         self.desk.hurry = self.hurried.append
         self.app = create_app(self.monitor, registry=metrics.registry, witness_desk=self.desk)
         self.see("app", "pass")
@@ -149,9 +151,10 @@ async def test_the_rate_per_address_is_429(
     served: tuple[Instance, TestClient[Any, Any]],
 ) -> None:
     _, client = served
-    statuses = [(await post(client, b"{}", {}))[0] for _ in range(12)]
-    assert statuses[:10] == [401] * 10
-    assert statuses[10:] == [429, 429]
+    burst = BURST
+    statuses = [(await post(client, b"{}", {}))[0] for _ in range(burst + 2)]
+    assert statuses[:burst] == [401] * burst
+    assert statuses[burst:] == [429, 429]
     assert (await client.get("/live")).status == 200  # the load balancer's paths are untouched
 
 
