@@ -207,7 +207,7 @@ class Door:
 
 class Desk:
     """The witness endpoint's parts: the door; `hurry`, what a question makes this instance
-    do about each check asked that it has (probe it soon: the app wires the scheduler's,
+    do about each check asked that it has (probe it soon: the app wires Scheduler.hurry,
     which runs a check at most once per fast interval; by default nothing); and the tarpit:
     a question over its address's rate is answered 429 only after `tarpit` seconds (at most
     `max_held` at a time, the others at once), so that a flood on keep-alive connections gets

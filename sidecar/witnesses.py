@@ -104,7 +104,7 @@ class Witnesses:
             if not first or fleet.witnessed_outage(state, at) is not None:
                 continue
             since = state.since if state.since is not None else at
-            end = since + state.check.interval + fleet.grace
+            end = since + fleet.pending_window(state)
             again = max(at + MIN_AGAIN, end - self._timeout - 2 * self._tick)
             if again + self._timeout < end:
                 self._again[state.name] = again
