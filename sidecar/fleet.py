@@ -45,6 +45,7 @@ class Witnessed:
     answered: int
     peers: tuple[str, ...]
     at: float
+    possible: int = 0  # instances that might yet see it: this one and the peers cut off too
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,20 @@ class FleetView:
         if seen.failing < MIN_SHARED_FAILING or seen.failing / seen.answered < self.threshold:
             return None
         return Outage(failing=seen.failing, live=seen.answered, witnesses=seen.peers)
+
+    def awaiting_witness(self, state: CheckState) -> bool:
+        """While Convex cannot be reached: whether the peers may yet call this failure shared
+        (peers are known, and they were not asked since it failed, or too few of them reach
+        Convex for the failure to be surely this instance's own). No answer at all, or enough
+        peers that reach Convex: a local fault at once."""
+        if not self.peers:
+            return False
+        seen = self.witnessed.get(state.name)
+        if seen is None or state.since is None or seen.at < state.since:
+            return True
+        return seen.possible >= MIN_SHARED_FAILING and (
+            seen.possible / seen.answered >= self.threshold
+        )
 
     def pending(self, state: CheckState, now: float) -> bool:
         """True for a check that was passing and failed less than one of its intervals plus

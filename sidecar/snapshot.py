@@ -80,7 +80,7 @@ class Snapshot:
             if s.check.panic
             and statuses[s.name] == "fail"
             and s.name not in shared
-            and (self.store.status != "error" or bool(self.fleet.peers))
+            and (self.store.status != "error" or self.fleet.awaiting_witness(s))
             and self.fleet.pending(s, now)
         )
         reasons = ["draining"] if self.draining else []

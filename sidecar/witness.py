@@ -266,11 +266,17 @@ def parse_account(value: Any, asked: Iterable[str]) -> Account:
 def tally(checks: Iterable[str], accounts: Sequence[Account], *, at: float) -> dict[str, Witnessed]:
     """What the answers say of each check failing here: this instance counts as one that
     answered and sees it fail; each witness as one that answered, and as one that sees it
-    fail when it fails the check and does not reach Convex either."""
+    fail when it fails the check and does not reach Convex either (`possible`: the witnesses
+    that do not reach Convex, who may yet see it fail once they probe)."""
     out = {}
+    cut_off = sum(1 for t in accounts if t.reaches_convex is not True)
     for check in checks:
         seeing = tuple(t.instance for t in accounts if t.sees_failing(check))
         out[check] = Witnessed(
-            failing=1 + len(seeing), answered=1 + len(accounts), peers=seeing, at=at
+            failing=1 + len(seeing),
+            answered=1 + len(accounts),
+            peers=seeing,
+            at=at,
+            possible=1 + cut_off,
         )
     return out

@@ -24,7 +24,7 @@ from sidecar.snapshot import Snapshot
 from sidecar.state import CheckState
 from sidecar.witness import PATH, UNREACHABLE, Account, parse_account, question, tally
 
-TICK = 0.5  # seconds between two looks at the Snapshot
+TICK = 0.25  # seconds between two looks at the Snapshot
 ASK_TIMEOUT = 1.0  # seconds a witness has to answer (it answers from memory)
 MAX_ANSWER = 16384  # bytes of an answer read, at most
 MIN_AGAIN = 0.5  # the second question comes at least this long after the first

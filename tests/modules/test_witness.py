@@ -238,7 +238,7 @@ def test_the_tally_counts_this_instance_and_the_witnesses_that_fail_without_conv
         [witness("b", "fail"), witness("c", "pass"), witness("d", "fail", reaches=True)],
         at=T0,
     )
-    assert seen == {"mastra": Witnessed(failing=2, answered=4, peers=("b",), at=T0)}
+    assert seen == {"mastra": Witnessed(failing=2, answered=4, peers=("b",), at=T0, possible=3)}
 
 
 @pytest.mark.parametrize(
@@ -292,6 +292,30 @@ def test_a_panic_check_that_just_failed_waits_for_witnesses_while_convex_is_down
     assert not late.ready
     alone = replace(failing_mastra(fleet(at=T0 - 1), now=T0 + 1), store=down)
     assert not alone.ready
+
+
+@pytest.mark.parametrize(
+    ("answers", "waits"),
+    [
+        (None, True),  # not asked yet about this failure
+        ([], False),  # nobody answered: a local fault at once
+        ([witness("b", "pass", reaches=True), witness("c", "pass", reaches=True)], False),
+        ([witness("b", "pass", reaches=True), witness("c", "pass")], True),  # 2 of 3 may
+        ([witness("b", "pass"), witness("c", "pass")], True),  # cut off too, not probed yet
+    ],
+)
+def test_a_failure_waits_for_the_witnesses_only_while_they_may_share_it(
+    answers: list[Account] | None, waits: bool
+) -> None:
+    """Convex down, mastra just failed: the instance stays ready while the peers may yet
+    call it shared, and leaves as soon as their answers rule it out."""
+    peers = (Peer(instance="b", url="http://b:8099"), Peer(instance="c", url="http://c:8099"))
+    seen = {} if answers is None else tally(["mastra"], answers, at=T0 + 0.5)
+    view = fleet(at=T0 - 1, peers=peers, witnessed=seen)
+    down = StoreState(status="error", kind="unavailable")
+    snap = replace(failing_mastra(view, now=T0 + 1), store=down)
+    assert snap.ready is waits
+    assert snap.shared_outages == {}
 
 
 ANSWER: dict[str, object] = {
