@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import procs
+from tests.support import faults, procs
 from tests.support.daemon import get, metric, metrics_text, start_daemon, wait_for
 from tests.support.procs import SECRET
 from tests.support.switch import SwitchServer, switch_server
@@ -47,12 +47,15 @@ class Member:
     daemon: procs.Proc
     convex: SwitchServer
     witness: SwitchServer
+    mastra: SwitchServer | None
 
 
 @contextlib.asynccontextmanager
 async def fleet_of(
-    names: Sequence[str], convex: procs.Proc, tmp: Path
+    names: Sequence[str], convex: procs.Proc, tmp: Path, mastra: procs.Proc | None = None
 ) -> AsyncIterator[list[Member]]:
+    """Daemons on 127.0.0.1 (their Mastra, when given, behind a proxy each), ready and knowing
+    each other."""
     async with contextlib.AsyncExitStack() as stack:
         members = []
         for name in names:
@@ -72,9 +75,13 @@ async def fleet_of(
                 "SIDECAR_DRAIN_SECONDS": "0",
                 "SIDECAR_ADVERTISE_URL": witness.url,
             }
+            to_mastra = None
+            if mastra is not None:
+                to_mastra = await stack.enter_async_context(switch_server(upstream=mastra.url))
+                env["MASTRA_URL"] = to_mastra.url
             daemon = await asyncio.to_thread(start_daemon, env, tmp / f"{name}.log", port=port)
             stack.push_async_callback(asyncio.to_thread, daemon.stop)
-            members.append(Member(name, daemon, to_convex, witness))
+            members.append(Member(name, daemon, to_convex, witness, to_mastra))
         for member in members:
             await wait_for(member.daemon.url + "/ready", 200, within=10)
         # Every member knows the others (a hello or a sync asking for peers names them; a
@@ -146,6 +153,22 @@ async def test_convex_down_for_all_is_a_shared_outage_witnessed_by_the_peers(
                 10,
             )
         assert await readiness(members) == [200, 200, 200]
+
+
+async def test_convex_and_mastra_down_together_nobody_leaves(
+    witness_convex: procs.Proc, mastra_local: procs.Proc, tmp_path: Path
+) -> None:
+    async with fleet_of(["m-a", "m-b", "m-c"], witness_convex, tmp_path, mastra_local) as members:
+        for member in members:
+            assert member.mastra is not None
+            member.mastra.inject(faults.respond(503, b'{"success":false}'))
+            await member.convex.refuse()
+        seen = await watch(members, 4 * WINDOW)
+        assert all(s.count(503) <= 1 for s in seen), seen
+        assert seen[-1] == [200, 200, 200], seen[-10:]
+        shared = (await verbose(members[1]))["fleet"]["shared_outages"]
+        assert sorted(shared) == ["convex", "mastra"]
+        assert "witnessed by peers" in shared["mastra"]
 
 
 async def test_one_instance_cut_off_alone_leaves_and_the_others_stay(
