@@ -22,6 +22,8 @@ from sidecar.store.evidence import RuntimeEvidence
 from sidecar.store.signing import fingerprint
 from sidecar.sync import Syncer, SyncTiming
 from sidecar.warmstart import WarmStart
+from sidecar.witness import Desk, Door
+from sidecar.witnesses import Witnesses
 
 # Set by a second signal: exit at once, without the last sync.
 FORCED = web.AppKey("forced", asyncio.Event)
@@ -42,14 +44,16 @@ def build_app(settings: Settings) -> web.Application:
         fleet=FleetView(threshold=settings.panic_threshold, grace=timing.grace),
     )
     token = settings.details_token.get_secret_value() if settings.details_token else ""
+    secret = settings.secret.get_secret_value()
+    desk = Desk(Door(secret))
     app = create_app(
         monitor,
         registry=metrics.registry,
         details_token=token,
         trusted_proxies=settings.trusted_proxies,
+        witness_desk=desk,
     )
     app[FORCED] = asyncio.Event()
-    secret = settings.secret.get_secret_value()
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         probe_session = aiohttp.ClientSession(
@@ -58,6 +62,10 @@ def build_app(settings: Settings) -> web.Application:
             headers={"User-Agent": f"health-sidecar/{__version__}", "Accept-Encoding": "identity"},
         )
         store_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True, limit=10),
+            headers={"User-Agent": f"health-sidecar/{__version__}"},
+        )
+        witness_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True, limit=10),
             headers={"User-Agent": f"health-sidecar/{__version__}"},
         )
@@ -83,6 +91,7 @@ def build_app(settings: Settings) -> web.Application:
             timing=timing,
             threshold=settings.panic_threshold,
             warm_start=WarmStart(monitor=monitor, fingerprints=fingerprints),
+            advertise=settings.advertise,
         )
         scheduler = Scheduler(
             monitor=monitor,
@@ -91,7 +100,15 @@ def build_app(settings: Settings) -> web.Application:
             checks=checks,
             probe=runner(evidence),
         )
-        tasks = [_task(scheduler.run(), "scheduler"), _task(syncer.run(), "sync")]
+        desk.hurry = scheduler.hurry  # a peer's question: probe the check soon (fast interval)
+        witnesses = Witnesses(
+            monitor=monitor, session=witness_session, secret=secret, instance=settings.instance
+        )
+        tasks = [
+            _task(scheduler.run(), "scheduler"),
+            _task(syncer.run(), "sync"),
+            _task(witnesses.run(), "witnesses"),
+        ]
         yield
         for task in tasks:
             task.cancel()
@@ -102,6 +119,7 @@ def build_app(settings: Settings) -> web.Application:
             await syncer.sync_once(leaving=True)
         await probe_session.close()
         await store_session.close()
+        await witness_session.close()
 
     app.cleanup_ctx.append(background)
     return app
