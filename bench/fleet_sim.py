@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fleet_sim.py [--sizes 10,50,200] [--interval 1] [--store-interval 5]
         [--store-timeout 2] [--steady 20] [--session per-instance|shared] [--connections 64]
+        [--panic-checks 1,16]
 
 Each simulated instance is the sidecar's own objects, wired as sidecar/app.py wires them: its
 Settings (sidecar.config, from the environment a daemon would get: CONVEX_URL, MASTRA_URL, the
@@ -31,6 +32,15 @@ serves to 8 closed-loop clients, for a steady-state sync and for an outage-time 
 changed record and the panic list), with its CPU time per call. That tells whether a slow
 convergence is the stand-in (convex-test runs one function at a time, in one Node thread) or
 the protocol.
+
+With `--panic-checks K1,K2,...` (the concurrency mode), each size runs once per K: every
+instance has K panic checks (`mastra` and K-1 more, `dep_01`...), and the outage fails all K on
+every instance at once. The stand-in models Convex's optimistic concurrency (dev/convex-local,
+occ.ts; on by default), so the report adds, over the outage (onset and held): the syncs that
+failed and why, OCC conflicts a second (with retries and calls failed after Convex's retries),
+the largest transaction (documents and bytes read and written, execution time) and whether the
+outage was recognised (every instance ready with all K in shared_outages) with 0 instances
+unready. The capacity measurement is skipped in that mode.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shlex
@@ -87,6 +98,12 @@ DAEMON_KEYS = (
 )
 CAPACITY_CLIENTS = 8
 CAPACITY_SECONDS = 5.0
+OUTAGE_CHECK = "mastra"
+
+
+def outage_checks(k: int) -> frozenset[str]:
+    """The K panic checks that fail together in the outage: `mastra` and K-1 `dep_NN`."""
+    return frozenset([OUTAGE_CHECK, *(f"dep_{i:02d}" for i in range(1, k))])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,8 +126,9 @@ class Options:
     connections: int
     seed: int
     logs: Path
+    panic_checks: tuple[int, ...] = ()
 
-    def env(self, convex_url: str, instance: str) -> dict[str, str]:
+    def env(self, convex_url: str, instance: str, k: int = 1) -> dict[str, str]:
         """The environment a daemon of this simulated fleet would get."""
         env = {
             "CONVEX_URL": convex_url,
@@ -125,6 +143,14 @@ class Options:
         }
         if self.threshold is not None:
             env["SIDECAR_PANIC_THRESHOLD"] = f"{self.threshold:g}"
+        extra = sorted(outage_checks(k) - {OUTAGE_CHECK})
+        if extra:  # never contacted: the simulated probes feed them
+            target = "http://127.0.0.1:9/"
+            checks = [
+                {"name": name, "kind": "http", "target": target + name, "panic": True}
+                for name in extra
+            ]
+            env["SIDECAR_CHECKS"] = json.dumps(checks)
         return env
 
 
@@ -145,8 +171,8 @@ def daemon_environment(env: Mapping[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def settings_for(options: Options, convex_url: str, instance: str) -> Settings:
-    with daemon_environment(options.env(convex_url, instance)):
+def settings_for(options: Options, convex_url: str, instance: str, k: int = 1) -> Settings:
+    with daemon_environment(options.env(convex_url, instance, k)):
         return load_settings()
 
 
@@ -154,12 +180,19 @@ def settings_for(options: Options, convex_url: str, instance: str) -> Settings:
 # What the stand-in counts, and the CPU its processes use.
 
 
-async def dev_stats(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """`/_dev/stats` summed over every function: calls, errors, documents and bytes."""
+async def dev_stats(
+    session: aiohttp.ClientSession, url: str
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """`/_dev/stats` summed over every function: calls, errors, documents and bytes; and its
+    `transactions` (OCC conflicts, retries, the largest transaction; empty from a stand-in
+    without them)."""
     async with session.get(f"{url}/_dev/stats") as resp:
-        functions: dict[str, dict[str, float]] = (await resp.json())["functions"]
+        body = await resp.json()
+    functions: dict[str, dict[str, float]] = body["functions"]
     keys = ("calls", "errors", "documentsRead", "bytesRead", "documentsWritten", "bytesWritten")
-    return {k: sum(f.get(k, 0.0) for f in functions.values()) for k in keys}
+    sums = {k: sum(f.get(k, 0.0) for f in functions.values()) for k in keys}
+    transactions: dict[str, Any] = body.get("transactions", {})
+    return sums, transactions
 
 
 async def dev_reset(session: aiohttp.ClientSession, url: str) -> None:
@@ -167,11 +200,15 @@ async def dev_reset(session: aiohttp.ClientSession, url: str) -> None:
         await resp.read()
 
 
-async def dev_table(session: aiohttp.ClientSession, url: str, table: str) -> list[Any]:
-    """Every document of `table` (a dev route; not counted in the stats)."""
-    async with session.get(f"{url}/_dev/tables/{table}") as resp:
-        rows: list[Any] = await resp.json()
-        return rows
+async def dev_table(session: aiohttp.ClientSession, url: str, table: str) -> list[Any] | None:
+    """Every document of `table` (a dev route; not counted in the stats), or None when a
+    saturated stand-in (it queues the route behind the syncs) did not answer in time."""
+    try:
+        async with session.get(f"{url}/_dev/tables/{table}") as resp:
+            rows: list[Any] = await resp.json()
+            return rows
+    except (TimeoutError, aiohttp.ClientError):
+        return None
 
 
 def group_cpu(pgid: int) -> float:
@@ -211,11 +248,12 @@ class Meter:
         self.mark = len(self.calls.log)
 
     async def read(self, session: aiohttp.ClientSession) -> Phase:
-        counted = await dev_stats(session, self.url)
+        counted, transactions = await dev_stats(session, self.url)
         seconds = time.monotonic() - self.started
         return Phase(
             seconds=seconds,
             stats=counted,
+            transactions=transactions,
             cpu_convex=(group_cpu(self.pgid) - self.cpu_convex) / seconds,
             cpu_self=(time.process_time() - self.cpu_self) / seconds,
             syncs=self.calls.log[self.mark :],
@@ -229,6 +267,7 @@ class Phase:
 
     seconds: float
     stats: Mapping[str, float]
+    transactions: Mapping[str, Any]
     cpu_convex: float
     cpu_self: float
     syncs: Sequence[tuple[float, float, str]]
@@ -291,9 +330,11 @@ class TimedStore(HealthStore):
 
 @dataclass
 class Weather:
-    """What the simulated probes find: whether Mastra is down for everyone."""
+    """What the simulated probes find: whether the outage's checks (`mastra`, and the `dep_NN`
+    of the concurrency mode) are down for everyone."""
 
     mastra_failing: bool = False
+    checks: frozenset[str] = frozenset([OUTAGE_CHECK])
 
 
 class Instance:
@@ -372,7 +413,7 @@ class Instance:
             jitter = check.interval * check.jitter
             next_at += check.interval + self._rng.uniform(-jitter, jitter)
             if self.monitor.snapshot.probes(check):
-                failing = check.name == "mastra" and self._weather.mastra_failing
+                failing = self._weather.mastra_failing and check.name in self._weather.checks
                 self.monitor.record(
                     check.name,
                     CheckResult(
@@ -392,6 +433,7 @@ class Instance:
 @dataclass
 class Row:
     n: int
+    k: int  # panic checks failing in the outage
     steady: Phase
     outage: Phase
     onset: Phase
@@ -444,21 +486,26 @@ async def wait_for(
     return None
 
 
-async def run_size(n: int, options: Options, out: Callable[[str], None]) -> Row:
-    """Start a fresh stand-in, run N simulated instances through the three phases, measure
-    the stand-in's capacity, and stop everything."""
-    log_dir = options.logs / f"n{n}"
+async def run_size(n: int, options: Options, out: Callable[[str], None], k: int = 1) -> Row:
+    """Start a fresh stand-in, run N simulated instances (K panic checks failing in the outage)
+    through the three phases, measure the stand-in's capacity, and stop everything."""
+    log_dir = options.logs / (f"n{n}-k{k}" if options.panic_checks else f"n{n}")
     log_dir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     with procs.convex_local(log_dir / "convex-local.log", SECRET) as convex:
         url, pgid = convex.url, convex.popen.pid
-        calls, weather = Calls(), Weather()
+        calls, weather = Calls(), Weather(checks=outage_checks(k))
         meter = Meter(url=url, pgid=pgid, calls=calls)
-        admin = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        # A connection per request: Node closes idle ones after 5 s, and the phases sleep longer
+        # than that between two admin calls (a reused, closed connection fails the POST).
+        admin = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30),
+            connector=aiohttp.TCPConnector(force_close=True),
+        )
         owned, session_of = sessions_for(options, n)
         fleet = [
             Instance(
-                settings_for(options, url, f"sim-{i:04d}"),
+                settings_for(options, url, f"sim-{i:04d}", k),
                 session_of(i),
                 calls=calls,
                 weather=weather,
@@ -480,7 +527,9 @@ async def run_size(n: int, options: Options, out: Callable[[str], None]) -> Row:
             for i, inst in enumerate(fleet)
         ]
         try:
-            return await measure(n, options, fleet, tasks, weather, meter, warm_meter, admin, out)
+            return await measure(
+                n, k, options, fleet, tasks, weather, meter, warm_meter, admin, out
+            )
         finally:
             for task in tasks:
                 task.cancel()
@@ -492,6 +541,7 @@ async def run_size(n: int, options: Options, out: Callable[[str], None]) -> Row:
 
 async def measure(
     n: int,
+    k: int,
     options: Options,
     fleet: list[Instance],
     tasks: list[asyncio.Task[None]],
@@ -516,13 +566,20 @@ async def measure(
     warmup = await wait_for(all_ready, within=warm_limit)
     if warmup is None:
         dead = [t.get_name() for t in tasks if t.done()]
-        raise RuntimeError(
-            f"N={n}: not every instance was ready within {warm_limit:g}s "
-            f"({sum(not s.ready for s in snaps())} unready; ended tasks: {dead[:5]})"
+        unready = sum(not s.ready for s in snaps())
+        not_ok = sum(s.store.status != "ok" for s in snaps())
+        problem = (
+            f"N={n}: not every instance was ready and synced within {warm_limit:g}s "
+            f"({unready} unready, {not_ok} with store not ok; ended tasks: {dead[:5]})"
         )
+        if not options.panic_checks or dead:
+            raise RuntimeError(problem)
+        # The concurrency mode measures an overloaded start too: the outage goes on from here.
+        out(f"  {problem}; going on")
+        warmup = float(warm_limit)
     warm = await warm_meter.read(admin)
     await asyncio.sleep(options.store_interval + 1)
-    out(f"  N={n}: all ready after {warmup:.1f}s; steady state for {options.steady:g}s")
+    out(f"  N={n}: ready after {warmup:.1f}s; steady state for {options.steady:g}s")
 
     # 1. Steady state.
     await meter.start(admin)
@@ -551,12 +608,12 @@ async def measure(
         unready = sum(not s.ready for s in current)
         unready_samples += unready
         most_unready = max(most_unready, unready)
-        failing = sum(s.statuses["mastra"] == "fail" for s in current)
+        failing = sum(all(s.statuses[c] == "fail" for c in weather.checks) for s in current)
         if first_fail is None and failing:
             first_fail = elapsed
         if all_fail is None and failing == n:
             all_fail = elapsed
-        held = all(s.ready and "mastra" in s.shared_outages for s in current)
+        held = all(s.ready and weather.checks <= s.shared_outages.keys() for s in current)
         if recognised is None and held:
             recognised = elapsed
             # The outage's own cost: from recognition on, for `outage_hold` seconds.
@@ -596,7 +653,7 @@ async def measure(
         ):
             recovered = now - t1
         if convex_clean is None and now >= next_table:
-            if not await dev_table(admin, url, "sidecarFailing"):
+            if await dev_table(admin, url, "sidecarFailing") == []:
                 convex_clean = time.monotonic() - t1
             next_table = now + 0.25
         if recovered is not None and convex_clean is not None:
@@ -611,13 +668,16 @@ async def measure(
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    out(f"  N={n}: measuring the stand-in's capacity")
-    capacity = {
-        shape: await stand_in_capacity(url, meter.pgid, fleet[0], shape, meter.calls)
-        for shape in ("steady", "outage")
-    }
+    capacity = {}
+    if not options.panic_checks:
+        out(f"  N={n}: measuring the stand-in's capacity")
+        capacity = {
+            shape: await stand_in_capacity(url, meter.pgid, fleet[0], shape, meter.calls)
+            for shape in ("steady", "outage")
+        }
     return Row(
         n=n,
+        k=k,
         steady=steady,
         outage=outage,
         onset=onset,
@@ -692,6 +752,7 @@ async def stand_in_capacity(
         return Phase(
             seconds=phase.seconds,
             stats=phase.stats,
+            transactions=phase.transactions,
             cpu_convex=phase.cpu_convex,
             cpu_self=phase.cpu_self,
             syncs=syncs,
@@ -775,6 +836,62 @@ def diagnostics(rows: Sequence[Row], options: Options) -> str:
     return "\n".join([*lines, "", *notes])
 
 
+def largest(phases: Sequence[Phase], measure: str) -> tuple[float, str]:
+    """The largest transaction by `measure` over `phases` (value, function path)."""
+    best: tuple[float, str] = (0.0, "")
+    for phase in phases:
+        entry = phase.transactions.get("largest", {}).get(measure, {})
+        value = float(entry.get("value", 0.0))
+        if value > best[0]:
+            best = (value, str(entry.get("fn", "")))
+    return best
+
+
+def concurrency(rows: Sequence[Row], options: Options) -> str:
+    """The concurrency mode's table: the outage (onset and held) under the stand-in's OCC."""
+    lines = [
+        "| N | failing panic checks | OCC | outage recognised after s (most unready) "
+        "| syncs in the outage (failed: why) | conflicts/s (retries, failed after retries) "
+        "| largest transaction: docs read / bytes read | docs written / bytes written "
+        "| longest transaction ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        window = (r.onset, r.outage) if r.outage is not r.onset else (r.onset,)
+        seconds_ = sum(p.seconds for p in window)
+        tx = [p.transactions for p in window]
+        conflicts = sum(float(t.get("conflicts", 0)) for t in tx)
+        retries = sum(float(t.get("retries", 0)) for t in tx)
+        gave_up = sum(float(t.get("failedAfterRetries", 0)) for t in tx)
+        failed: Counter[str] = Counter()
+        for p in window:
+            failed.update(p.failed())
+        syncs = sum(len(p.syncs) for p in window)
+        why = ", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "none"
+        everything = [r.warm, r.steady, r.onset, r.outage, r.recovery]
+        docs_read, docs_read_fn = largest(everything, "documentsRead")
+        bytes_read, _ = largest(everything, "bytesRead")
+        docs_written, docs_written_fn = largest(everything, "documentsWritten")
+        bytes_written, _ = largest(everything, "bytesWritten")
+        ms, ms_fn = largest(everything, "ms")
+        occ = str(r.onset.transactions.get("occ", "absent"))
+        verdict = (
+            f"yes, {seconds(r.recognised, options.outage_limit)}"
+            if r.recognised is not None and r.most_unready == 0
+            else f"{'no' if r.recognised is None else 'late'}, "
+            f"{seconds(r.recognised, options.outage_limit)}"
+        )
+        lines.append(
+            f"| {r.n} | {r.k} | {occ} | {verdict} ({r.most_unready} of {r.n}) "
+            f"| {syncs} ({sum(failed.values())}: {why}) "
+            f"| {conflicts / max(seconds_, 1e-9):.1f} ({retries:.0f}, {gave_up:.0f}) "
+            f"| {docs_read:.0f} / {bytes_read:.0f} ({docs_read_fn}) "
+            f"| {docs_written:.0f} / {bytes_written:.0f} ({docs_written_fn}) "
+            f"| {ms:.1f} ({ms_fn}) |"
+        )
+    return "\n".join(lines)
+
+
 def header(options: Options, sample: Settings) -> str:
     checks = ", ".join(
         f"{c.name} ({c.kind}, every {c.interval:g} s, timeout {c.timeout:g} s, "
@@ -829,6 +946,8 @@ def command_line(options: Options) -> str:
         argv += ["--connections", str(options.connections)]
     if options.threshold is not None:
         argv += ["--threshold", f"{options.threshold:g}"]
+    if options.panic_checks:
+        argv += ["--panic-checks", ",".join(map(str, options.panic_checks))]
     return shlex.join(argv)
 
 
@@ -853,10 +972,18 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--connections", type=int, default=64, help="shared session's limit")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--logs", type=Path, help="where the logs go (default: a temp folder)")
+    parser.add_argument(
+        "--panic-checks",
+        default="",
+        help="the concurrency mode: panic checks failing in the outage, per run (e.g. 1,16)",
+    )
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
     if not sizes or min(sizes) < 1:
         parser.error("--sizes needs positive integers")
+    panic_checks = tuple(int(s) for s in args.panic_checks.split(",") if s.strip())
+    if panic_checks and min(panic_checks) < 1:
+        parser.error("--panic-checks needs positive integers")
     return Options(
         sizes=sizes,
         interval=args.interval,
@@ -872,6 +999,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         connections=args.connections,
         seed=args.seed,
         logs=workdir(args.logs),
+        panic_checks=panic_checks,
     )
 
 
@@ -880,7 +1008,8 @@ async def run(options: Options) -> int:
         print(line, flush=True)
 
     try:
-        sample = settings_for(options, "http://127.0.0.1:3210", "sim-0000")
+        most = max(options.panic_checks or (1,))
+        sample = settings_for(options, "http://127.0.0.1:3210", "sim-0000", most)
     except ConfigError as exc:
         out(str(exc))
         return 2
@@ -888,11 +1017,19 @@ async def run(options: Options) -> int:
     started = time.monotonic()
     rows = []
     for n in options.sizes:
-        rows.append(await run_size(n, options, out))
+        for k in options.panic_checks or (1,):
+            rows.append(await run_size(n, options, out, k))
+            if options.panic_checks:  # each row as soon as it is measured
+                out(concurrency(rows[-1:], options).splitlines()[-1])
     took = time.monotonic() - started
     out("")
     out(header(options, sample))
     out("")
+    if options.panic_checks:
+        out("The outage under the stand-in's optimistic concurrency (dev/convex-local, occ.ts):")
+        out("")
+        out(concurrency(rows, options))
+        out("")
     out(table(rows, options))
     out("")
     out("Where the time and the calls went:")
