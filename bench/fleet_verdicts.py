@@ -410,7 +410,8 @@ async def killed_instance(bench: Bench) -> Figures:
     await asyncio.to_thread(victim.sidecar.popen.wait, 10)
 
     async def gone() -> bool:
-        return victim.instance not in await live_instances(bench.store.url)
+        live = await live_instances(bench.store.url, operator_secret=OPERATOR_SECRET)
+        return victim.instance not in live
 
     step = max(1.0, bench.opts.store_interval / 12)
     took = await seconds_until(gone, since=start, within=within, step=step)

@@ -471,10 +471,13 @@ async def sample_readiness(
     return samples
 
 
-async def live_instances(convex_url: str) -> list[str]:
+async def live_instances(convex_url: str, *, operator_secret: str | None = None) -> list[str]:
     """The instances Convex counts in the fleet now, as `health-sidecar fleet --json` lists
-    them (run as a subprocess without blocking the event loop)."""
+    them (run as a subprocess without blocking the event loop), with the operator's key in
+    its environment when given."""
     env = {"CONVEX_URL": convex_url, "HEALTH_SIDECAR_SECRET": SECRET}
+    if operator_secret is not None:
+        env["HEALTH_SIDECAR_OPERATOR_SECRET"] = operator_secret
     proc = await cli_async("fleet", "--json", env=env)
     assert proc.returncode in (0, 1), (
         f"health-sidecar fleet exited {proc.returncode}: {proc.stderr}"
