@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fleet_verdicts.py [--scenario N]... [--json] [--interval 10]
         [--timeout 2] [--store-interval 60] [--drain-seconds 15] [--caddy-interval 2s]
-        [--outage 60] [--sample-every 0.1] [--workdir DIR]
+        [--outage 60] [--sample-every 0.1] [--phase 0] [--workdir DIR]
 
 The fleet of tests/clients/caddy/test_shared_outage.py: app-1 .. app-5 on 127.0.0.2 .. 127.0.0.6,
 each with its sidecar on the same address, behind the real Caddy running config/Caddyfile. The
@@ -11,7 +11,8 @@ otherwise (SIDECAR_INTERVAL 10 s, SIDECAR_TIMEOUT 2 s, SIDECAR_STORE_INTERVAL 60
 thresholds and drain; Caddy asks /ready every 2 s): only addresses and ports differ. They share
 one dev/convex-local (holding the operator's key too), each through a TCP proxy of its own that
 a scenario can cut, and reach the real Mastra each through a switchable HTTP proxy of its own.
-Every scenario starts a fresh fleet (and Convex), so none inherits another's instances:
+Every scenario starts a fresh fleet (and Convex), so none inherits another's instances, and
+its fault comes right after every sidecar's first sync (or a random 0..--phase seconds later):
 
   1  Mastra fails for app-1 alone: seconds after the fault until its first failed probe (the
      first request its Mastra proxy failed), its /ready 503, Caddy's first failed health check
@@ -41,6 +42,8 @@ import asyncio
 import contextlib
 import json
 import os
+import random
+import re
 import signal
 import sys
 import tempfile
@@ -89,6 +92,7 @@ class Options:
     caddy_interval: str = "2s"
     outage: float = 60.0
     sample_every: float = 0.1
+    phase: float = 0.0  # wait a random 0..phase seconds after the start before the fault
 
     def sidecar_settings(self) -> dict[str, str]:
         """Every sidecar's environment beyond addresses, ports and the secret: the seed's
@@ -508,7 +512,10 @@ async def measure(
         print(f"scenario {number}: {title} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         async with bench_fleet(workdir / f"scenario-{number}", mastra_url, opts) as bench:
+            phase = random.uniform(0, opts.phase)
+            await asyncio.sleep(phase)
             results[number] = await scenario(bench)
+        results[number]["phase_s"] = round(phase, 1)
         results[number]["wall_s"] = round(time.monotonic() - started, 1)
         print(f"  {json.dumps(results[number])}", file=sys.stderr, flush=True)
     return results
@@ -530,6 +537,28 @@ def table(results: dict[int, Figures]) -> str:
     )
 
 
+def positive(text: str) -> float:
+    """An option's number of seconds, above 0 (argparse names the option when it refuses)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+    return value
+
+
+def not_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is below 0")
+    return value
+
+
+def caddy_duration(text: str) -> str:
+    """A Caddy duration as the Caddyfile's health_interval takes it: `250ms`, `2s`."""
+    if re.fullmatch(r"\d+(\.\d+)?(ms|s)", text) is None or float(text.rstrip("ms")) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 250ms or 2s")
+    return text
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Options]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -541,15 +570,24 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, O
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     defaults = Options()
-    parser.add_argument("--interval", type=float, default=defaults.interval, help="seconds")
-    parser.add_argument("--timeout", type=float, default=defaults.timeout, help="seconds")
-    parser.add_argument("--store-interval", type=float, default=defaults.store_interval)
-    parser.add_argument("--drain-seconds", type=float, default=defaults.drain_seconds)
-    parser.add_argument("--caddy-interval", default=defaults.caddy_interval, help="e.g. 2s")
+    parser.add_argument("--interval", type=positive, default=defaults.interval, help="seconds")
+    parser.add_argument("--timeout", type=positive, default=defaults.timeout, help="seconds")
+    parser.add_argument("--store-interval", type=positive, default=defaults.store_interval)
+    parser.add_argument("--drain-seconds", type=not_negative, default=defaults.drain_seconds)
     parser.add_argument(
-        "--outage", type=float, default=defaults.outage, help="Convex outage (5, 7), seconds"
+        "--caddy-interval", type=caddy_duration, default=defaults.caddy_interval, help="e.g. 2s"
     )
-    parser.add_argument("--sample-every", type=float, default=defaults.sample_every)
+    parser.add_argument(
+        "--outage", type=positive, default=defaults.outage, help="Convex outage (5, 7), seconds"
+    )
+    parser.add_argument("--sample-every", type=positive, default=defaults.sample_every)
+    parser.add_argument(
+        "--phase",
+        type=not_negative,
+        default=defaults.phase,
+        help="wait a random 0..PHASE seconds after the fleet is up before the fault "
+        "(default 0: the fault comes right after every sidecar's first sync)",
+    )
     parser.add_argument("--workdir", type=Path, help="for logs (default: a temporary folder)")
     args = parser.parse_args(argv)
     opts = Options(
@@ -560,6 +598,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, O
         caddy_interval=args.caddy_interval,
         outage=args.outage,
         sample_every=args.sample_every,
+        phase=args.phase,
     )
     return args, opts
 
