@@ -69,11 +69,10 @@ from tests.support.caddyfleet import (
     steady_traffic,
 )
 from tests.support.daemon import clean_env, metric, metrics_text
-from tests.support.procs import SECRET
+from tests.support.procs import OPERATOR_SECRET, SECRET
 from tests.support.switch import SwitchServer, TcpProxy, switch_server, tcp_proxy
 
 SIZE = 5
-OPERATOR_SECRET = "bench-operator-0123456789"  # dev/convex-local's operator key, for the CLI
 MASTRA_DOWN = faults.respond(503, b'{"success":false}')
 SHARED = 'sidecar_shared_outage{check="mastra"}'
 SYNCED = 'sidecar_store_requests_total{op="sync",result="ok"}'
@@ -414,8 +413,7 @@ async def killed_instance(bench: Bench) -> Figures:
     await asyncio.to_thread(victim.sidecar.popen.wait, 10)
 
     async def gone() -> bool:
-        live = await live_instances(bench.store.url, operator_secret=OPERATOR_SECRET)
-        return victim.instance not in live
+        return victim.instance not in await live_instances(bench.store.url)
 
     step = max(1.0, bench.opts.store_interval / 12)
     took = await seconds_until(gone, since=start, within=within, step=step)

@@ -38,7 +38,7 @@ from tests.support.daemon import (
     wait_for,
     wait_up,
 )
-from tests.support.procs import SECRET
+from tests.support.procs import OPERATOR_SECRET, SECRET
 
 CADDYFILE = procs.ROOT / "config" / "Caddyfile"
 # One loopback address per container, in order: app-1 on 127.0.0.2, app-2 on 127.0.0.3...
@@ -471,13 +471,14 @@ async def sample_readiness(
     return samples
 
 
-async def live_instances(convex_url: str, *, operator_secret: str | None = None) -> list[str]:
+async def live_instances(convex_url: str) -> list[str]:
     """The instances Convex counts in the fleet now, as `health-sidecar fleet --json` lists
-    them (run as a subprocess without blocking the event loop), with the operator's key in
-    its environment when given."""
-    env = {"CONVEX_URL": convex_url, "HEALTH_SIDECAR_SECRET": SECRET}
-    if operator_secret is not None:
-        env["HEALTH_SIDECAR_OPERATOR_SECRET"] = operator_secret
+    them (run as a subprocess without blocking the event loop)."""
+    env = {
+        "CONVEX_URL": convex_url,
+        "HEALTH_SIDECAR_SECRET": SECRET,
+        "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
+    }
     proc = await cli_async("fleet", "--json", env=env)
     assert proc.returncode in (0, 1), (
         f"health-sidecar fleet exited {proc.returncode}: {proc.stderr}"
