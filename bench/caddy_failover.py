@@ -42,17 +42,12 @@ async def one_run(fleet: Fleet, settle: float) -> dict[str, float]:
     app2.app.healthy = False
     await wait_for(app2.sidecar.url + "/ready", 503, within=60)
     ready_503 = time.monotonic() - flipped
-    host = app2.sidecar.url.removeprefix("http://")
 
     def caddy_saw_it() -> bool:
-        return any(_failed_check(line, host, flipped_wall) for line in fleet.caddy_log())
+        return bool(fleet.failed_checks(app2, flipped_wall))
 
     await until(caddy_saw_it, within=60, step=0.05)
-    caddy_down = min(
-        line["ts"] - flipped_wall
-        for line in fleet.caddy_log()
-        if _failed_check(line, host, flipped_wall)
-    )
+    caddy_down = min(fleet.failed_checks(app2, flipped_wall)) - flipped_wall
     await asyncio.sleep(1.0)
     served_at = app2.app.served
     recovered = time.monotonic()
@@ -71,16 +66,6 @@ async def one_run(fleet: Fleet, settle: float) -> dict[str, float]:
         "requests": len(hits),
         "failed": sum(not h.ok for h in hits),
     }
-
-
-def _failed_check(line: dict[str, object], host: str, since: float) -> bool:
-    ts = line.get("ts")
-    return (
-        line.get("msg") == "unexpected status code"
-        and line.get("host") == host
-        and isinstance(ts, float)
-        and ts >= since
-    )
 
 
 async def with_fleet(

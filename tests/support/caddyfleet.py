@@ -151,6 +151,19 @@ class Fleet:
                 lines.append(json.loads(line))
         return lines
 
+    def failed_checks(self, container: Container, since: float) -> list[float]:
+        """When (time.time()) Caddy's active health checks of `container`'s sidecar got a
+        status other than 200, from `since` on: Caddy's own log, to the millisecond."""
+        host = container.sidecar.url.removeprefix("http://")
+        return [
+            ts
+            for line in self.caddy_log()
+            if line.get("msg") == "unexpected status code"
+            and line.get("host") == host
+            and isinstance(ts := line.get("ts"), float)
+            and ts >= since
+        ]
+
     async def gauge(self, container: Container, base: str | None = None) -> float:
         """caddy_reverse_proxy_upstreams_healthy of one upstream (admin API by default)."""
         text = await metrics_text(base or self.admin)
@@ -248,7 +261,7 @@ def start_caddy(workdir: Path, placeholders: Mapping[str, str], admin: str) -> p
 @contextlib.asynccontextmanager
 async def running_fleet(
     workdir: Path,
-    convex_url: str,
+    convex_url: str | Sequence[str],
     mastra_urls: Sequence[str],
     *,
     drain: float = 2.0,
@@ -258,14 +271,18 @@ async def running_fleet(
     settings: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Fleet]:
     """One container per Mastra URL (app-1 on 127.0.0.2 using the first, app-2 on 127.0.0.3
-    the second, ... at most five) behind the real Caddy, every sidecar ready; `settings` go
-    to every sidecar's environment. Whatever blocks runs in a thread, so servers in the
-    caller's event loop (Mastra proxies) keep answering. Everything is stopped on exit (by
-    PID, apps by their own handle), the sidecars as a rolling restart stops them, so that
-    each leaves the fleet in Convex with its last sync."""
+    the second, ... at most five) behind the real Caddy, every sidecar ready; `convex_url` is
+    every sidecar's, or one per container (proxies in front of the one Convex they share);
+    `settings` go to every sidecar's environment. Whatever blocks runs in a thread, so
+    servers in the caller's event loop (Mastra proxies) keep answering. Everything is stopped
+    on exit (by PID, apps by their own handle), the sidecars as a rolling restart stops them,
+    so that each leaves the fleet in Convex with its last sync."""
     if not 1 <= len(mastra_urls) <= len(HOSTS):
         raise ValueError(f"one to {len(HOSTS)} containers, not {len(mastra_urls)}")
     hosts = HOSTS[: len(mastra_urls)]
+    convex_urls = [convex_url] * len(hosts) if isinstance(convex_url, str) else list(convex_url)
+    if len(convex_urls) != len(hosts):
+        raise ValueError(f"{len(convex_urls)} Convex URLs for {len(hosts)} containers")
     for host in hosts:
         if not loopback.bindable(host):
             raise RuntimeError(
@@ -287,9 +304,9 @@ async def running_fleet(
         spawned: list[procs.Proc] = []  # stopped together, as they are spawned
         stack.push_async_callback(asyncio.to_thread, stop_sidecars, spawned, drain=drain)
         instances = []
-        for app, mastra_url in zip(apps, mastra_urls, strict=True):
+        for app, convex, mastra_url in zip(apps, convex_urls, mastra_urls, strict=True):
             env = sidecar_env(
-                convex_url, mastra_url, app, drain=drain, interval=app_interval, settings=settings
+                convex, mastra_url, app, drain=drain, interval=app_interval, settings=settings
             )
             log = workdir / f"sidecar-{app.name}.log"
             spawned.append(spawn_daemon(env, log, host=app.host, port=sidecar_port))

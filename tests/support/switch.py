@@ -4,7 +4,9 @@
 forwarding to a real upstream such as dev/convex-local or the real Mastra) until a fault is
 injected, for every path or only for some (`/version`, `/api/`), and that can refuse
 connections on its port and take them again. `TcpTarget` is a bare TCP port that accepts,
-refuses, or lets connections hang in a full accept queue.
+refuses, or lets connections hang in a full accept queue. `TcpProxy` forwards bytes to a real
+upstream (HTTP and WebSocket alike) until it is cut: every open connection dropped, new ones
+refused.
 
 Both run in the test's event loop: never block that loop while a daemon probes them.
 """
@@ -15,9 +17,11 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -50,6 +54,7 @@ class _Fault:
     route: faults.Behaviour | Forward
     paths: tuple[str, ...] = ()
     hits: int = 0
+    first: float | None = None  # when the first request it answered arrived (monotonic)
 
     def matches(self, path: str) -> bool:
         return not self.paths or any(path.startswith(p) for p in self.paths)
@@ -81,6 +86,12 @@ class SwitchServer:
     def fault_hits(self) -> int:
         """Requests answered by the current fault (0 when there is none)."""
         return 0 if self._fault is None else self._fault.hits
+
+    @property
+    def first_fault_at(self) -> float | None:
+        """When (time.monotonic) the current fault answered its first request: for a probe
+        target, the moment of the first failed probe (None: not yet, or no fault)."""
+        return None if self._fault is None else self._fault.first
 
     async def start(self) -> SwitchServer:
         assert (self.healthy is None) != (self.upstream is None), "healthy or upstream"
@@ -158,6 +169,8 @@ class SwitchServer:
         route: faults.Behaviour | Forward
         if fault is not None and fault.matches(request.path):
             fault.hits += 1
+            if fault.first is None:
+                fault.first = time.monotonic()
             route = fault.route
         elif self.healthy is not None:
             route = self.healthy
@@ -329,3 +342,114 @@ class TcpTarget:
             conn, _ = await loop.sock_accept(self._listener)
             conn.close()
             self.accepted += 1
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of a real upstream (`host`, `port`): it forwards bytes
+    both ways, so HTTP, keep-alive and WebSocket upgrades pass as they are, until `cut`, which
+    drops every open connection and refuses new ones (the port stays reserved) until
+    `restore`: the upstream unreachable for whoever goes through this proxy alone."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.port = 0
+        self.connections = 0  # accepted since start
+        self._server: asyncio.Server | None = None
+        self._placeholder: socket.socket | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def is_cut(self) -> bool:
+        return self._placeholder is not None
+
+    async def start(self) -> TcpProxy:
+        await self._listen()
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        await self._drop()
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        assert self._server is not None, "already cut"
+        assert self._placeholder is None, "already cut"
+        self._placeholder = _bound(self.port)
+        self._server.close()
+        self._server = None
+        await self._drop()
+
+    async def restore(self) -> None:
+        """Accept and forward again, on the same port."""
+        assert self._placeholder is not None, "not cut"
+        await self._listen()
+        self._placeholder.close()
+        self._placeholder = None
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_port=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _drop(self) -> None:
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._pipes.add(task)
+        self.connections += 1
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            up_reader, upstream = await asyncio.open_connection(*self.upstream)
+            pipes = {
+                asyncio.create_task(_pipe(reader, upstream)),
+                asyncio.create_task(_pipe(up_reader, writer)),
+            }
+            try:
+                # Either side closing ends the connection (HTTP and WebSocket never half-close).
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pipe in pipes:
+                    pipe.cancel()
+                await asyncio.gather(*pipes, return_exceptions=True)
+        except (OSError, asyncio.CancelledError):
+            pass  # the upstream refused, or the proxy was cut or stopped
+        finally:
+            self._pipes.discard(task)
+            for side in (writer, upstream):
+                if side is not None:
+                    side.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until end of file or an error on either side."""
+    with contextlib.suppress(OSError):
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def tcp_proxy(url: str) -> AsyncIterator[TcpProxy]:
+    """Run a `TcpProxy` in front of the http://host:port `url` for the duration of a block."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None, url
+    assert parts.port is not None, url
+    proxy = await TcpProxy(parts.hostname, parts.port).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
