@@ -38,11 +38,13 @@ import {
   type FunctionKind,
 } from "./failures.js";
 import { FaultInjector } from "./faults.js";
+import { attachSync, type SyncServer } from "./sync_ws.js";
 import { installDatabaseObserver } from "./syscalls.js";
 import { UsageMeter, type UsageReport } from "./usage.js";
 import {
   RequestError,
   badJsonBody,
+  encodeTs,
   exportClean,
   floatJson,
   internalError,
@@ -76,9 +78,10 @@ export interface ConvexLocalOptions {
   log?: (line: string) => void;
 }
 
-/** A stand-in: its HTTP server and, for in-process use, its usage stats. */
+/** A stand-in: its HTTP server (with the sync protocol, sync_ws.ts) and, for in-process use, its usage stats. */
 export interface ConvexLocal {
   server: Server;
+  sync: SyncServer;
   stats(): UsageReport;
   resetStats(): void;
 }
@@ -224,13 +227,6 @@ function formatOf(name: unknown): Format {
   return FORMATS[text];
 }
 
-/** `SerializedTs`: base64 of a u64, little-endian. */
-function encodeTs(ts: bigint): string {
-  const bytes = Buffer.alloc(8);
-  bytes.writeBigUInt64LE(ts);
-  return bytes.toString("base64");
-}
-
 /** `Timestamp::try_from(SerializedTs)`: a malformed one is an error without metadata (500). */
 function checkTs(ts: unknown): void {
   if (ts === undefined) throw badJsonBody("Failed to deserialize the JSON body into the target type: missing field `ts`");
@@ -283,7 +279,7 @@ export function createConvexLocal(options: ConvexLocalOptions = {}): ConvexLocal
     style: options.errors ?? "prod",
     log: options.log ?? ((line: string) => console.log(line)),
   };
-  const routes = routeTable(context, options.name ?? "convex-local");
+  let routes: ReadonlyMap<string, Route> = new Map();
   const server = createServer((req, res) => {
     handle(context, routes, req, res).catch((error: unknown) => {
       if (!(error instanceof RequestError)) console.error("convex-local:", error);
@@ -292,8 +288,10 @@ export function createConvexLocal(options: ConvexLocalOptions = {}): ConvexLocal
       sendError(res, error instanceof RequestError ? error : internalError());
     });
   });
+  const sync = attachSync(server, context);
+  routes = new Map([...routeTable(context, options.name ?? "convex-local"), ...sync.routes]);
   const { meter } = context.backend;
-  return { server, stats: () => meter.report(), resetStats: () => meter.reset() };
+  return { server, sync, stats: () => meter.report(), resetStats: () => meter.reset() };
 }
 
 async function handle(context: Context, routes: ReadonlyMap<string, Route>, req: IncomingMessage, res: ServerResponse) {
@@ -434,25 +432,36 @@ function fail(message: string): never {
   process.exit(2);
 }
 
-/** The options the environment gives: CONVEX_LOCAL_ERRORS (prod|dev) and CONVEX_LOCAL_NAME. */
-function optionsFromEnv(env: NodeJS.ProcessEnv): ConvexLocalOptions {
+/**
+ * The options the environment gives: CONVEX_LOCAL_ERRORS (prod|dev), CONVEX_LOCAL_NAME and
+ * CONVEX_LOCAL_FUNCTIONS (repo|test: test serves testFunctions.ts instead of ../../convex).
+ */
+async function optionsFromEnv(env: NodeJS.ProcessEnv): Promise<ConvexLocalOptions> {
   const errors = env.CONVEX_LOCAL_ERRORS || "prod";
   if (!(ERROR_STYLES as readonly string[]).includes(errors)) {
     fail(`CONVEX_LOCAL_ERRORS must be one of ${ERROR_STYLES.join(", ")}, got ${errors}`);
   }
-  return { errors: errors as ErrorStyle, name: env.CONVEX_LOCAL_NAME || undefined };
+  const functions = env.CONVEX_LOCAL_FUNCTIONS || "repo";
+  if (functions !== "repo" && functions !== "test") fail(`CONVEX_LOCAL_FUNCTIONS must be repo or test, got ${functions}`);
+  const served: ConvexLocalOptions = {};
+  if (functions === "test") {
+    const { notes, tallies, testSchema } = await import("./testFunctions.js");
+    Object.assign(served, { functions: { notes, tallies }, schema: testSchema });
+  }
+  return { ...served, errors: errors as ErrorStyle, name: env.CONVEX_LOCAL_NAME || undefined };
 }
 
 async function main() {
   const port = Number(process.env.PORT ?? 3210);
   if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`PORT must be 0..65535, got ${process.env.PORT}`);
-  const options = optionsFromEnv(process.env);
+  const options = await optionsFromEnv(process.env);
   if (!process.env.HEALTH_SIDECAR_SECRET) {
     console.error("convex-local: HEALTH_SIDECAR_SECRET is not set: every signed health function will answer unauthorized");
   }
-  const { server, url } = await startServer(port, options);
+  const { server, sync, url } = await startServer(port, options);
   console.log(`convex-local listening on ${url}`);
   const stop = () => {
+    sync.closeAll();
     server.close(() => process.exit(0));
     server.closeAllConnections();
   };

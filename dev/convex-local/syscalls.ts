@@ -24,26 +24,53 @@ export interface ReadSource {
   index: string | null;
 }
 
-/** What a stand-in learns about its functions' database work. `fn` is the function path ("health:sync"). */
+/** A query as the `1.0/queryStream` and `1.0/queryPage` syscalls carry it. */
+export interface QueryJson {
+  source: {
+    type: string;
+    indexName?: string;
+    tableName?: string;
+    order?: "asc" | "desc" | null;
+    range?: { type: string; fieldPath: string; value: JSONValue }[];
+  };
+  operators: ({ filter: JSONValue } | { limit: number })[];
+}
+
+/** A `.paginate()` call: its query, cursors and answer. */
+export interface PageRead {
+  query: QueryJson;
+  cursor: string | null;
+  endCursor: string | null;
+  isDone: boolean;
+  continueCursor: string;
+}
+
+/**
+ * What a stand-in learns about its functions' database work. `fn` is the function path
+ * ("health:sync"). The optional members are the detail read sets need (readsets.ts).
+ */
 export interface DatabaseObserver {
   transactionStarted(): void;
   transactionCommitted(): void;
   transactionRolledBack(): void;
   documentRead(fn: string, source: ReadSource, doc: StoredDocument): void;
-  /** `doc` is the document as stored after the write, null for a delete. */
-  documentWritten(fn: string, table: string, id: string, doc: StoredDocument | null): void;
+  /** `doc` is the document as stored after the write, null for a delete; `old` the one before it. */
+  documentWritten(fn: string, table: string, id: string, doc: StoredDocument | null, old: StoredDocument | null): void;
+  /** `db.get(id)`, whatever it found. */
+  idRead?(fn: string, table: string, id: string): void;
+  queryStarted?(queryId: number, query: QueryJson): void;
+  /** A document a query stream yielded, or null when it said it was done. */
+  queryNext?(queryId: number, doc: StoredDocument | null): void;
+  queryEnded?(queryId: number): void;
+  pageRead?(fn: string, page: PageRead): void;
+  /** The function's handler returned and its transaction is about to commit (top level or nested); may throw. */
+  beforeCommit?(): void;
 }
 
 interface ConvexSyscalls {
   syscall(op: string, args: string): string;
   asyncSyscall(op: string, args: string): Promise<string>;
   jsSyscall(op: string, args: unknown): unknown;
-}
-
-interface QuerySource {
-  type: string;
-  indexName?: string;
-  tableName?: string;
 }
 
 interface Call {
@@ -63,6 +90,50 @@ let peeking = 0;
 /** Runs `fn` with `observer` told of every database syscall made in its async context. */
 export function observeDatabase<T>(observer: DatabaseObserver, fn: () => T): T {
   return observers.run(observer, fn);
+}
+
+/** Tells the current observer that a mutation handler returned (see `withCommitHook`); may throw. */
+export function beforeCommit(): void {
+  observers.getStore()?.beforeCommit?.();
+}
+
+/**
+ * `module` with each mutation's handler followed by `beforeCommit()`, still inside its
+ * transaction: convex-test commits only after the handler returns, so a throw there rolls it back.
+ */
+export function withCommitHooks(module: Record<string, unknown>): Record<string, unknown> {
+  const hooked = (fn: unknown): unknown => {
+    const registered = fn as { isMutation?: boolean; _handler?: (ctx: unknown, args: unknown) => Promise<unknown> };
+    if (typeof fn !== "function" || !registered.isMutation || typeof registered._handler !== "function") return fn;
+    const handler = registered._handler;
+    const copy = Object.assign((...args: unknown[]) => (fn as (...a: unknown[]) => unknown)(...args), fn) as unknown as {
+      _handler: unknown;
+    };
+    copy._handler = async (ctx: unknown, args: unknown) => {
+      const value = await handler(ctx, args);
+      beforeCommit();
+      return value;
+    };
+    return copy;
+  };
+  return Object.fromEntries(Object.entries(module).map(([name, fn]) => [name, hooked(fn)]));
+}
+
+/** One observer that forwards every event to each of `parts`, in order. */
+export function combineObservers(...parts: DatabaseObserver[]): DatabaseObserver {
+  return {
+    transactionStarted: () => parts.forEach((p) => p.transactionStarted()),
+    transactionCommitted: () => parts.forEach((p) => p.transactionCommitted()),
+    transactionRolledBack: () => parts.forEach((p) => p.transactionRolledBack()),
+    documentRead: (fn, source, doc) => parts.forEach((p) => p.documentRead(fn, source, doc)),
+    documentWritten: (fn, table, id, doc, old) => parts.forEach((p) => p.documentWritten(fn, table, id, doc, old)),
+    idRead: (fn, table, id) => parts.forEach((p) => p.idRead?.(fn, table, id)),
+    queryStarted: (queryId, query) => parts.forEach((p) => p.queryStarted?.(queryId, query)),
+    queryNext: (queryId, doc) => parts.forEach((p) => p.queryNext?.(queryId, doc)),
+    queryEnded: (queryId) => parts.forEach((p) => p.queryEnded?.(queryId)),
+    pageRead: (fn, page) => parts.forEach((p) => p.pageRead?.(fn, page)),
+    beforeCommit: () => parts.forEach((p) => p.beforeCommit?.()),
+  };
 }
 
 /** Wraps convex-test's `Convex` global (call after the first `convexTest()`); idempotent. */
@@ -110,10 +181,15 @@ function onSyscall(syscalls: ConvexSyscalls, op: string, args: string): string {
   if (observer === undefined) return result;
   if (op === "1.0/queryStream") {
     const { queryId } = JSON.parse(result) as { queryId: number };
-    const { query } = JSON.parse(args) as { query: { source: QuerySource } };
+    const { query } = JSON.parse(args) as { query: QueryJson };
     streamsOf(observer).set(queryId, sourceOf(query.source));
+    observer.queryStarted?.(queryId, query);
   }
-  if (op === "1.0/queryCleanup") streamsOf(observer).delete((JSON.parse(args) as { queryId: number }).queryId);
+  if (op === "1.0/queryCleanup") {
+    const { queryId } = JSON.parse(args) as { queryId: number };
+    streamsOf(observer).delete(queryId);
+    observer.queryEnded?.(queryId);
+  }
   return result;
 }
 
@@ -130,31 +206,38 @@ const DATABASE_OPS: Record<string, (call: Call) => Promise<string>> = {
   "1.0/get": async ({ syscalls, observer, args, run }) => {
     const result = await run();
     const doc = decode(result);
-    if (doc !== null) observer.documentRead(await functionPath(syscalls), byId(args), doc);
+    const fn = await functionPath(syscalls);
+    const source = byId(args);
+    observer.idRead?.(fn, source.table, String(args.id));
+    if (doc !== null) observer.documentRead(fn, source, doc);
     return result;
   },
   "1.0/queryStreamNext": async ({ syscalls, observer, args, run }) => {
     const result = await run();
     const { value } = JSON.parse(result) as { value: JSONValue };
     const source = streamsOf(observer).get(Number(args.queryId));
-    if (value !== null && source !== undefined) {
-      observer.documentRead(await functionPath(syscalls), source, jsonToConvex(value) as StoredDocument);
-    }
+    const doc = value === null ? null : (jsonToConvex(value) as StoredDocument);
+    if (doc !== null && source !== undefined) observer.documentRead(await functionPath(syscalls), source, doc);
+    if (source !== undefined) observer.queryNext?.(Number(args.queryId), doc);
     return result;
   },
   "1.0/queryPage": async ({ syscalls, observer, args, run }) => {
     const result = await run();
-    const { page } = JSON.parse(result) as { page: JSONValue[] };
-    const source = sourceOf((args.query as unknown as { source: QuerySource }).source);
+    const { page, isDone, continueCursor } = JSON.parse(result) as { page: JSONValue[]; isDone: boolean; continueCursor: string };
+    const query = args.query as unknown as QueryJson;
+    const source = sourceOf(query.source);
     const fn = await functionPath(syscalls);
     for (const doc of page) observer.documentRead(fn, source, jsonToConvex(doc) as StoredDocument);
+    const cursor = (args.cursor ?? null) as string | null;
+    const endCursor = (args.endCursor ?? null) as string | null;
+    observer.pageRead?.(fn, { query, cursor, endCursor, isDone, continueCursor });
     return result;
   },
   "1.0/insert": async ({ syscalls, observer, args, run }) => {
     const result = await run();
     const { _id } = JSON.parse(result) as { _id: string };
     const table = String(args.table);
-    observer.documentWritten(await functionPath(syscalls), table, _id, await peek(syscalls, table, _id));
+    observer.documentWritten(await functionPath(syscalls), table, _id, await peek(syscalls, table, _id), null);
     return result;
   },
   "1.0/shallowMerge": (call) => update(call, true),
@@ -168,9 +251,10 @@ async function update({ syscalls, observer, args, run }: Call, keeps: boolean): 
   const id = String(args.id);
   const fn = await functionPath(syscalls);
   const old = await peek(syscalls, table, id);
+  observer.idRead?.(fn, table, id);
   if (old !== null) observer.documentRead(fn, { table, index }, old);
   const result = await run();
-  observer.documentWritten(fn, table, id, keeps ? await peek(syscalls, table, id) : null);
+  observer.documentWritten(fn, table, id, keeps ? await peek(syscalls, table, id) : null, old);
   return result;
 }
 
@@ -203,7 +287,7 @@ function streamsOf(observer: DatabaseObserver): Map<number, ReadSource> {
   return map;
 }
 
-function sourceOf(source: QuerySource): ReadSource {
+function sourceOf(source: QueryJson["source"]): ReadSource {
   if (source.type === "IndexRange" && source.indexName !== undefined) {
     const dot = source.indexName.indexOf(".");
     return { table: source.indexName.slice(0, dot), index: source.indexName.slice(dot + 1) };

@@ -39,6 +39,15 @@ interface PendingWrite {
   doc: StoredDocument | null;
 }
 
+/** A document a committed transaction wrote (inserted, patched, replaced or deleted). */
+export interface WrittenDocument {
+  table: string;
+  id: string;
+}
+
+/** Told of every top-level commit that wrote at least one document of a user table. */
+export type CommitListener = (writes: readonly WrittenDocument[]) => void;
+
 const NO_USAGE: FunctionStats = {
   calls: 0,
   errors: 0,
@@ -54,6 +63,7 @@ export class UsageMeter {
   readonly #stats = new Map<string, FunctionStats>();
   /** Pending writes of the open transaction and of its nested ones, innermost last, by document id. */
   readonly #transactions: Map<string, PendingWrite>[] = [];
+  readonly #commitListeners = new Set<CommitListener>();
 
   constructor(schema: SchemaDefinition<GenericSchema, boolean>) {
     this.#indexes = indexCatalog(schema);
@@ -69,6 +79,12 @@ export class UsageMeter {
       this.#add(fn, { errors: 1 });
       return { ok: false, error, started: call.started };
     }
+  }
+
+  /** Calls `listener` after each commit that wrote user documents (the sync protocol re-runs queries then). */
+  onCommit(listener: CommitListener): () => void {
+    this.#commitListeners.add(listener);
+    return () => this.#commitListeners.delete(listener);
   }
 
   report(): UsageReport {
@@ -91,6 +107,7 @@ export class UsageMeter {
       if (parent !== undefined) parent.set(id, write);
       else this.#commit(write);
     }
+    if (parent === undefined) this.#notify([...writes].map(([id, { table }]) => ({ table, id })));
   }
 
   transactionRolledBack(): void {
@@ -106,8 +123,15 @@ export class UsageMeter {
   documentWritten(fn: string, table: string, id: string, doc: StoredDocument | null): void {
     if (isSystemTable(table)) return;
     const transaction = this.#transactions.at(-1);
-    if (transaction === undefined) this.#commit({ fn, table, doc });
-    else transaction.set(id, { fn, table, doc });
+    if (transaction === undefined) {
+      this.#commit({ fn, table, doc });
+      this.#notify([{ table, id }]);
+    } else transaction.set(id, { fn, table, doc });
+  }
+
+  #notify(writes: WrittenDocument[]): void {
+    if (writes.length === 0) return;
+    for (const listener of this.#commitListeners) listener(writes);
   }
 
   #commit({ fn, table, doc }: PendingWrite): void {

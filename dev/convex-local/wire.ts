@@ -29,6 +29,13 @@ export function badJsonBody(message: string): RequestError {
   return new RequestError(400, "BadJsonBody", message);
 }
 
+/** `SerializedTs`: base64 of a u64, little-endian (query_ts, and the sync protocol's timestamps). */
+export function encodeTs(ts: bigint): string {
+  const bytes = Buffer.alloc(8);
+  bytes.writeBigUInt64LE(ts);
+  return bytes.toString("base64");
+}
+
 /** Convex's "json" (clean) export: int64 as string, bytes as base64, NaN/Infinity as strings. */
 export function exportClean(value: Value): JSONValue {
   if (typeof value === "bigint") return value.toString();

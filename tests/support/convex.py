@@ -36,3 +36,20 @@ async def _get_json(url: str) -> Any:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         resp.raise_for_status()
         return await resp.json()
+
+
+async def sync_sockets(url: str) -> int:
+    """How many sync-protocol sockets the stand-in at `url` has open."""
+    body = await _get_json(f"{url}/_dev/sync")
+    return int(body["sockets"])
+
+
+async def sync_fault(url: str, route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """`POST /_dev/sync/<route>` (`drop`, `silence`, `send`): a fault of the sync protocol."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/_dev/sync/{route}", json=body) as resp,
+    ):
+        resp.raise_for_status()
+        answer: dict[str, Any] = await resp.json()
+        return answer

@@ -152,21 +152,30 @@ def mastra_argv() -> list[str]:
 
 
 def start_convex_local(
-    log: Path, secret: str = SECRET, port: int | None = None, root: Path = ROOT
+    log: Path,
+    secret: str = SECRET,
+    port: int | None = None,
+    root: Path = ROOT,
+    functions: str = "repo",
 ) -> Proc:
     """Start dev/convex-local (of the checkout at `root`) holding `secret` on 127.0.0.1 (a
-    free port unless given)."""
+    free port unless given), serving the repo's functions or (`functions="test"`) the
+    test-only ones of dev/convex-local/testFunctions.ts."""
     port = port or free_port()
-    env = {"PORT": str(port), "HEALTH_SIDECAR_SECRET": secret}
+    env = {"PORT": str(port), "HEALTH_SIDECAR_SECRET": secret, "CONVEX_LOCAL_FUNCTIONS": functions}
     return start(convex_local_argv(root), port=port, ready_path="/version", log=log, env=env)
 
 
 @contextlib.contextmanager
 def convex_local(
-    log: Path, secret: str = SECRET, port: int | None = None, root: Path = ROOT
+    log: Path,
+    secret: str = SECRET,
+    port: int | None = None,
+    root: Path = ROOT,
+    functions: str = "repo",
 ) -> Iterator[Proc]:
     """`start_convex_local` for the duration of a block."""
-    proc = start_convex_local(log, secret, port, root)
+    proc = start_convex_local(log, secret, port, root, functions)
     try:
         yield proc
     finally:
