@@ -15,8 +15,10 @@ import {
   MINUTE,
   NOW,
   SECOND,
+  OPERATOR_SECRET,
   SECRET,
   enroll,
+  plantToken,
   hello,
   modules,
   payload,
@@ -93,7 +95,7 @@ describe("summary", () => {
     // One document written per transaction at most: the heartbeat's patch.
     const tight = convexTest({ schema, modules, transactionLimits: { documentsWritten: 1 } });
     const heartbeat = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + HOUR }),
+      ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + HOUR, tokenHash: plantToken("i1") }),
     );
     await tight.run((ctx) =>
       ctx.db.insert("sidecarInstances", { instance: "i1", version: "0.2.0", heartbeat, ...summary }),
@@ -111,12 +113,13 @@ describe("summary", () => {
     }
   });
 
-  test("a summary signed for an instance without a registry document is dropped, not an error", async () => {
+  test("a summary signed as another instance with i1's heartbeat is refused, and changes nothing", async () => {
     const t = setup();
     const beats = await register(t, ["i1"]);
-    const answer = await sync(t, signed("ghost", payload({ heartbeat: beats.i1, summary })));
-    expect(answer).toMatchObject({ resend: false });
-    expect((await snapshot(t)).instances.map((i) => i.instance)).toEqual(["i1"]);
+    const before = await snapshot(t);
+    const error = await refusal(sync(t, signed("ghost", payload({ heartbeat: beats.i1, summary }))));
+    expect(error.data.code).toBe("unauthorized");
+    expect(await snapshot(t)).toEqual(before);
   });
 });
 
@@ -300,11 +303,13 @@ describe("panic: failing rows and the census", () => {
         documentsRead: 2,
         databaseQueries: 2,
         documentsWritten: 1,
-        bytesRead: 2 * 98,
-        bytesWritten: 98,
+        bytesRead: 2 * 158,
+        bytesWritten: 158,
       },
     });
-    const id = await tight.run((ctx) => ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + HOUR }));
+    const id = await tight.run((ctx) =>
+      ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + HOUR, tokenHash: plantToken("i1") }),
+    );
     const answer = await panic(tight, { i1: id }, "i1", []);
     expect(answer).toMatchObject({ resend: false, outages: [], shared: [], drain: null });
   });
@@ -326,6 +331,51 @@ describe("panic: failing rows and the census", () => {
     // The same limits refuse a recount (a scan of the 50 heartbeats), which comes once the census is 15 s old.
     vi.setSystemTime(NOW + FLEET.CENSUS_MAX_AGE_MS + 1);
     await expect(panic(tight, beats, "i9", ["mastra"])).rejects.toThrow(/too many/i);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe("clamps and the registration rate", () => {
+  test("attack: a lease or hold beyond the clamp is cut to HOLD_CLAMP_MS (5 minutes)", async () => {
+    const t = setup();
+    const beats = await register(t, ["i1", "i2"], LIMITS.TTL_CLAMP_MS);
+    const shared = [{ check: "db", fingerprint: "f", leaseMs: HOUR, result: null }];
+    await steady(t, beats, "i1", { shared, panic: { failing: ["mastra"], holdMs: HOUR } });
+    const { shared: leases, failing } = await snapshot(t);
+    expect(leases.map((l) => l.leaseUntil)).toEqual([NOW + FIELD_LIMITS.HOLD_CLAMP_MS]);
+    expect(failing.map((f) => f.until)).toEqual([NOW + FIELD_LIMITS.HOLD_CLAMP_MS]);
+    // Past the clamp, another instance takes the lease over.
+    vi.setSystemTime(NOW + FIELD_LIMITS.HOLD_CLAMP_MS);
+    const answer = await steady(t, beats, "i2", { shared });
+    expect(answer.shared).toEqual([{ check: "db", holder: true, result: null }]);
+  });
+
+  test("attack: a burst of new names is rate-limited (`rate_limited`) and shows in fleet's joinsLastHour", async () => {
+    const t = setup();
+    let admitted = 0;
+    let refused: { code: string; message: string } | null = null;
+    for (let i = 0; i < LIMITS.JOINS_PER_MINUTE + 50 && refused === null; i++) {
+      try {
+        await sync(t, signed(`fake-${i}`, payload({ hello: {} })));
+        admitted += 1;
+      } catch (error) {
+        refused = (error as { data: { code: string; message: string } }).data;
+      }
+    }
+    expect(refused?.code).toBe("rate_limited");
+    expect(refused?.message).toMatch(/^too many new instance names this minute \(about 200 a minute\): try again in \d+ s$/);
+    expect(admitted).toBeLessThanOrEqual(LIMITS.JOINS_PER_MINUTE);
+    const before = await snapshot(t);
+    expect(before.instances).toHaveLength(admitted);
+    expect((await fleet(t)).joinsLastHour).toBe(admitted);
+    // A name already registered is no new name: its hello is not limited.
+    await sync(t, signed("fake-0", payload({ hello: {} })));
+    // The next minute admits again; an hour later the burst no longer shows.
+    vi.setSystemTime(NOW + MINUTE);
+    await sync(t, signed("late", payload({ hello: {} })));
+    vi.setSystemTime(NOW + HOUR + MINUTE);
+    expect((await fleet(t)).joinsLastHour).toBe(1);
   });
 });
 
@@ -417,28 +467,35 @@ function storedOf(wire: ReturnType<typeof result>, now: number) {
 describe("drain and undrain", () => {
   test("named instances: the mailbox delivers the drain until it ends, then the sync clears it", async () => {
     const t = setup();
-    const long = { ttlMs: 2 * HOUR };
+    const long = { ttlMs: LIMITS.TTL_CLAMP_MS };
     const beats = await register(t, ["i1", "i2", "i3"], long.ttlMs);
-    const answer = await drain(t, { ...DRAIN, instances: ["i2", "i1"], forMs: HOUR });
+    const answer = await drain(t, { ...DRAIN, instances: ["i2", "i1"], forMs: (10 * MINUTE) });
     expect(answer).toEqual({ instances: ["i1", "i2"] });
     vi.setSystemTime(NOW + 1200);
-    const drained = { reason: "kernel upgrade", by: "ops@bastion", ageMs: 1200, remainingMs: HOUR - 1200 };
+    const drained = {
+      reason: "kernel upgrade",
+      by: "ops@bastion",
+      key: "operator",
+      ageMs: 1200,
+      remainingMs: (10 * MINUTE) - 1200,
+    };
     expect((await steady(t, beats, "i1", long)).drain).toEqual(drained);
     expect((await steady(t, beats, "i3", long)).drain).toBeNull();
     // A restart's hello sees it too.
     expect((await sync(t, signed("i2", payload({ hello: {} })))).drain).toEqual(drained);
 
-    vi.setSystemTime(NOW + HOUR - 1);
+    vi.setSystemTime(NOW + (10 * MINUTE) - 1);
     expect(await steady(t, beats, "i1", long)).toMatchObject({ resend: false, drain: { remainingMs: 1 } });
-    vi.setSystemTime(NOW + HOUR);
+    vi.setSystemTime(NOW + (10 * MINUTE));
     expect(await steady(t, beats, "i1", long)).toMatchObject({ resend: false, drain: null });
     const { heartbeats } = await snapshot(t);
     expect(heartbeats.find((h) => h._id === beats.i1)?.drain).toBeUndefined(); // cleared in the sync's patch
     expect(heartbeats.find((h) => h._id === beats.i2)?.drain).toEqual({
       reason: "kernel upgrade",
       by: "ops@bastion",
+      key: "operator",
       at: NOW,
-      until: NOW + HOUR,
+      until: NOW + (10 * MINUTE),
     });
   });
 
@@ -452,6 +509,7 @@ describe("drain and undrain", () => {
     expect((await steady(t, beats, "i2")).drain).toEqual({
       reason: "kernel upgrade",
       by: "ops@bastion",
+      key: "operator",
       ageMs: 10 * SECOND,
       remainingMs: null,
     });
@@ -473,13 +531,14 @@ describe("drain and undrain", () => {
     await drain(t, { ...UNDRAIN, instances: ["i1"] });
     await drain(t, { ...UNDRAIN, instances: ["i1"] }); // not drained any more: still logged
     const log = (await snapshot(t)).drainLog.map(({ _id, _creationTime, ...row }) => row);
-    const entry = { reason: "kernel upgrade", by: "ops@bastion" };
+    const entry = { reason: "kernel upgrade", by: "ops@bastion", key: "operator" };
+    const undrained = { reason: null, by: "ops@bastion", key: "operator", at: NOW + 2 * SECOND, until: null };
     expect(log).toEqual([
       { instance: "i2", action: "drain", ...entry, at: NOW, until: NOW + 10 * MINUTE },
       { instance: "i1", action: "drain", ...entry, at: NOW + SECOND, until: null },
       { instance: "i2", action: "drain", ...entry, at: NOW + SECOND, until: null },
-      { instance: "i1", action: "undrain", reason: null, by: "ops@bastion", at: NOW + 2 * SECOND, until: null },
-      { instance: "i1", action: "undrain", reason: null, by: "ops@bastion", at: NOW + 2 * SECOND, until: null },
+      { instance: "i1", action: "undrain", ...undrained },
+      { instance: "i1", action: "undrain", ...undrained },
     ]);
   });
 
@@ -512,12 +571,14 @@ describe("drain and undrain", () => {
       ctx.db.insert("sidecarHeartbeats", {
         seenAt: NOW,
         expiresAt: NOW + HOUR,
-        drain: { reason: "r", by: "b", at: NOW, until: null },
+        tokenHash: plantToken("i1"),
+        drain: { reason: "r", by: "b", key: "operator", at: NOW, until: null },
       }),
     );
     expect((await steady(tight, { i1: heartbeat }, "i1")).drain).toEqual({
       reason: "r",
       by: "b",
+      key: "operator",
       ageMs: 0,
       remainingMs: null,
     });
@@ -551,7 +612,13 @@ describe("fleet", () => {
           reasons: [],
           failing: [],
           seenAgeMs: 20 * SECOND,
-          drain: { reason: "kernel upgrade", by: "ops@bastion", ageMs: 20 * SECOND, remainingMs: HOUR - 20 * SECOND },
+          drain: {
+            reason: "kernel upgrade",
+            by: "ops@bastion",
+            key: "operator",
+            ageMs: 20 * SECOND,
+            remainingMs: HOUR - 20 * SECOND,
+          },
         },
         { instance: "web-2", version: "0.2.0", ...summary, seenAgeMs: 20 * SECOND, drain: null },
       ],
@@ -559,6 +626,7 @@ describe("fleet", () => {
         { check: "agent", failing: 2, live: 3, ageMs: 60 * SECOND },
         { check: "mastra", failing: 1, live: 3, ageMs: 20 * SECOND },
       ],
+      joinsLastHour: 3,
     });
   });
 
@@ -568,7 +636,7 @@ describe("fleet", () => {
     const asOf = NOW + 5 * MINUTE; // the heartbeat expires then
     vi.setSystemTime(asOf - 30 * SECOND);
     expect((await fleet(t, { ts: asOf - 1 })).instances.map((i) => i.seenAgeMs)).toEqual([5 * MINUTE - 1]);
-    expect(await fleet(t, { ts: asOf })).toEqual({ now: asOf, instances: [], outages: [] });
+    expect(await fleet(t, { ts: asOf })).toEqual({ now: asOf, instances: [], outages: [], joinsLastHour: 1 });
     // A ts before the last sync gives an age of 0, never a negative one.
     vi.setSystemTime(NOW);
     expect((await fleet(t, { ts: NOW - 30 * SECOND })).instances[0].seenAgeMs).toBe(0);
@@ -581,7 +649,7 @@ describe("signatures are per function", () => {
   const pathOf = { sync: "health:sync", drain: "health:drain", fleet: "health:fleet" } as const;
   type Fn = keyof typeof pathOf;
   const bodyOf: Record<Fn, object> = {
-    sync: payload(),
+    sync: payload({ hello: {} }),
     drain: { ...DRAIN, instances: ["i1"] },
     fleet: {},
   };
@@ -612,8 +680,67 @@ describe("signatures are per function", () => {
     await register(t, ["i1"]);
     const wrong = signed("cli", { ...DRAIN }, { path: "health:drain", secret: "nope" });
     expect((await refusal(t.mutation(api.health.drain, wrong))).data.code).toBe("unauthorized");
-    const old = signed("cli", {}, { path: "health:fleet", ts: NOW - 61 * SECOND });
-    expect((await refusal(t.query(api.health.fleet, old))).data.message).toMatch(/^timestamp 61 s/);
+    const old = signed("cli", {}, { path: "health:fleet", ts: NOW - 31 * SECOND });
+    const skew = await refusal(t.query(api.health.fleet, old));
+    expect(skew.data).toEqual({
+      code: "clock_skew",
+      message: "timestamp 31 s from the deployment's clock (at most 30 s): check the sidecar's clock",
+    });
+  });
+
+  test("attack: drain and fleet signed with the fleet key are refused: they take the operator key only", async () => {
+    const t = setup();
+    await register(t, ["i1"]);
+    const before = await snapshot(t);
+    const forged = signed("i1", { ...DRAIN, by: "security-team@bastion", forMs: 30 * DAY }, {
+      path: "health:drain",
+      secret: SECRET,
+    });
+    expect((await refusal(t.mutation(api.health.drain, forged))).data).toEqual({
+      code: "unauthorized",
+      message:
+        "bad signature: signed with the fleet key (HEALTH_SIDECAR_SECRET); drain and fleet need the operator key (HEALTH_SIDECAR_OPERATOR_SECRET)",
+    });
+    const listing = signed("i1", {}, { path: "health:fleet", secret: SECRET });
+    expect((await refusal(t.query(api.health.fleet, listing))).data.code).toBe("unauthorized");
+    // A deployment without the operator key refuses them all, whatever signed them.
+    vi.stubEnv("HEALTH_SIDECAR_OPERATOR_SECRET", undefined);
+    expect((await refusal(t.mutation(api.health.drain, drainCall(DRAIN)))).data).toEqual({
+      code: "unauthorized",
+      message: "bad signature: HEALTH_SIDECAR_OPERATOR_SECRET is not set on the deployment",
+    });
+    expect(await snapshot(t)).toEqual(before);
+    // And the operator key is no fleet key: a sync signed with it is refused.
+    vi.stubEnv("HEALTH_SIDECAR_OPERATOR_SECRET", OPERATOR_SECRET);
+    const sync1 = signed("i1", payload({ hello: {} }), { secret: OPERATOR_SECRET });
+    expect((await refusal(sync(t, sync1))).data.code).toBe("unauthorized");
+  });
+
+  test("attack: a replayed drain or undrain (the same nonce) is refused `replayed` and changes nothing", async () => {
+    const t = setup();
+    await register(t, ["i1", "i2"]);
+    const drainAll = drainCall(DRAIN);
+    await t.mutation(api.health.drain, drainAll);
+    const undrainAll = drainCall(UNDRAIN);
+    await t.mutation(api.health.drain, undrainAll);
+    const before = await snapshot(t);
+    vi.setSystemTime(NOW + 20 * SECOND); // inside the window
+    for (const replay of [drainAll, undrainAll]) {
+      expect((await refusal(t.mutation(api.health.drain, replay))).data).toEqual({
+        code: "replayed",
+        message: "this drain was accepted before (its nonce is spent): a replay",
+      });
+    }
+    expect(await snapshot(t)).toEqual(before);
+    // Past the window, the timestamp refuses it.
+    vi.setSystemTime(NOW + 31 * SECOND);
+    expect((await refusal(t.mutation(api.health.drain, drainAll))).data.code).toBe("clock_skew");
+    // A nonce is 32 lowercase hex, required.
+    const { nonce: _, ...bare } = JSON.parse(drainCall(DRAIN).body) as Record<string, unknown>;
+    for (const body of [bare, { ...bare, nonce: "X".repeat(32) }, { ...bare, nonce: "ab" }]) {
+      const call = signed("cli", JSON.stringify(body), { path: "health:drain" });
+      expect((await refusal(t.mutation(api.health.drain, call))).data.code).toBe("invalid_argument");
+    }
   });
 });
 
@@ -802,7 +929,13 @@ describe("purgeExpired and the fleet tables", () => {
     await register(t, ["live"]); // live again; gone expired a day ago
     const before = await snapshot(t);
     // gone: 2 failing rows, its registry document and heartbeat; live's stale row; 3 census rows; 1 lease.
-    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 4 + 1 + 3 + 1, more: false });
+    // Besides: the drain's spent nonce, and the join buckets over two hours old.
+    const spent = before.nonces.length + before.joins.length;
+    expect(before.nonces).toHaveLength(1);
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({
+      deleted: 4 + 1 + 3 + 1 + spent,
+      more: false,
+    });
     const after = await snapshot(t);
     expect(after.instances.map((i) => i.instance)).toEqual(["live"]);
     expect(after.failing.map((r) => [r.check, r.instance])).toEqual([["mastra", "live"]]);
@@ -810,6 +943,7 @@ describe("purgeExpired and the fleet tables", () => {
     expect(after.shared.map((r) => r.check)).toEqual(["new"]);
     expect(after.drainLog).toEqual(before.drainLog);
     expect(after.drainLog).toHaveLength(1);
+    expect([after.nonces, after.joins]).toEqual([[], []]);
   });
 
   test("an expired instance's failing rows go with it, however long they would still count", async () => {

@@ -15,6 +15,7 @@ import {
   SECOND,
   SECRET,
   enroll,
+  hashToken,
   heartbeatOf,
   hello,
   modules,
@@ -26,6 +27,7 @@ import {
   snapshot,
   storedRow,
   sync,
+  tokenOf,
   type Call,
   type T,
 } from "./test.setup";
@@ -68,6 +70,7 @@ describe("sync", () => {
       now: NOW,
       expiresAt: NOW + 5 * MINUTE,
       heartbeat: heartbeats[0]._id,
+      token: expect.stringMatching(/^[0-9a-f]{64}$/),
       written: 2,
       resend: false,
       warm: null,
@@ -114,6 +117,7 @@ describe("sync", () => {
       now: later,
       expiresAt: later + 5 * MINUTE,
       heartbeat,
+      token: null,
       written: 1,
       resend: false,
       warm: null,
@@ -135,7 +139,9 @@ describe("sync", () => {
       consecutiveSuccesses: 0,
       lastSuccessAt: later - 61_500,
     });
-    expect(after.heartbeats).toEqual([{ ...before.heartbeats[0], seenAt: later, expiresAt: later + 5 * MINUTE }]);
+    expect(after.heartbeats).toEqual([
+      { ...before.heartbeats[0], seenAt: later, expiresAt: later + 5 * MINUTE, lastTs: later },
+    ]);
     // The registry (and its version) is written on hello and re-registration only: a new version
     // of the sidecar is a new process, whose first sync says hello.
     expect(after.instances).toEqual(before.instances);
@@ -153,8 +159,8 @@ describe("sync", () => {
 
     const restart = NOW + MINUTE + 40 * SECOND;
     vi.setSystemTime(restart);
-    // The caller's clock is 50 s behind: ages come from the server's clock, not from ts.
-    const answer = await sync(t, signed("i1", payload({ hello: hello(["a", "b"]) }), { ts: restart - 50 * SECOND }));
+    // The caller's clock is 20 s behind: ages come from the server's clock, not from ts.
+    const answer = await sync(t, signed("i1", payload({ hello: hello(["a", "b"]) }), { ts: restart - 20 * SECOND }));
     expect(answer.warm).toEqual({
       confirmedAgeMs: 40 * SECOND, // now - the previous seenAt
       results: [
@@ -236,27 +242,10 @@ describe("sync", () => {
     await expect(sync(tight, signed("i1", payload({ version: "0.3.0", hello: {} })))).rejects.toThrow(/too many/i);
   });
 
-  test("resend is true when a sync without hello names no heartbeat, or a purged one", async () => {
-    const t = setup();
-    const first = await sync(t, signed("i1", payload({ results: [result("a")] })));
-    expect(first).toMatchObject({ resend: true, warm: null, written: 1 });
-    expect(await rowsOf(t, "i1")).toHaveLength(1);
-    const heartbeat = first.heartbeat;
-    expect(await sync(t, signed("i1", payload({ heartbeat })))).toMatchObject({ heartbeat, resend: false, written: 0 });
-
-    // Expired and purged: the caller must send everything again.
-    vi.setSystemTime(NOW + 5 * MINUTE);
-    await t.mutation(internal.health.purgeExpired, {});
-    expect(await snapshot(t)).toEqual(EMPTY);
-    const again = await sync(t, signed("i1", payload({ heartbeat })));
-    expect(again).toMatchObject({ resend: true, warm: null });
-    expect(again.heartbeat).not.toBe(heartbeat);
-    expect(await heartbeatOf(t, "i1")).toBe(again.heartbeat);
-  });
-
-  test("an unknown or garbage heartbeat id re-registers by name and answers resend", async () => {
+  test("a sync without hello must name a live heartbeat of its own with its token: else unauthorized, send hello", async () => {
     const t = await seeded();
     const heartbeat = await heartbeatOf(t, "i1");
+    const token = tokenOf("i1");
     const deleted = await t.run(async (ctx) => {
       const id = await ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + HOUR });
       await ctx.db.delete("sidecarHeartbeats", id);
@@ -264,74 +253,104 @@ describe("sync", () => {
     });
     const before = await snapshot(t);
     const registryId = before.instances[0]._id; // an id, but of another table
-    for (const id of ["garbage", "", "h".repeat(64), `${NOW}sidecarHeartbeats`, registryId, deleted, null]) {
-      const answer = await sync(t, signed("i1", payload({ heartbeat: id, results: [result("a")] })));
-      // The registry's heartbeat is live: it is renewed, not replaced, and no admission is needed.
-      expect(answer, `heartbeat ${id}`).toMatchObject({ heartbeat, resend: true, warm: null, written: 1 });
+    const wrong = "0".repeat(64);
+    const bodies = [
+      ...["garbage", "", "h".repeat(64), `${NOW}sidecarHeartbeats`, registryId, deleted, null].map((id) => ({
+        heartbeat: id,
+        token,
+      })),
+      { heartbeat, token: wrong }, // the right heartbeat, a wrong token
+      { heartbeat, token: null }, // no token (a sidecar before v3)
+      {}, // neither
+    ];
+    for (const body of bodies) {
+      const error = await refusal(sync(t, signed("i1", payload({ ...body, results: [result("a")] }))));
+      expect(error.data, JSON.stringify(body)).toEqual({
+        code: "unauthorized",
+        message: "this instance's token does not match: send hello",
+      });
     }
-    const after = await snapshot(t);
-    expect(after.instances).toEqual(before.instances);
-    expect(after.heartbeats).toEqual([
-      { ...before.heartbeats[0], seenAt: NOW + 30 * SECOND, expiresAt: NOW + 30 * SECOND + 5 * MINUTE },
-    ]);
-    expect(after.results.map((r) => r.check)).toEqual(["a", "b"]); // no pruning without hello
-
-    // A name the deployment does not know, with an id of another instance's expired heartbeat:
-    // registered with a heartbeat of its own.
-    vi.setSystemTime(NOW + HOUR);
-    const stranger = await sync(t, signed("i2", payload({ heartbeat })));
-    expect(stranger).toMatchObject({ resend: true, warm: null });
-    expect(stranger.heartbeat).not.toBe(heartbeat);
-    expect((await snapshot(t)).instances.map((i) => [i.instance, i.heartbeat])).toEqual([
-      ["i1", heartbeat],
-      ["i2", stranger.heartbeat],
-    ]);
+    expect(await snapshot(t)).toEqual(before);
+    // With its own heartbeat and token, the same sync is accepted.
+    expect(await sync(t, signed("i1", payload({ heartbeat, token, results: [result("a")] })))).toMatchObject({
+      heartbeat,
+      written: 1,
+    });
   });
 
-  test("an expired heartbeat not yet purged counts as gone: resend, and no warm answer", async () => {
+  test("an expired heartbeat not yet purged is refused: the hello that follows answers no warm start", async () => {
     const t = setup();
     const first = await sync(
       t,
       signed("i1", payload({ ttlMs: LIMITS.MIN_TTL_MS, hello: hello(["a"]), results: [result("a")] })),
     );
     vi.setSystemTime(NOW + LIMITS.MIN_TTL_MS);
-    const revived = await sync(t, signed("i1", payload({ heartbeat: first.heartbeat })));
-    expect(revived).toMatchObject({ resend: true, warm: null });
-    const { instances, heartbeats } = await snapshot(t);
-    expect(instances).toHaveLength(1);
-    expect(heartbeats).toEqual([expect.objectContaining({ _id: revived.heartbeat, seenAt: NOW + LIMITS.MIN_TTL_MS })]);
-    vi.setSystemTime(NOW + 2 * LIMITS.MIN_TTL_MS + 5 * MINUTE);
-    expect(await sync(t, signed("i1", payload({ hello: hello(["a"]) })))).toMatchObject({ resend: false, warm: null });
+    const refused = await refusal(sync(t, signed("i1", payload({ heartbeat: first.heartbeat }))));
+    expect(refused.data.code).toBe("unauthorized");
+    const again = await sync(t, signed("i1", payload({ hello: hello(["a"]) })));
+    expect(again).toMatchObject({ heartbeat: first.heartbeat, warm: null, token: expect.any(String) });
+    expect(again.token).not.toBe(first.token);
   });
 
-  test("a live heartbeat is trusted whoever signs: the steady state checks no owner", async () => {
+  test("attack: a borrowed heartbeat id (a sync signed for another instance) is refused and changes nothing", async () => {
     const t = await seeded();
     const heartbeat = await heartbeatOf(t, "i1");
     const before = await snapshot(t);
-    // Signed as i2 with i1's heartbeat: i2's result is written under i2, i1's heartbeat renewed.
-    // (i2 has no registry document, so the purge would never reach its rows: the sidecar only
-    // ever sends back the heartbeat its own answers gave.)
-    const answer = await sync(t, signed("i2", payload({ heartbeat, results: [result("x")] })));
-    expect(answer).toMatchObject({ heartbeat, resend: false, written: 1 });
-    const after = await snapshot(t);
-    expect(after.instances).toEqual(before.instances);
-    expect((await rowsOf(t, "i2")).map((r) => r.check)).toEqual(["x"]);
+    // Signed as i2 with i1's heartbeat, even with i1's token (the hash binds it to i1's name).
+    for (const token of [tokenOf("i1"), null, "1".repeat(64)]) {
+      const call = signed("i2", payload({ heartbeat, token, ttlMs: LIMITS.MAX_TTL_MS, results: [result("x")] }));
+      expect((await refusal(sync(t, call))).data.code).toBe("unauthorized");
+    }
+    expect(await snapshot(t)).toEqual(before);
   });
 
-  test("expiresAt is the server's now + ttlMs, whatever ts says", async () => {
+  test("attack: a replayed sync (the same call, or an older ts) is refused `replayed` and changes nothing", async () => {
+    const t = await seeded();
+    const heartbeat = await heartbeatOf(t, "i1");
+    const failing = signed("i1", payload({ heartbeat, results: [result("a", { status: "fail" })] }));
+    await sync(t, failing);
+    const passing = signed("i1", payload({ heartbeat, results: [result("a")] }));
+    await sync(t, passing);
+    const before = await snapshot(t);
+    // The captured failing sync, replayed within the window: the row stays `pass`.
+    const replay = await refusal(sync(t, failing));
+    expect(replay.data).toEqual({
+      code: "replayed",
+      message: "ts is not newer than this instance's last accepted sync: a replay, or two sidecars under one name",
+    });
+    expect((await refusal(sync(t, passing))).data.code).toBe("replayed");
+    // An older ts with a valid signature too, and a hello replayed after a later sync.
+    const older = signed("i1", payload({ heartbeat, results: [] }), { ts: passing.ts - 1 });
+    expect((await refusal(sync(t, older))).data.code).toBe("replayed");
+    const oldHello = signed("i1", payload({ hello: hello(["a", "b"]) }), { ts: passing.ts });
+    expect((await refusal(sync(t, oldHello))).data.code).toBe("replayed");
+    expect(await snapshot(t)).toEqual(before);
+    // A stopped instance's last sync replayed does not bring it back.
+    const leaving = signed("i1", payload({ heartbeat, leaving: true }));
+    await sync(t, leaving);
+    const left = await snapshot(t);
+    expect((await refusal(sync(t, passing))).data.code).toBe("replayed");
+    expect(await snapshot(t)).toEqual(left);
+  });
+
+  test("expiresAt is the server's now + ttlMs (clamped to TTL_CLAMP_MS), whatever ts says", async () => {
     const t = setup();
-    const early = await sync(t, signed("i1", payload({ ttlMs: LIMITS.MAX_TTL_MS }), { ts: NOW + 60 * SECOND }));
-    expect(early).toMatchObject({ now: NOW, expiresAt: NOW + LIMITS.MAX_TTL_MS });
+    const early = await sync(
+      t,
+      signed("i1", payload({ hello: {}, ttlMs: LIMITS.MAX_TTL_MS }), { ts: NOW + 20 * SECOND }),
+    );
+    // A day asked for: the clamp, 15 minutes (a caller cannot extend its documents' life).
+    expect(early).toMatchObject({ now: NOW, expiresAt: NOW + LIMITS.TTL_CLAMP_MS });
     const late = await sync(
       t,
-      signed("i2", payload({ ttlMs: LIMITS.MIN_TTL_MS, results: [result("a", { ageMs: 0 })] }), {
-        ts: NOW - 60 * SECOND,
+      signed("i2", payload({ hello: {}, ttlMs: LIMITS.MIN_TTL_MS, results: [result("a", { ageMs: 0 })] }), {
+        ts: NOW - 30 * SECOND,
       }),
     );
     expect(late).toMatchObject({ now: NOW, expiresAt: NOW + LIMITS.MIN_TTL_MS });
     const steady = await sync(
       t,
-      signed("i1", payload({ heartbeat: early.heartbeat, ttlMs: 20_000 }), { ts: NOW - 60 * SECOND }),
+      signed("i1", payload({ heartbeat: early.heartbeat, ttlMs: 20_000 }), { ts: NOW + 25 * SECOND }),
     );
     expect(steady).toMatchObject({ now: NOW, expiresAt: NOW + 20_000, resend: false });
     const { heartbeats, results } = await snapshot(t);
@@ -363,10 +382,9 @@ describe("sync", () => {
     const answer = await sync(t, signed("i".repeat(200), padded));
     expect(answer.written).toBe(LIMITS.MAX_CHECKS);
     expect((await rowsOf(t, "i".repeat(200))).find((r) => r.check === "o")?.output).toHaveLength(1024);
-    // ts exactly at the window's edges; a heartbeat of 64 characters (unknown: a re-registration).
-    await sync(t, signed("i1", payload(), { ts: NOW - LIMITS.TIMESTAMP_WINDOW_MS }));
-    await sync(t, signed("i1", payload(), { ts: NOW + LIMITS.TIMESTAMP_WINDOW_MS }));
-    expect(await sync(t, signed("i1", payload({ heartbeat: "h".repeat(64) })))).toMatchObject({ resend: true });
+    // ts exactly at the window's edges.
+    await sync(t, signed("i1", payload({ hello: {} }), { ts: NOW - LIMITS.TIMESTAMP_WINDOW_MS }));
+    await sync(t, signed("i1", payload({ hello: {} }), { ts: NOW + LIMITS.TIMESTAMP_WINDOW_MS }));
   });
 
   test("a steady-state sync gets and patches its heartbeat only (the bandwidth budget)", async () => {
@@ -374,10 +392,11 @@ describe("sync", () => {
     const before = await snapshot(t);
     const [beat] = before.heartbeats;
     const size = getDocumentSize(beat);
-    expect(size).toBe(98); // 63 (_id, _creationTime, braces) + seenAt 16 + expiresAt 19
-    // The get, the patch's read and the patch's write: 3 x 98 bytes a sync, whatever the
-    // instance's name. At one sync a minute (43,200 in 30 days) that is 12.7 MB a month.
-    expect(3 * size * 43_200).toBe(12_700_800);
+    // 63 (_id, _creationTime, braces) + seenAt 16 + expiresAt 19 + lastTs 16 + tokenHash 44
+    expect(size).toBe(158);
+    // The get, the patch's read and the patch's write: 3 x 158 bytes a sync, whatever the
+    // instance's name. At one sync a minute (43,200 in 30 days) that is 20.5 MB a month.
+    expect(3 * size * 43_200).toBe(20_476_800);
 
     const answer = await sync(t, signed("i1", payload({ heartbeat: beat._id })));
     expect(answer).toMatchObject({ heartbeat: beat._id, written: 0, resend: false });
@@ -385,7 +404,7 @@ describe("sync", () => {
     expect(after.instances).toEqual(before.instances);
     expect(after.results).toEqual(before.results);
     expect(after.heartbeats).toEqual([
-      { ...beat, seenAt: NOW + 30 * SECOND, expiresAt: NOW + 30 * SECOND + 5 * MINUTE },
+      { ...beat, seenAt: NOW + 30 * SECOND, expiresAt: NOW + 30 * SECOND + 5 * MINUTE, lastTs: NOW + 30 * SECOND },
     ]);
 
     // Under limits that one index query (the get is the one range read allowed), or any read
@@ -398,16 +417,19 @@ describe("sync", () => {
       documentsWritten: 1,
     };
     const tight = convexTest({ schema, modules, transactionLimits: limits });
-    const { _id, _creationTime, ...fields } = beat;
-    const id = await tight.run((ctx) => ctx.db.insert("sidecarHeartbeats", fields));
     const name = "a-kubernetes-pod-name-of-the-longest-kind-0123456789abcdef012345";
-    await expect(sync(tight, signed(name, payload({ heartbeat: id })))).resolves.toMatchObject({
+    const token = "7".repeat(64);
+    const { _id, _creationTime, ...fields } = beat;
+    const id = await tight.run((ctx) =>
+      ctx.db.insert("sidecarHeartbeats", { ...fields, tokenHash: hashToken(name, token) }),
+    );
+    await expect(sync(tight, signed(name, payload({ heartbeat: id, token })))).resolves.toMatchObject({
       heartbeat: id,
       written: 0,
       resend: false,
     });
     // Writing one result is over this budget: the steady state writes no result at all.
-    await expect(sync(tight, signed(name, payload({ heartbeat: id, results: [result("a")] })))).rejects.toThrow(
+    await expect(sync(tight, signed(name, payload({ heartbeat: id, token, results: [result("a")] })))).rejects.toThrow(
       /too much data|too many/i,
     );
   });
@@ -416,7 +438,7 @@ describe("sync", () => {
     const t = setup();
     const answer = await sync(
       t,
-      signed("häst-🐎", payload({ results: [result("prüfung", { output: "ünïcode ✓ 😀" })] })),
+      signed("häst-🐎", payload({ hello: {}, results: [result("prüfung", { output: "ünïcode ✓ 😀" })] })),
     );
     expect(answer.written).toBe(1);
     expect((await rowsOf(t, "häst-🐎"))[0]).toMatchObject({ check: "prüfung", output: "ünïcode ✓ 😀" });
@@ -441,8 +463,10 @@ describe("refusals change nothing", () => {
     "a signature for another instance": () => tamper(valid(), { instance: "i2" }),
     "a signature for another ts": () => tamper(valid(), { ts: valid().ts + 1 }),
     "a tampered body": () => tamper(valid(), { body: valid().body.replace('"fail"', '"pass"') }),
-    "ts 61 s in the past (a replay)": () => signed("i1", payload(), { ts: Date.now() - 61 * SECOND }),
-    "ts 61 s in the future": () => signed("i1", payload(), { ts: Date.now() + 61 * SECOND }),
+  };
+  const clockSkew: Record<string, () => Call> = {
+    "ts 31 s in the past": () => signed("i1", payload(), { ts: Date.now() - 31 * SECOND }),
+    "ts 31 s in the future": () => signed("i1", payload(), { ts: Date.now() + 31 * SECOND }),
   };
   const invalidArgument: Record<string, () => Call> = {
     // Bounds, checked before the signature: some of these signatures are wrong.
@@ -516,6 +540,7 @@ describe("refusals change nothing", () => {
   ];
   const cases: Case[] = [
     ...Object.entries(unauthorized).map(([name, call]): Case => [name, "unauthorized", call, SECRET]),
+    ...Object.entries(clockSkew).map(([name, call]): Case => [name, "clock_skew", call, SECRET]),
     ...Object.entries(invalidArgument).map(([name, call]): Case => [name, "invalid_argument", call, SECRET]),
     ...secretCases,
   ];
@@ -550,7 +575,7 @@ describe("refusals change nothing", () => {
     expect(await message(wrong(signed("i1", "not json")))).toMatch(/^bad signature/);
     // An old ts over a body that is not JSON is refused for its time.
     expect(await message(signed("i1", "not json", { ts: Date.now() - 10 * MINUTE }))).toBe(
-      "timestamp 600 s from the deployment's clock (at most 60 s): check the sidecar's clock",
+      "timestamp 600 s from the deployment's clock (at most 30 s): check the sidecar's clock",
     );
     vi.stubEnv("HEALTH_SIDECAR_SECRET", undefined);
     expect(await message(signed("i1", payload()))).toBe(
@@ -564,7 +589,7 @@ describe("refusals change nothing", () => {
     const verify = vi.spyOn(crypto.subtle, "verify");
     const sign = vi.spyOn(crypto.subtle, "sign");
     try {
-      const call = signed("i1", payload());
+      const call = signed("i1", payload({ hello: {} }));
       await sync(t, call);
       expect(importKey).toHaveBeenCalledTimes(1);
       expect(importKey.mock.calls[0].slice(2)).toEqual([{ name: "HMAC", hash: "SHA-256" }, false, ["verify"]]);
@@ -623,7 +648,10 @@ describe("limits", () => {
 
     // Without hello (the rows are counted), an update of a known check with one new check.
     const update = result(full[0], { status: "fail" });
-    const error = await refusal(sync(t, signed("i1", payload({ results: [update, result("one-more")] }))));
+    const heartbeat = await heartbeatOf(t, "i1");
+    const error = await refusal(
+      sync(t, signed("i1", payload({ heartbeat, results: [update, result("one-more")] }))),
+    );
     expect(error.data.code).toBe("limit_exceeded");
     // With hello (the kept rows are counted).
     const withHello = signed("i1", payload({ hello: hello(full), results: [update, result("one-more")] }));
@@ -631,7 +659,7 @@ describe("limits", () => {
     expect(await snapshot(t)).toEqual(before);
 
     // Known checks still update; a hello that drops one check makes room for a new one.
-    expect(await sync(t, signed("i1", payload({ results: [update] })))).toMatchObject({ written: 1 });
+    expect(await sync(t, signed("i1", payload({ heartbeat, results: [update] })))).toMatchObject({ written: 1 });
     const swapped = [...full.slice(1), "one-more"];
     await sync(t, signed("i1", payload({ hello: hello(swapped), results: [result("one-more")] })));
     expect((await rowsOf(t, "i1")).map((r) => r.check).sort()).toEqual(swapped.sort());
@@ -650,34 +678,30 @@ describe("limits", () => {
       return ids;
     });
     // 999 live (5 expired do not count): one more is admitted.
-    const newcomer = await sync(t, signed("newcomer", payload()));
-    expect(newcomer).toMatchObject({ resend: true });
+    const newcomer = await sync(t, signed("newcomer", payload({ hello: {} })));
+    expect(newcomer).toMatchObject({ resend: false });
     const before = await snapshot(t);
 
-    const error = await refusal(sync(t, signed("one-too-many", payload())));
+    const error = await refusal(sync(t, signed("one-too-many", payload({ hello: {} }))));
     expect(error.data).toEqual({ code: "limit_exceeded", message: "the deployment already has 1000 live instances" });
-    // An expired instance coming back is a new live instance too, with hello or without.
-    const expired = { heartbeat: beats["expired-000"] };
-    expect((await refusal(sync(t, signed("expired-000", payload(expired))))).data.code).toBe("limit_exceeded");
+    // An expired instance coming back is a new live instance too (its hello is refused).
     const expiredHello = signed("expired-000", payload({ hello: {} }));
     expect((await refusal(sync(t, expiredHello))).data.code).toBe("limit_exceeded");
     expect(await snapshot(t)).toEqual(before);
 
-    // Existing live instances still sync, by their heartbeat, by name with hello, or by name after
-    // losing their heartbeat id (a re-registration, which needs no admission when it is live).
+    // Existing live instances still sync, by their heartbeat, or by name with hello (a
+    // re-registration, which needs no admission when it is live).
     const live000 = { heartbeat: beats["live-000"], results: [result("a")] };
     expect(await sync(t, signed("live-000", payload(live000)))).toMatchObject({ written: 1, resend: false });
-    expect(await sync(t, signed("live-002", payload({ hello: {} })))).toMatchObject({ resend: false });
-    expect(await sync(t, signed("live-003", payload({ heartbeat: "lost" })))).toMatchObject({
-      heartbeat: beats["live-003"],
-      resend: true,
+    expect(await sync(t, signed("live-002", payload({ hello: {} })))).toMatchObject({
+      heartbeat: beats["live-002"],
     });
     expect(await sync(t, signed("newcomer", payload({ heartbeat: newcomer.heartbeat })))).toMatchObject({
       resend: false,
     });
     // Once one expires (live-001; live-000 was renewed), another is admitted.
     vi.setSystemTime(NOW + MINUTE + 1);
-    expect(await sync(t, signed("one-too-many", payload()))).toMatchObject({ resend: true });
+    expect(await sync(t, signed("one-too-many", payload({ hello: {} })))).toMatchObject({ resend: false });
   });
 });
 
@@ -863,10 +887,15 @@ describe("ping and limits", () => {
       MAX_INSTANCES: 1000,
       MAX_BODY: 1_000_000,
       MAX_OUTPUT: 1024,
-      TIMESTAMP_WINDOW_MS: 60_000,
+      TIMESTAMP_WINDOW_MS: 30_000,
       PURGE_BATCH: 500,
       MIN_TTL_MS: 10_000,
       MAX_TTL_MS: 86_400_000,
+      TTL_CLAMP_MS: 900_000,
+      MIN_PERIOD_MS: 1_000,
+      MAX_PERIOD_MS: 300_000,
+      JOINS_PER_MINUTE: 200,
+      JOIN_SHARDS: 16,
     });
   });
 });

@@ -41,6 +41,7 @@ import {
   outageAnswer,
   purgeFailingOf,
   registryOf,
+  shardOf,
   sharedAnswer,
   storeSummary,
   summaryChange,
@@ -79,6 +80,7 @@ const syncAnswer = v.object({
   now: v.number(),
   expiresAt: v.number(),
   heartbeat: v.id("sidecarHeartbeats"),
+  token: v.union(v.string(), v.null()), // a hello's answer only: the token later syncs present
   written: v.number(),
   resend: v.boolean(),
   warm: v.union(v.null(), v.object({ confirmedAgeMs: v.number(), results: v.array(wireResult) })),
@@ -87,13 +89,23 @@ const syncAnswer = v.object({
   drain: drainAnswer,
 });
 type SyncAnswer = Infer<typeof syncAnswer>;
-type Synced = Pick<SyncAnswer, "heartbeat" | "resend" | "warm" | "drain">;
+type Synced = Pick<SyncAnswer, "heartbeat" | "token" | "resend" | "warm" | "drain">;
+type SignedCall = { instance: string; ts: number };
 
-async function applySync(ctx: MutationCtx, instance: string, payload: SyncPayload, now: number): Promise<SyncAnswer> {
-  const renewed = { seenAt: now, expiresAt: now + payload.ttlMs, left: payload.leaving ? (true as const) : undefined };
+const TOKEN_MISMATCH = "this instance's token does not match: send hello";
+
+async function applySync(ctx: MutationCtx, call: SignedCall, payload: SyncPayload, now: number): Promise<SyncAnswer> {
+  const { instance } = call;
+  const renewed: Renewal = {
+    seenAt: now,
+    expiresAt: now + payload.ttlMs,
+    left: payload.leaving ? (true as const) : undefined,
+    lastTs: call.ts,
+  };
   const synced =
-    (payload.hello === null ? await steadyState(ctx, instance, payload, renewed) : null) ??
-    (await registration(ctx, instance, payload, renewed));
+    payload.hello === null
+      ? await steadyState(ctx, call, payload, renewed)
+      : await registration(ctx, call, payload, renewed);
   // The fleet digest, asked for by the body only: a sync without these keys touches nothing more.
   // Leaving, the instance's failing rows go too (it no longer counts), and every census is
   // recounted without it.
@@ -105,34 +117,50 @@ async function applySync(ctx: MutationCtx, instance: string, payload: SyncPayloa
 }
 
 /**
- * The steady state: one get and one patch of a ~98-byte document, by id; null when the heartbeat
- * the caller names is unknown or expired. A signed caller is trusted with any instance (the
- * secret is shared), so the registry is not read to check that the heartbeat is this instance's.
+ * The steady state: one get and one patch of a small document, by id. The caller must hold the
+ * heartbeat: the token its hello answered, hashed with its name, is the one stored there (so a
+ * sync can touch only its own instance's documents), and its `ts` is newer than the last one
+ * accepted (so a replay is refused). A heartbeat that is unknown, purged or expired, or a token
+ * that does not match, is refused `unauthorized`: the sidecar sends hello again.
  */
 async function steadyState(
   ctx: MutationCtx,
-  instance: string,
+  { instance, ts }: SignedCall,
   payload: SyncPayload,
   renewed: Renewal,
-): Promise<Synced | null> {
+): Promise<Synced> {
   const beat = await heartbeatOf(ctx, payload.heartbeat);
-  if (beat === null || !isLive(beat, renewed.seenAt)) return null;
+  if (
+    beat === null ||
+    !isLive(beat, renewed.seenAt) ||
+    payload.token === null ||
+    beat.tokenHash !== (await tokenHash(instance, payload.token))
+  ) {
+    refuse("unauthorized", TOKEN_MISMATCH);
+  }
+  checkNewer(beat, ts);
   await writeResults(ctx, instance, payload.results, renewed.seenAt, null);
   await renew(ctx, beat, renewed);
   await storeSummary(ctx, instance, payload.summary);
-  return { heartbeat: beat._id, resend: false, warm: null, drain: drainOf(beat, renewed.seenAt) };
+  return { heartbeat: beat._id, token: null, resend: false, warm: null, drain: drainOf(beat, renewed.seenAt) };
 }
 
-/** `hello`, or a heartbeat that is unknown, purged or expired: (re-)registers the instance by name. */
+/**
+ * `hello`: registers the instance by name, taking the name over (a restarted container holds no
+ * token: the fleet key is per fleet, not per instance), with a new token. A name new to the
+ * deployment is rate-limited (JOINS_PER_MINUTE).
+ */
 async function registration(
   ctx: MutationCtx,
-  instance: string,
+  { instance, ts }: SignedCall,
   payload: SyncPayload,
   renewed: Renewal,
 ): Promise<Synced> {
   const now = renewed.seenAt;
   const registry = await registryOf(ctx, instance);
   const previous = registry ? await ctx.db.get("sidecarHeartbeats", registry.heartbeat) : null;
+  if (previous !== null) checkNewer(previous, ts);
+  if (registry === null) await admitName(ctx, instance, now);
   // An expired heartbeat is as good as purged: its instance's rows may be half deleted already.
   const live = previous !== null && isLive(previous, now);
   if (previous === null || !inFleet(previous, now)) {
@@ -142,17 +170,74 @@ async function registration(
   const kept = payload.hello ? await pruneRows(ctx, instance, payload.hello) : null;
   const warm = kept && live ? warmAnswer(kept, previous, now) : null;
   await writeResults(ctx, instance, payload.results, now, kept?.length ?? null);
+  const token = newToken();
+  const beat = { ...renewed, tokenHash: await tokenHash(instance, token) };
   const heartbeat =
-    previous === null ? await ctx.db.insert("sidecarHeartbeats", renewed) : await renew(ctx, previous, renewed);
+    previous === null ? await ctx.db.insert("sidecarHeartbeats", beat) : await renew(ctx, previous, beat);
   await register(ctx, registry, { instance, version: payload.version, heartbeat }, payload.summary);
   const drain = previous === null ? null : drainOf(previous, now);
-  // Without hello, the caller's acknowledged results may be gone: it must send them all again.
-  return { heartbeat, resend: payload.hello === null, warm, drain };
+  return { heartbeat, token, resend: false, warm, drain };
 }
 
-type Renewal = { seenAt: number; expiresAt: number; left: true | undefined };
+type Renewal = {
+  seenAt: number;
+  expiresAt: number;
+  left: true | undefined;
+  lastTs: number;
+  tokenHash?: string;
+};
 
-/** Patches a heartbeat's seenAt and expiresAt; a drain that ended leaves the mailbox in the same patch. */
+/** Refuses a sync whose `ts` is not newer than the last one accepted for the instance: a replay. */
+function checkNewer(beat: Heartbeat, ts: number): void {
+  if (beat.lastTs !== undefined && ts <= beat.lastTs) {
+    refuse(
+      "replayed",
+      "ts is not newer than this instance's last accepted sync: a replay, or two sidecars under one name",
+    );
+  }
+}
+
+/** 32 random bytes as 64 lowercase hex: returned once, stored only as a hash. */
+function newToken(): string {
+  return toHex(crypto.getRandomValues(new Uint8Array(32)));
+}
+
+/** The first 32 hex characters of SHA-256(instance + "\n" + token): binds the token to the name. */
+async function tokenHash(instance: string, token: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(`${instance}\n${token}`));
+  return toHex(new Uint8Array(digest)).slice(0, 32);
+}
+
+function toHex(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Counts a new instance name in its minute's bucket (one of JOIN_SHARDS, by a hash of the name,
+ * so that a rolling restart's registrations rarely write the same document), and refuses it
+ * `rate_limited` when the bucket is full: about JOINS_PER_MINUTE a minute deployment-wide.
+ */
+async function admitName(ctx: MutationCtx, instance: string, now: number): Promise<void> {
+  const minute = Math.floor(now / 60_000);
+  const shard = shardOf(instance, LIMITS.JOIN_SHARDS);
+  const bucket = await ctx.db
+    .query("sidecarJoins")
+    .withIndex("by_minute_shard", (q) => q.eq("minute", minute).eq("shard", shard))
+    .unique();
+  if (bucket !== null && bucket.count >= JOINS_PER_SHARD) {
+    const wait = Math.ceil(((minute + 1) * 60_000 - now) / 1000);
+    refuse(
+      "rate_limited",
+      `too many new instance names this minute (about ${LIMITS.JOINS_PER_MINUTE} a minute): try again in ${wait} s`,
+    );
+  }
+  if (bucket === null) await ctx.db.insert("sidecarJoins", { minute, shard, count: 1 });
+  else await ctx.db.patch("sidecarJoins", bucket._id, { count: bucket.count + 1 });
+}
+
+const JOINS_PER_SHARD = Math.ceil(LIMITS.JOINS_PER_MINUTE / LIMITS.JOIN_SHARDS);
+
+/** Patches a heartbeat's seenAt, expiresAt and lastTs; a drain that ended leaves the mailbox in the same patch. */
 async function renew(ctx: MutationCtx, beat: Heartbeat, renewed: Renewal): Promise<Id<"sidecarHeartbeats">> {
   const ended = beat.drain !== undefined && drainOf(beat, renewed.seenAt) === null;
   await ctx.db.patch("sidecarHeartbeats", beat._id, ended ? { ...renewed, drain: undefined } : renewed);
@@ -256,9 +341,9 @@ export const sync = mutation({
   args: signedArgs,
   returns: syncAnswer,
   handler: async (ctx, call) => {
-    await authenticate(SYNC_PATH, call);
+    await authenticate(SYNC_PATH, call, "fleet");
     const payload = parseSyncPayload(call.body);
-    return await applySync(ctx, call.instance, payload, Date.now());
+    return await applySync(ctx, call, payload, Date.now());
   },
 });
 
@@ -267,8 +352,9 @@ export const drain = mutation({
   args: signedArgs,
   returns: v.object({ instances: v.array(v.string()) }),
   handler: async (ctx, call) => {
-    await authenticate(DRAIN_PATH, call);
+    await authenticate(DRAIN_PATH, call, "operator");
     const request = parseDrainRequest(call.body);
+    await spendNonce(ctx, request.nonce, call.ts);
     return await applyDrain(ctx, request, Date.now());
   },
 });
@@ -278,13 +364,23 @@ export const fleet = query({
   args: signedArgs,
   returns: fleetAnswer,
   handler: async (ctx, call) => {
-    await authenticate(FLEET_PATH, call);
+    await authenticate(FLEET_PATH, call, "operator");
     parseFleetRequest(call.body);
     // A query takes its time from its arguments: Convex caches queries and does not re-run them
     // as time passes.
     return await fleetOf(ctx, call.ts);
   },
 });
+
+/** Refuses a drain whose nonce was accepted before (a replay); keeps the nonce while its ts is in the window. */
+async function spendNonce(ctx: MutationCtx, nonce: string, ts: number): Promise<void> {
+  const seen = await ctx.db
+    .query("sidecarNonces")
+    .withIndex("by_nonce", (q) => q.eq("nonce", nonce))
+    .first();
+  if (seen !== null) refuse("replayed", "this drain was accepted before (its nonce is spent): a replay");
+  await ctx.db.insert("sidecarNonces", { nonce, expiresAt: ts + LIMITS.TIMESTAMP_WINDOW_MS });
+}
 
 /** Reads nothing: any answer proves the deployment's function runtime runs. */
 export const ping = query({

@@ -42,8 +42,21 @@ type Census = Doc<"sidecarCensus">;
 
 export const drainAnswer = v.union(
   v.null(),
-  v.object({ reason: v.string(), by: v.string(), ageMs: v.number(), remainingMs: v.union(v.number(), v.null()) }),
+  v.object({
+    reason: v.string(),
+    by: v.string(), // the caller's claim
+    key: v.union(v.literal("operator"), v.null()), // which key signed the drain (null: before v3)
+    ageMs: v.number(),
+    remainingMs: v.union(v.number(), v.null()),
+  }),
 );
+
+/** A stable shard of `n` for a name (FNV-1a over its UTF-16 units). */
+export function shardOf(name: string, n: number): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) hash = Math.imul(hash ^ name.charCodeAt(i), 0x01000193) >>> 0;
+  return hash % n;
+}
 export const outageAnswer = v.object({ check: v.string(), failing: v.number(), live: v.number() });
 export const sharedAnswer = v.object({ check: v.string(), holder: v.boolean(), result: v.union(wireResult, v.null()) });
 type Outage = Infer<typeof outageAnswer>;
@@ -256,6 +269,7 @@ export function drainOf(beat: Heartbeat, now: number): Infer<typeof drainAnswer>
   return {
     reason: drain.reason,
     by: drain.by,
+    key: drain.key ?? null,
     ageMs: Math.max(0, now - drain.at),
     remainingMs: drain.until === null ? null : drain.until - now,
   };
@@ -272,11 +286,13 @@ export async function applyDrain(
   const { action, reason, by } = request;
   for (const { registry, beat } of targets) {
     if (request.action === "drain") {
-      await ctx.db.patch("sidecarHeartbeats", beat._id, { drain: { reason: request.reason, by, at: now, until } });
+      const drain = { reason: request.reason, by, key: "operator" as const, at: now, until };
+      await ctx.db.patch("sidecarHeartbeats", beat._id, { drain });
     } else if (beat.drain !== undefined) {
       await ctx.db.patch("sidecarHeartbeats", beat._id, { drain: undefined });
     }
-    await ctx.db.insert("sidecarDrainLog", { instance: registry.instance, action, reason, by, at: now, until });
+    const row = { instance: registry.instance, action, reason, by, key: "operator" as const, at: now, until };
+    await ctx.db.insert("sidecarDrainLog", row);
   }
   return { instances: targets.map(({ registry }) => registry.instance) };
 }
@@ -312,6 +328,7 @@ export const fleetAnswer = v.object({
     }),
   ),
   outages: v.array(v.object({ check: v.string(), failing: v.number(), live: v.number(), ageMs: v.number() })),
+  joinsLastHour: v.number(), // new instance names registered in the last hour (rate-limited)
 });
 
 /** Every live instance with its summary and drain, by name, and the outage counts of the last minute, by check. */
@@ -331,7 +348,21 @@ export async function fleetOf(ctx: Reader, now: number): Promise<Infer<typeof fl
     const { check, failing, live, computedAt } = census;
     outages.push({ check, failing, live, ageMs: Math.max(0, now - computedAt) });
   }
-  return { now, instances, outages: outages.sort((a, b) => compare(a.check, b.check)) };
+  return {
+    now,
+    instances,
+    outages: outages.sort((a, b) => compare(a.check, b.check)),
+    joinsLastHour: await joinsSince(ctx, now - 3_600_000),
+  };
+}
+
+/** New instance names registered since `since`: at most 60 x JOIN_SHARDS bucket documents. */
+async function joinsSince(ctx: Reader, since: number): Promise<number> {
+  const buckets = await ctx.db
+    .query("sidecarJoins")
+    .withIndex("by_minute_shard", (q) => q.gte("minute", Math.floor(since / 60_000)))
+    .take(61 * LIMITS.JOIN_SHARDS);
+  return buckets.reduce((sum, bucket) => sum + bucket.count, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -352,6 +383,20 @@ export async function purgeFailingOf(ctx: MutationCtx, instance: string, budget:
  */
 export async function sweepFleet(ctx: MutationCtx, now: number, budget: number): Promise<number> {
   budget = await sweepFailing(ctx, now - FLEET.FAILING_PURGE_AGE_MS, budget);
+  // Spent nonces past their window, and join buckets over two hours old: both by index, oldest first.
+  const nonces = await ctx.db
+    .query("sidecarNonces")
+    .withIndex("by_expiresAt", (q) => q.lt("expiresAt", now))
+    .take(budget);
+  for (const nonce of nonces) await ctx.db.delete("sidecarNonces", nonce._id);
+  budget -= nonces.length;
+  const joins = await ctx.db
+    .query("sidecarJoins")
+    .withIndex("by_minute_shard", (q) => q.lt("minute", Math.floor(now / 60_000) - 120))
+    .take(budget);
+  for (const bucket of joins) await ctx.db.delete("sidecarJoins", bucket._id);
+  budget -= joins.length;
+  if (budget === 0) return 0;
   const stale = now - FLEET.STALE_PURGE_AGE_MS;
   for (const census of await ctx.db.query("sidecarCensus").take(LIMITS.PURGE_BATCH)) {
     if (budget === 0) return 0;

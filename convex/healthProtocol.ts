@@ -3,14 +3,18 @@
  * JSON bodies of `health:sync`, `health:drain` and `health:fleet` (convex/health.ts). Plain
  * helpers only: no Convex function is defined here.
  *
- * Signed calls: the secret never crosses the wire. `sig` is the lowercase hex HMAC-SHA256, keyed
- * by the deployment's HEALTH_SIDECAR_SECRET, over
+ * Signed calls: the secrets never cross the wire. `sig` is the lowercase hex HMAC-SHA256 over
  * "health-sidecar/1\n" + path + "\n" + instance + "\n" + ts + "\n" + body, where `path` is the
- * function's ("health:sync", "health:drain", "health:fleet"): a signature is good for one function.
+ * function's ("health:sync", "health:drain", "health:fleet"): a signature is good for one
+ * function. Two keys: `health:sync` takes only the fleet key (HEALTH_SIDECAR_SECRET, every
+ * sidecar holds it); `health:drain` and `health:fleet` take only the operator key
+ * (HEALTH_SIDECAR_OPERATOR_SECRET, the deployment's and the CLI's, never a sidecar's).
  * Order of work, nothing touching the database before the last step: bounds, signature (Web
- * Crypto, constant time), `ts` within 60 s of the server's clock, strict parse of `body`, then
- * the work. Every refusal is a ConvexError {code, message} and changes nothing; no message
- * quotes the secret, the signature or the body (names of instances and checks may be quoted).
+ * Crypto, constant time), `ts` within 30 s of the server's clock (else `clock_skew`), strict
+ * parse of `body`, then the work (where replays are refused: a sync's `ts` must be newer than
+ * the last one accepted for its instance, a drain's `nonce` must be new). Every refusal is a
+ * ConvexError {code, message} and changes nothing; no message quotes a secret, the signature or
+ * the body (names of instances and checks may be quoted).
  */
 import { ConvexError, v, type Infer, type ObjectType } from "convex/values";
 import { resultFields, status } from "./healthTables";
@@ -21,10 +25,15 @@ export const LIMITS = {
   MAX_INSTANCES: 1000,
   MAX_BODY: 1_000_000,
   MAX_OUTPUT: 1024,
-  TIMESTAMP_WINDOW_MS: 60_000,
+  TIMESTAMP_WINDOW_MS: 30_000,
   PURGE_BATCH: 500,
   MIN_TTL_MS: 10_000,
-  MAX_TTL_MS: 86_400_000,
+  MAX_TTL_MS: 86_400_000, // accepted in a body, then clamped to TTL_CLAMP_MS
+  TTL_CLAMP_MS: 900_000, // the longest an instance's documents outlive its last sync
+  MIN_PERIOD_MS: 1_000, // body.periodMs (the caller's store period), clamped to this range
+  MAX_PERIOD_MS: 300_000,
+  JOINS_PER_MINUTE: 200, // new instance names a minute, deployment-wide (JOIN_SHARDS buckets)
+  JOIN_SHARDS: 16,
 } as const;
 
 /** Bounds of single fields: string lengths in UTF-16 units, durations in ms. */
@@ -38,18 +47,33 @@ export const FIELD_LIMITS = {
   MAX_REASONS: 20, // summary.reasons
   REASON: 300, // a summary reason, a drain's reason
   MIN_HOLD_MS: 1_000, // panic.holdMs and shared[].leaseMs
-  MAX_HOLD_MS: 3_600_000,
+  MAX_HOLD_MS: 3_600_000, // accepted in a body, then clamped to HOLD_CLAMP_MS
+  HOLD_CLAMP_MS: 300_000, // a few check intervals
   MIN_DRAIN_MS: 1_000, // a drain's forMs
   MAX_DRAIN_MS: 30 * 86_400_000,
 } as const;
 
 const SCHEME = "health-sidecar/1";
-const NO_SECRET = "bad signature: HEALTH_SIDECAR_SECRET is not set on the deployment";
-const BAD_SIGNATURE = "bad signature: the sidecar's HEALTH_SIDECAR_SECRET differs from the deployment's";
 const HMAC_SHA256 = { name: "HMAC", hash: "SHA-256" } as const;
 const encoder = new TextEncoder();
 
-type RefusalCode = "unauthorized" | "invalid_argument" | "limit_exceeded";
+/** Which secret a function takes: the fleet's (every sidecar) or the operator's (drain, fleet). */
+export type Key = "fleet" | "operator";
+const KEY_ENV: Record<Key, string> = { fleet: "HEALTH_SIDECAR_SECRET", operator: "HEALTH_SIDECAR_OPERATOR_SECRET" };
+const BAD_SIGNATURE: Record<Key, string> = {
+  fleet: "bad signature: the sidecar's HEALTH_SIDECAR_SECRET differs from the deployment's",
+  operator: "bad signature: the caller's HEALTH_SIDECAR_OPERATOR_SECRET differs from the deployment's",
+};
+const FLEET_KEY_ON_OPERATOR_CALL =
+  "bad signature: signed with the fleet key (HEALTH_SIDECAR_SECRET); drain and fleet need the operator key (HEALTH_SIDECAR_OPERATOR_SECRET)";
+
+export type RefusalCode =
+  | "unauthorized"
+  | "invalid_argument"
+  | "limit_exceeded"
+  | "clock_skew"
+  | "replayed"
+  | "rate_limited";
 
 export function refuse(code: RefusalCode, message: string): never {
   throw new ConvexError({ code, message });
@@ -66,10 +90,10 @@ function invalid(message: string): never {
 export const signedArgs = { instance: v.string(), ts: v.number(), sig: v.string(), body: v.string() };
 type SignedCall = ObjectType<typeof signedArgs>;
 
-/** Refuses the call unless it is in bounds, signed with the secret for `path`, and recent. */
-export async function authenticate(path: string, call: SignedCall): Promise<void> {
+/** Refuses the call unless it is in bounds, signed with `key`'s secret for `path`, and recent. */
+export async function authenticate(path: string, call: SignedCall, key: Key = "fleet"): Promise<void> {
   checkBounds(call);
-  await verifySignature(path, call);
+  await verifySignature(path, call, key);
   checkTimestamp(call.ts);
 }
 
@@ -82,12 +106,23 @@ function checkBounds({ instance, ts, sig, body }: SignedCall): void {
   if (!Number.isSafeInteger(ts) || ts < 0) invalid("ts must be an integer >= 0 (ms since the epoch)");
 }
 
-async function verifySignature(path: string, { instance, ts, sig, body }: SignedCall): Promise<void> {
-  const secret = process.env.HEALTH_SIDECAR_SECRET;
-  if (!secret) refuse("unauthorized", NO_SECRET);
-  const key = await crypto.subtle.importKey("raw", encoder.encode(secret), HMAC_SHA256, false, ["verify"]);
+async function verifySignature(path: string, { instance, ts, sig, body }: SignedCall, key: Key): Promise<void> {
+  const secret = process.env[KEY_ENV[key]];
+  if (!secret) refuse("unauthorized", `bad signature: ${KEY_ENV[key]} is not set on the deployment`);
   const message = encoder.encode([SCHEME, path, instance, String(ts), body].join("\n"));
-  if (!(await crypto.subtle.verify("HMAC", key, hexBytes(sig), message))) refuse("unauthorized", BAD_SIGNATURE);
+  if (await verifies(secret, sig, message)) return;
+  // An operator call signed with the fleet key: say which key it needs (the fleet key is no
+  // operator key, whoever holds it).
+  const fleetSecret = process.env[KEY_ENV.fleet];
+  if (key === "operator" && fleetSecret && (await verifies(fleetSecret, sig, message))) {
+    refuse("unauthorized", FLEET_KEY_ON_OPERATOR_CALL);
+  }
+  refuse("unauthorized", BAD_SIGNATURE[key]);
+}
+
+async function verifies(secret: string, sig: string, message: Uint8Array<ArrayBuffer>): Promise<boolean> {
+  const key = await crypto.subtle.importKey("raw", encoder.encode(secret), HMAC_SHA256, false, ["verify"]);
+  return await crypto.subtle.verify("HMAC", key, hexBytes(sig), message);
 }
 
 function hexBytes(hex: string): Uint8Array<ArrayBuffer> {
@@ -101,7 +136,7 @@ function checkTimestamp(ts: number): void {
   if (skewMs > LIMITS.TIMESTAMP_WINDOW_MS) {
     const seconds = Math.ceil(skewMs / 1000);
     refuse(
-      "unauthorized",
+      "clock_skew",
       `timestamp ${seconds} s from the deployment's clock (at most ${LIMITS.TIMESTAMP_WINDOW_MS / 1000} s): check the sidecar's clock`,
     );
   }
@@ -178,7 +213,9 @@ export interface SharedCheck {
 
 export interface SyncPayload {
   version: string;
-  ttlMs: number;
+  ttlMs: number; // clamped to [MIN_TTL_MS, TTL_CLAMP_MS]
+  periodMs: number | null; // the caller's store period, clamped; null: not sent (liveness = ttlMs)
+  token: string | null; // what the instance's last hello answered (64 lowercase hex)
   hello: Map<string, string> | null; // check -> fingerprint
   heartbeat: string | null; // the id the previous answer gave, unchecked (ignored with hello)
   results: WireResult[];
@@ -191,7 +228,8 @@ export interface SyncPayload {
 /** A drain needs a reason and may end by itself (forMs; null: until undrained); an undrain has neither. */
 export type DrainRequest = {
   instances: string[] | null; // null: every live instance
-  by: string;
+  by: string; // the caller's claim, recorded as sent
+  nonce: string; // 32 lowercase hex, new for every call: a replay is refused
 } & ({ action: "drain"; reason: string; forMs: number | null } | { action: "undrain"; reason: null; forMs: null });
 
 type JsonObject = Record<string, unknown>;
@@ -202,7 +240,11 @@ export function parseSyncPayload(body: string): SyncPayload {
   const payload = fields(parseJson(body), "body", ["version", "ttlMs", "results"], OPTIONAL_SYNC_KEYS);
   return {
     version: text(payload.version, "body.version", 1, FIELD_LIMITS.VERSION),
-    ttlMs: amount(payload.ttlMs, "body.ttlMs", LIMITS.MIN_TTL_MS, LIMITS.MAX_TTL_MS),
+    ttlMs: Math.min(amount(payload.ttlMs, "body.ttlMs", LIMITS.MIN_TTL_MS, LIMITS.MAX_TTL_MS), LIMITS.TTL_CLAMP_MS),
+    periodMs: absent(payload.periodMs)
+      ? null
+      : clamp(amount(payload.periodMs, "body.periodMs", 0, LIMITS.MAX_TTL_MS), LIMITS.MIN_PERIOD_MS, LIMITS.MAX_PERIOD_MS),
+    token: absent(payload.token) ? null : hex(payload.token, "body.token", 64),
     hello: parseHello(payload.hello),
     heartbeat: parseHeartbeat(payload.heartbeat),
     results: list(payload.results, "body.results", 0, LIMITS.MAX_CHECKS, parseResult, (r) => r.check),
@@ -215,7 +257,18 @@ export function parseSyncPayload(body: string): SyncPayload {
   };
 }
 
-const OPTIONAL_SYNC_KEYS = ["hello", "heartbeat", "summary", "panic", "shared", "leaving"];
+const OPTIONAL_SYNC_KEYS = ["hello", "heartbeat", "token", "periodMs", "summary", "panic", "shared", "leaving"];
+
+function clamp(value: number, min: number, max: number): number {
+  return Math.min(Math.max(value, min), max);
+}
+
+function hex(value: unknown, field: string, length: number): string {
+  if (typeof value !== "string" || !new RegExp(`^[0-9a-f]{${length}}$`).test(value)) {
+    invalid(`${field} must be ${length} lowercase hex characters`);
+  }
+  return value;
+}
 
 function flag(value: unknown, field: string): boolean {
   if (typeof value !== "boolean") invalid(`${field} must be true or false`);
@@ -223,13 +276,14 @@ function flag(value: unknown, field: string): boolean {
 }
 
 export function parseDrainRequest(body: string): DrainRequest {
-  const request = fields(parseJson(body), "body", ["action", "instances", "reason", "by", "forMs"]);
+  const request = fields(parseJson(body), "body", ["action", "instances", "reason", "by", "forMs", "nonce"]);
   const action = oneOf(request.action, "body.action", ["drain", "undrain"] as const);
   const common = {
     instances: absent(request.instances)
       ? null
       : list(request.instances, "body.instances", 1, LIMITS.MAX_INSTANCES, instanceName, (name) => name),
     by: text(request.by, "body.by", 1, FIELD_LIMITS.INSTANCE),
+    nonce: hex(request.nonce, "body.nonce", 32),
   };
   if (action === "undrain") {
     if (request.reason !== null) invalid("body.reason must be null to undrain");
@@ -315,7 +369,10 @@ function parsePanic(value: unknown): Panic {
   const panic = fields(value, "body.panic", ["failing", "holdMs"]);
   return {
     failing: checkNames(panic.failing, "body.panic.failing"),
-    holdMs: amount(panic.holdMs, "body.panic.holdMs", FIELD_LIMITS.MIN_HOLD_MS, FIELD_LIMITS.MAX_HOLD_MS),
+    holdMs: Math.min(
+      amount(panic.holdMs, "body.panic.holdMs", FIELD_LIMITS.MIN_HOLD_MS, FIELD_LIMITS.MAX_HOLD_MS),
+      FIELD_LIMITS.HOLD_CLAMP_MS,
+    ),
   };
 }
 
@@ -324,7 +381,10 @@ function parseShared(value: unknown, field: string): SharedCheck {
   const shared = {
     check: checkName(entry.check, `${field}.check`),
     fingerprint: checkName(entry.fingerprint, `${field}.fingerprint`),
-    leaseMs: amount(entry.leaseMs, `${field}.leaseMs`, FIELD_LIMITS.MIN_HOLD_MS, FIELD_LIMITS.MAX_HOLD_MS),
+    leaseMs: Math.min(
+      amount(entry.leaseMs, `${field}.leaseMs`, FIELD_LIMITS.MIN_HOLD_MS, FIELD_LIMITS.MAX_HOLD_MS),
+      FIELD_LIMITS.HOLD_CLAMP_MS,
+    ),
     result: absent(entry.result) ? null : parseResult(entry.result, `${field}.result`),
   };
   if (shared.result !== null && shared.result.check !== shared.check) {

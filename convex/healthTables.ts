@@ -28,7 +28,8 @@ export const resultFields = {
 /** A drain request in an instance's mailbox (its heartbeat). */
 export const drainFields = {
   reason: v.string(),
-  by: v.string(), // who asked, e.g. "ops@bastion"
+  by: v.string(), // who the caller says it is, e.g. "ops@bastion" (a claim, recorded as sent)
+  key: v.optional(v.literal("operator")), // which key signed the request (drains before v3: absent)
   at: v.number(), // server ms of the request
   until: v.union(v.number(), v.null()), // server ms it ends, null: until undrained
 };
@@ -62,6 +63,10 @@ export const healthTables = {
     // Set by the instance's last sync before it stopped: no longer counted in the fleet (its
     // results stay, for the warm start of its next start); cleared by its next sync.
     left: v.optional(v.literal(true)),
+    // The holder's proof: the first 32 hex of SHA-256(instance + "\n" + token), the token its
+    // hello answered; later syncs must present the token (so a heartbeat is bound to one name).
+    tokenHash: v.optional(v.string()),
+    lastTs: v.optional(v.number()), // the `ts` of the last accepted sync: a later one must be newer
   }),
 
   /** One row per (instance, check), written only when the result changes; lives as long as its instance. */
@@ -103,8 +108,24 @@ export const healthTables = {
     instance: v.string(),
     action: v.union(v.literal("drain"), v.literal("undrain")),
     reason: v.union(v.string(), v.null()),
-    by: v.string(),
+    by: v.string(), // the caller's claim, as sent
+    key: v.optional(v.literal("operator")), // which key signed the call (rows before v3: absent)
     at: v.number(), // server ms
     until: v.union(v.number(), v.null()),
   }).index("by_instance_at", ["instance", "at"]),
+
+  /** Nonces of accepted operator calls (drain, undrain), kept while their `ts` could be replayed. */
+  sidecarNonces: defineTable({
+    nonce: v.string(),
+    expiresAt: v.number(), // server ms: the call's ts + TIMESTAMP_WINDOW_MS
+  })
+    .index("by_nonce", ["nonce"])
+    .index("by_expiresAt", ["expiresAt"]),
+
+  /** Registrations of new instance names, by minute, in JOIN_SHARDS buckets (a hash of the name). */
+  sidecarJoins: defineTable({
+    minute: v.number(), // floor(server ms / 60 000)
+    shard: v.number(),
+    count: v.number(),
+  }).index("by_minute_shard", ["minute", "shard"]),
 };

@@ -17,6 +17,7 @@ const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const DOC = "docs/convex.md";
 const SECTION = "## Merging into an app's `convex/` folder";
 const SECRET = "merge-test-secret";
+const OPERATOR_SECRET = "merge-test-operator-secret";
 
 /** The sample app, in the scaling guide's style (single quotes), before the merge. */
 const SAMPLE_APP: Record<string, string> = {
@@ -233,6 +234,8 @@ describe("merging the functions into an app's convex/ folder (docs/convex.md ste
       "sidecarFailing",
       "sidecarHeartbeats",
       "sidecarInstances",
+      "sidecarJoins",
+      "sidecarNonces",
       "sidecarResults",
       "sidecarShared",
     ]);
@@ -243,6 +246,7 @@ describe("merging the functions into an app's convex/ folder (docs/convex.md ste
     ]);
 
     vi.stubEnv("HEALTH_SIDECAR_SECRET", SECRET);
+    vi.stubEnv("HEALTH_SIDECAR_OPERATOR_SECRET", OPERATOR_SECRET);
     try {
       const t = convexTest({ schema, modules: appModules(join(app, "convex")), transactionLimits: true });
       const ts = Date.now();
@@ -263,12 +267,13 @@ describe("merging the functions into an app's convex/ folder (docs/convex.md ste
       // The fleet functions, reaching the helper modules copied beside health.ts.
       const signedAs = (path: string, payload: object) => {
         const body = JSON.stringify(payload);
-        return { instance: "cli", ts, body, sig: sign(SECRET, path, "cli", ts, body) };
+        return { instance: "cli", ts, body, sig: sign(OPERATOR_SECRET, path, "cli", ts, body) };
       };
-      const drain = { action: "drain", instances: ["web-1"], reason: "merge test", by: "ci", forMs: null };
+      const nonce = "0123456789abcdef0123456789abcdef";
+      const drain = { action: "drain", instances: ["web-1"], reason: "merge test", by: "ci", forMs: null, nonce };
       expect(await t.mutation(anyApi.health.drain, signedAs("health:drain", drain))).toEqual({ instances: ["web-1"] });
       expect(await t.query(anyApi.health.fleet, signedAs("health:fleet", {}))).toMatchObject({
-        instances: [{ instance: "web-1", drain: { reason: "merge test", by: "ci" } }],
+        instances: [{ instance: "web-1", drain: { reason: "merge test", by: "ci", key: "operator" } }],
       });
 
       // The app's own tables and functions still work beside them.

@@ -5,11 +5,11 @@
  * node's crypto (independent of the Web Crypto verifier in healthProtocol.ts), and the helpers
  * health.test.ts and fleet.test.ts share: signed calls, payloads, snapshots of every table.
  */
-import { createHmac } from "node:crypto";
+import { createHash, createHmac, randomBytes } from "node:crypto";
 import { convexTest } from "convex-test";
 import { ConvexError } from "convex/values";
 import type { WithoutSystemFields } from "convex/server";
-import { expect } from "vitest";
+import { beforeEach, expect, vi } from "vitest";
 import { api } from "./_generated/api";
 import type { Doc, Id } from "./_generated/dataModel";
 import type { MutationCtx } from "./_generated/server";
@@ -24,6 +24,7 @@ export function sign(secret: string, path: string, instance: string, ts: number,
 }
 
 export const SECRET = "test-secret-0123456789";
+export const OPERATOR_SECRET = "test-operator-secret-0123456789";
 export const NOW = 1_795_899_714_996;
 export const SECOND = 1000;
 export const MINUTE = 60 * SECOND;
@@ -42,13 +43,47 @@ export interface Call {
   body: string;
 }
 
-/** A signed call (of health:sync unless `path` says otherwise); `payload` is JSON-encoded unless it is already text. */
+// What a sidecar keeps between calls: its last ts (each call's must be newer) and the token its
+// last hello answered (`sync` records it). Reset before each test.
+let lastTs = 0;
+const tokens = new Map<string, string>();
+beforeEach(() => {
+  lastTs = 0;
+  tokens.clear();
+  // Every test file stubs HEALTH_SIDECAR_SECRET itself; the operator's key is set here.
+  vi.stubEnv("HEALTH_SIDECAR_OPERATOR_SECRET", OPERATOR_SECRET);
+});
+
+/** The token the last hello of `instance` answered (through `sync`). */
+export const tokenOf = (instance: string): string | undefined => tokens.get(instance);
+
+/** A new nonce for an operator call: 32 lowercase hex. */
+export const nonce = (): string => randomBytes(16).toString("hex");
+
+/**
+ * A signed call (of health:sync unless `path` says otherwise); `payload` is JSON-encoded unless it
+ * is already text. As the sidecar and its CLI sign: `ts` newer than the last call's (same ms: one
+ * more), the operator key for drain and fleet, a sync's body with a `heartbeat` carries the
+ * instance's token unless it names one (`token: undefined` in it: none), a drain's a new nonce.
+ */
 export function signed(
   instance: string,
   payload: object | string,
-  { ts = Date.now(), secret = SECRET, path = "health:sync" }: { ts?: number; secret?: string; path?: string } = {},
+  { ts, secret, path = "health:sync" }: { ts?: number; secret?: string; path?: string } = {},
 ): Call {
-  const body = typeof payload === "string" ? payload : JSON.stringify(payload);
+  if (ts === undefined) {
+    ts = Math.max(Date.now(), lastTs + 1);
+    lastTs = ts;
+  }
+  secret ??= path === "health:sync" ? SECRET : OPERATOR_SECRET;
+  let content: object | string = payload;
+  if (typeof payload === "object" && path === "health:sync" && "heartbeat" in payload && !("token" in payload)) {
+    content = { ...payload, token: tokens.get(instance) ?? null };
+  }
+  if (typeof payload === "object" && path === "health:drain" && !("nonce" in payload)) {
+    content = { ...payload, nonce: nonce() };
+  }
+  const body = typeof content === "string" ? content : JSON.stringify(content);
   return { instance, ts, body, sig: sign(secret, path, instance, ts, body) };
 }
 
@@ -74,7 +109,12 @@ export function payload(overrides: Record<string, unknown> = {}) {
 export const hello = (checks: string[], fingerprint = (c: string) => `fp-${c}`) =>
   Object.fromEntries(checks.map((c) => [c, fingerprint(c)]));
 
-export const sync = (t: T, call: Call) => t.mutation(api.health.sync, call);
+/** A health:sync; a hello's token is kept for the instance's later calls (see `signed`). */
+export async function sync(t: T, call: Call) {
+  const answer = await t.mutation(api.health.sync, call);
+  if (answer.token !== null) tokens.set(call.instance, answer.token);
+  return answer;
+}
 
 /** Every table of the schema, whole documents (ids and creation times included). */
 export const snapshot = (t: T) =>
@@ -86,10 +126,22 @@ export const snapshot = (t: T) =>
     census: await ctx.db.query("sidecarCensus").collect(),
     shared: await ctx.db.query("sidecarShared").collect(),
     drainLog: await ctx.db.query("sidecarDrainLog").collect(),
+    nonces: await ctx.db.query("sidecarNonces").collect(),
+    joins: await ctx.db.query("sidecarJoins").collect(),
   }));
 
 /** A snapshot with nothing in it. */
-export const EMPTY = { instances: [], heartbeats: [], results: [], failing: [], census: [], shared: [], drainLog: [] };
+export const EMPTY = {
+  instances: [],
+  heartbeats: [],
+  results: [],
+  failing: [],
+  census: [],
+  shared: [],
+  drainLog: [],
+  nonces: [],
+  joins: [],
+};
 
 /** The heartbeat id the registry holds for `instance` (what its last answer gave). */
 export async function heartbeatOf(t: T, instance: string): Promise<string> {
@@ -98,9 +150,24 @@ export async function heartbeatOf(t: T, instance: string): Promise<string> {
   return registry.heartbeat;
 }
 
-/** Registers `instance` as a hello would, with a heartbeat that expires at `expiresAt`; returns the heartbeat. */
+/** The stored form of an instance's token, by the spec (node's crypto, not the functions' code). */
+export const hashToken = (instance: string, token: string): string =>
+  createHash("sha256").update(`${instance}\n${token}`, "utf8").digest("hex").slice(0, 32);
+
+/** A new token for `instance`, kept for `signed`; returns its stored form (for a planted heartbeat). */
+export function plantToken(instance: string): string {
+  const token = randomBytes(32).toString("hex");
+  tokens.set(instance, token);
+  return hashToken(instance, token);
+}
+
+/**
+ * Registers `instance` as a hello would, with a heartbeat that expires at `expiresAt`; returns the
+ * heartbeat. Its token is kept for `signed` (a random one).
+ */
 export async function enroll(ctx: MutationCtx, instance: string, expiresAt: number): Promise<Id<"sidecarHeartbeats">> {
-  const heartbeat = await ctx.db.insert("sidecarHeartbeats", { seenAt: expiresAt - MINUTE, expiresAt });
+  const tokenHash = plantToken(instance);
+  const heartbeat = await ctx.db.insert("sidecarHeartbeats", { seenAt: expiresAt - MINUTE, expiresAt, tokenHash });
   await ctx.db.insert("sidecarInstances", { instance, version: "0.2.0", heartbeat });
   return heartbeat;
 }

@@ -65,6 +65,7 @@ def build_app(settings: Settings) -> web.Application:
             instance=settings.instance,
             version=__version__,
             ttl_seconds=settings.ttl,
+            period_seconds=settings.store_interval,
         )
         evidence = RuntimeEvidence(
             url=settings.convex_url,

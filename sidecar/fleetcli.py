@@ -1,11 +1,17 @@
 """`health-sidecar fleet`, `drain` and `undrain`: the fleet as Convex sees it, with the daemon's
-own settings (CONVEX_URL and the secret), and its central drain."""
+own settings (CONVEX_URL), signed with the operator key (HEALTH_SIDECAR_OPERATOR_SECRET in this
+command's environment, never a sidecar's), and its central drain.
+
+Exit status: 0 done (and, for `fleet`, every instance ready); 1 not ready, or Convex refused or
+failed; 2 bad usage, an unknown instance, or no operator key; 3 this host's clock is more than
+30 s from the deployment's (`clock_skew`: nothing was done)."""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
 import json
+import os
 import re
 import socket
 import sys
@@ -18,11 +24,12 @@ from sidecar import __version__
 from sidecar.config import Settings
 from sidecar.fleet import MIN_SHARED_FAILING
 from sidecar.limits import INSTANCE, MAX_DRAIN_MS, MIN_DRAIN_MS, REASON
-from sidecar.store import ConvexClient, FunctionError, HealthStore, StoreError
+from sidecar.store import ClockSkew, ConvexClient, FunctionError, HealthStore, StoreError
 from sidecar.store.messages import DrainAnswer, FleetReport, Member
 
 T = TypeVar("T")
-EXIT_OK, EXIT_NOT_READY, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_NOT_READY, EXIT_USAGE, EXIT_CLOCK_SKEW = 0, 1, 2, 3
+OPERATOR_ENV = "HEALTH_SIDECAR_OPERATOR_SECRET"
 CALLER = "health-sidecar-cli"  # the `instance` a CLI call is signed as
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -109,7 +116,7 @@ def fleet_table(report: FleetReport, threshold: float) -> str:
             (
                 m.instance,
                 {True: "yes", False: "no", None: "?"}[m.ready],
-                "-" if m.drain is None else f"yes: {m.drain.reason} ({m.drain.by})",
+                "-" if m.drain is None else f"yes: {m.drain.reason} ({_signer(m.drain)})",
                 ", ".join(m.failing) or "-",
                 ", ".join(doc["shared_outages"]) or "-",
                 f"{m.seen_age_ms / 1000:.0f}s ago",
@@ -120,7 +127,14 @@ def fleet_table(report: FleetReport, threshold: float) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     if not report.members:
         lines.append("(no live instance)")
+    if report.joins_last_hour is not None:
+        lines.append(f"new instance names in the last hour: {report.joins_last_hour}")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _signer(drain: DrainAnswer) -> str:
+    """Who drained: the name the caller gave (a claim) and the key that signed the call."""
+    return f"by {drain.by} (claimed), signed with the {drain.key or 'unrecorded'} key"
 
 
 def fleet_document(report: FleetReport, threshold: float) -> dict[str, Any]:
@@ -132,6 +146,7 @@ def fleet_document(report: FleetReport, threshold: float) -> dict[str, Any]:
             for check, (failing, live) in report.outages.items()
         },
         "ready": bool(report.members) and all(m.ready for m in report.members),
+        "joins_last_hour": report.joins_last_hour,
     }
 
 
@@ -158,7 +173,12 @@ def _drain_document(drain: DrainAnswer | None) -> dict[str, Any] | None:
     if drain is None:
         return None
     remaining = None if drain.remaining_ms is None else round(drain.remaining_ms / 1000)
-    return {"reason": drain.reason, "by": drain.by, "remaining_seconds": remaining}
+    return {
+        "reason": drain.reason,
+        "by": drain.by,  # the caller's claim, recorded as sent
+        "signed_with": drain.key,  # "operator" (None: recorded before the operator key)
+        "remaining_seconds": remaining,
+    }
 
 
 def _shared(failing: int, live: int, threshold: float) -> bool:
@@ -184,7 +204,17 @@ def _usage(exc: Exception) -> int:
 
 
 def _run(settings: Settings, call: Callable[[HealthStore], Awaitable[T]]) -> T | int:
-    """Run one signed call with the daemon's settings; an exit status when it failed."""
+    """Run one signed call with the daemon's settings and the operator key; an exit status
+    when it failed."""
+    operator = os.environ.get(OPERATOR_ENV, "")
+    if not operator:
+        return _usage(
+            UsageError(
+                f"{OPERATOR_ENV} is not set: fleet, drain and undrain are signed with the "
+                "operator key (the deployment's HEALTH_SIDECAR_OPERATOR_SECRET, never given "
+                "to a sidecar)"
+            )
+        )
 
     async def run() -> T:
         async with aiohttp.ClientSession(
@@ -194,6 +224,7 @@ def _run(settings: Settings, call: Callable[[HealthStore], Awaitable[T]]) -> T |
             store = HealthStore(
                 client,
                 secret=settings.secret.get_secret_value(),
+                operator_secret=operator,
                 instance=CALLER,
                 version=__version__,
                 ttl_seconds=settings.ttl,
@@ -202,6 +233,9 @@ def _run(settings: Settings, call: Callable[[HealthStore], Awaitable[T]]) -> T |
 
     try:
         return asyncio.run(run())
+    except ClockSkew as exc:
+        print(f"health-sidecar: Convex: {exc}", file=sys.stderr)
+        return EXIT_CLOCK_SKEW
     except FunctionError as exc:
         # The functions' own refusal of an argument (an unknown instance): nothing changed.
         status = EXIT_USAGE if exc.code == "invalid_argument" else EXIT_NOT_READY

@@ -20,7 +20,14 @@ from sidecar.monitor import Monitor
 from sidecar.result import CheckResult, clip
 from sidecar.snapshot import Snapshot, StoreState
 from sidecar.state import probe_record, record_of
-from sidecar.store import FunctionError, HealthStore, RequestRejected, StoreError, Unauthorized
+from sidecar.store import (
+    ClockSkew,
+    FunctionError,
+    HealthStore,
+    RequestRejected,
+    StoreError,
+    Unauthorized,
+)
 from sidecar.store.evidence import RuntimeEvidence
 from sidecar.store.messages import SharedAsk, Summary, SyncAnswer, SyncRequest, Warm
 
@@ -28,7 +35,7 @@ T = TypeVar("T")
 MIN_GAP = 1.0  # seconds between the starts of two calls, at least
 COALESCE = 0.2  # a change waits this long for the changes that come with it
 # Errors that came from Convex's function runtime: it runs, whatever it said.
-RUNTIME_ANSWERS = (Unauthorized, FunctionError, RequestRejected)
+RUNTIME_ANSWERS = (Unauthorized, ClockSkew, FunctionError, RequestRejected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,7 @@ class Syncer:
         self._acked_summary: Summary | None = None
         self._acked_panic: tuple[str, ...] = ()
         self._hello = True
+        self._warmed = False  # the warm start is taken from the first hello's answer only
         # Shared checks: when this holder last sent its own result, and when (deployment ms)
         # the result last taken from the holder was observed.
         self._published: dict[str, float] = {}
@@ -108,7 +116,9 @@ class Syncer:
             self._acked = {}
             if answer.warm is not None:
                 self._acked = {r.check: r.essence for r in answer.warm.records}
-                self._warm_start(answer.warm)
+                if not self._warmed:
+                    self._warm_start(answer.warm)
+            self._warmed = True
         self._monitor.apply_fleet(self._fleet_view(answer))
         self._adopt(answer)
         self._published.update(
@@ -251,6 +261,10 @@ class Syncer:
             value = await call
         except StoreError as exc:
             self._metrics.store_requests.labels(op="sync", result=exc.kind).inc()
+            if isinstance(exc, Unauthorized):
+                # The heartbeat or its token refused (purged, expired, the name taken over),
+                # or the secret: the next sync is a hello, which gets a new token.
+                self._hello = True
             if isinstance(exc, RUNTIME_ANSWERS):
                 self._evidence.answered()
             else:

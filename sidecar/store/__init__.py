@@ -5,6 +5,7 @@ from __future__ import annotations
 from sidecar.store.client import ConvexClient
 from sidecar.store.errors import (
     BadResponse,
+    ClockSkew,
     FunctionError,
     RequestRejected,
     StoreError,
@@ -17,6 +18,7 @@ from sidecar.store.messages import SyncAnswer, Warm
 __all__ = [
     "PING",
     "BadResponse",
+    "ClockSkew",
     "ConvexClient",
     "FunctionError",
     "HealthStore",

@@ -10,6 +10,7 @@ import aiohttp
 
 from sidecar.store.errors import (
     BadResponse,
+    ClockSkew,
     FunctionError,
     RequestRejected,
     StoreError,
@@ -23,6 +24,7 @@ FunctionKind = Literal["query", "mutation", "action"]
 _FUNCTION_FAILED_STATUSES = frozenset({200, 560})
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _UNAUTHORIZED_CODE = "unauthorized"
+_CLOCK_SKEW_CODE = "clock_skew"
 
 
 class ConvexClient:
@@ -111,6 +113,8 @@ def _decode(path: str, status: int, raw: bytes) -> Any:
         text = f"{path}: {_error_text(payload.get('errorMessage'), data)}"
         if isinstance(data, dict) and data.get("code") == _UNAUTHORIZED_CODE:
             raise Unauthorized(text)
+        if isinstance(data, dict) and data.get("code") == _CLOCK_SKEW_CODE:
+            raise ClockSkew(text)
         raise FunctionError(text, data=data)
     raise BadResponse(f"{path}: HTTP {status} without a status of success or error")
 

@@ -17,6 +17,13 @@ class Unauthorized(StoreError):
     kind = "unauthorized"
 
 
+class ClockSkew(StoreError):
+    """Convex refused the call's timestamp (ConvexError code "clock_skew"): this host's clock
+    is more than 30 s from the deployment's."""
+
+    kind = "clock_skew"
+
+
 class FunctionError(StoreError):
     """A Convex function threw; `data` carries its `errorData` (None for a plain Error)."""
 

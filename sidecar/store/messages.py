@@ -67,11 +67,14 @@ class SharedAnswer:
 
 @dataclass(frozen=True, slots=True)
 class DrainAnswer:
-    """A drain of this instance in force: its reason, who asked, for how much longer."""
+    """A drain of this instance in force: its reason, who the caller said it was (`by`, a
+    claim recorded as sent), for how much longer, and which key signed it (`key`: "operator";
+    None for a drain recorded before the operator key existed)."""
 
     reason: str
     by: str
     remaining_ms: float | None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class SyncAnswer:
     outages: Mapping[str, tuple[int, int]]
     shared: tuple[SharedAnswer, ...]
     drain: DrainAnswer | None
+    token: str | None = None  # a hello's answer: what every later sync presents
+    live: int | None = None  # live instances as last counted (None: an older deployment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,7 @@ class FleetReport:
 
     members: tuple[Member, ...]
     outages: Mapping[str, tuple[int, int]]
+    joins_last_hour: int | None = None  # new instance names registered (None: not reported)
 
 
 def _wire(record: Record) -> dict[str, Any]:
@@ -128,9 +134,16 @@ def _wire(record: Record) -> dict[str, Any]:
 
 
 def sync_payload(
-    request: SyncRequest, *, version: str, ttl_ms: int, heartbeat: str | None
+    request: SyncRequest,
+    *,
+    version: str,
+    ttl_ms: int,
+    heartbeat: str | None,
+    token: str | None = None,
+    period_ms: int | None = None,
 ) -> dict[str, Any]:
-    """The body of a `health:sync`: the fleet's keys only when the request has them."""
+    """The body of a `health:sync`: the fleet's keys only when the request has them. A sync
+    that is not a hello presents the heartbeat and the token the last hello answered."""
     payload: dict[str, Any] = {
         "version": version,
         "ttlMs": ttl_ms,
@@ -138,6 +151,10 @@ def sync_payload(
         "heartbeat": heartbeat,
         "results": [_wire(r) for r in request.records],
     }
+    if token is not None:
+        payload["token"] = token
+    if period_ms is not None:
+        payload["periodMs"] = period_ms
     if request.summary is not None:
         summary = request.summary
         payload["summary"] = {
@@ -168,7 +185,17 @@ def fleet_report(value: Any) -> FleetReport:
     return FleetReport(
         members=tuple(_member(item) for item in as_list(report, "instances")),
         outages=_outages(report),
+        joins_last_hour=_optional_count(report, "joinsLastHour"),
     )
+
+
+def _optional_count(row: Mapping[str, Any], key: str) -> int | None:
+    """A count an older deployment may not send: a missing key is None."""
+    return None if row.get(key) is None else int(as_number(row, key))
+
+
+def _optional_string(row: Mapping[str, Any], key: str) -> str | None:
+    return None if row.get(key) is None else as_string(row, key)
 
 
 def instance_names(value: Any) -> tuple[str, ...]:
@@ -200,6 +227,8 @@ def sync_answer(value: Any) -> SyncAnswer:
         outages=_outages(answer),
         shared=tuple(_shared(item) for item in as_list(answer, "shared")),
         drain=None if drain is None else _drain(drain),
+        token=_optional_string(answer, "token"),
+        live=_optional_count(answer, "live"),
     )
 
 
@@ -247,6 +276,7 @@ def _drain(value: Any) -> DrainAnswer:
         reason=as_string(drain, "reason"),
         by=as_string(drain, "by"),
         remaining_ms=None if remaining is None else as_number(drain, "remainingMs"),
+        key=_optional_string(drain, "key"),
     )
 
 

@@ -21,7 +21,7 @@ import pytest
 from tests.support import convex, faults, procs
 from tests.support.daemon import cli as daemon_cli
 from tests.support.daemon import get, log_lines, metrics_text, start_daemon, wait_for
-from tests.support.procs import SECRET
+from tests.support.procs import OPERATOR_SECRET, SECRET
 from tests.support.switch import SwitchServer, switch_server
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,12 @@ async def fleet_of(
 
 def cli(convex_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`health-sidecar ARGS` with the fleet's settings."""
-    return daemon_cli(*args, env={"CONVEX_URL": convex_url, "HEALTH_SIDECAR_SECRET": SECRET})
+    env = {
+        "CONVEX_URL": convex_url,
+        "HEALTH_SIDECAR_SECRET": SECRET,
+        "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
+    }
+    return daemon_cli(*args, env=env)
 
 
 async def readiness(members: Sequence[Member]) -> list[int]:
@@ -232,7 +237,9 @@ async def test_drain_undrain_and_fleet_commands(
     assert health[0] == 200
     assert others == [200]
     assert table.returncode == 1
-    assert "yes: kernel upgrade" in table.stdout
+    assert "yes: kernel upgrade (by " in table.stdout
+    assert "(claimed), signed with the operator key" in table.stdout
+    assert all(m["draining"] is None for m in mine.values())
     assert all_drained == [503, 503], all_drained
     assert all_back == [200, 200], all_back
     assert unknown.returncode == 2, unknown
@@ -268,6 +275,21 @@ def test_drain_bad_input_is_refused_naming_the_option(
     proc = cli(fleet_convex.url, *args)
     assert proc.returncode == 2, proc
     assert error in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["fleet"], ["drain", "--instance", "x", "--reason", "r"]])
+def test_without_the_operator_key_the_cli_says_so_and_exits_2(
+    fleet_convex: procs.Proc, args: list[str]
+) -> None:
+    """fleet, drain and undrain are signed with HEALTH_SIDECAR_OPERATOR_SECRET: without it in
+    the environment the CLI names it and exits 2, and nothing reaches Convex; the fleet key
+    alone is not enough."""
+    env = {"CONVEX_URL": fleet_convex.url, "HEALTH_SIDECAR_SECRET": SECRET}
+    proc = daemon_cli(*args, env=env)
+    assert proc.returncode == 2, proc
+    assert "HEALTH_SIDECAR_OPERATOR_SECRET is not set" in proc.stderr
+    assert SECRET not in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
 
 

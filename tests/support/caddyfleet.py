@@ -38,7 +38,7 @@ from tests.support.daemon import (
     wait_for,
     wait_up,
 )
-from tests.support.procs import SECRET
+from tests.support.procs import OPERATOR_SECRET, SECRET
 
 CADDYFILE = procs.ROOT / "config" / "Caddyfile"
 # One loopback address per container, in order: app-1 on 127.0.0.2, app-2 on 127.0.0.3...
@@ -457,7 +457,11 @@ async def sample_readiness(
 async def live_instances(convex_url: str) -> list[str]:
     """The instances Convex counts in the fleet now, as `health-sidecar fleet --json` lists
     them (run as a subprocess without blocking the event loop)."""
-    env = {"CONVEX_URL": convex_url, "HEALTH_SIDECAR_SECRET": SECRET}
+    env = {
+        "CONVEX_URL": convex_url,
+        "HEALTH_SIDECAR_SECRET": SECRET,
+        "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
+    }
     proc = await cli_async("fleet", "--json", env=env)
     assert proc.returncode in (0, 1), (
         f"health-sidecar fleet exited {proc.returncode}: {proc.stderr}"

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-0123456789"  # HEALTH_SIDECAR_SECRET of the test session's stand-ins
+# HEALTH_SIDECAR_OPERATOR_SECRET of the stand-ins: what the CLI signs drain and fleet with.
+OPERATOR_SECRET = "test-operator-secret-0123456789"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -162,7 +164,12 @@ def start_convex_local(
     free port unless given), serving the repo's functions or (`functions="test"`) the
     test-only ones of dev/convex-local/testFunctions.ts."""
     port = port or free_port()
-    env = {"PORT": str(port), "HEALTH_SIDECAR_SECRET": secret, "CONVEX_LOCAL_FUNCTIONS": functions}
+    env = {
+        "PORT": str(port),
+        "HEALTH_SIDECAR_SECRET": secret,
+        "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
+        "CONVEX_LOCAL_FUNCTIONS": functions,
+    }
     return start(convex_local_argv(root), port=port, ready_path="/version", log=log, env=env)
 
 

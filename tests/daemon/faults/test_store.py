@@ -103,7 +103,7 @@ class StoreFault:
 
 STORE_FAULTS = [
     StoreFault("wrong_secret", _signed(WRONG_SECRET), "unauthorized", "bad signature"),
-    StoreFault("clock_skew", _signed(skew_ms=120_000), "unauthorized", "clock"),
+    StoreFault("clock_skew", _signed(skew_ms=120_000), "clock_skew", "clock"),
     # health:sync's own check: a ConvexError with errorData {"code": "invalid_argument"}.
     StoreFault("invalid_argument", _signed(ttlMs=0), "function_error", "invalid_argument"),
     # Convex's argument validator: a production deployment says only "Server Error".

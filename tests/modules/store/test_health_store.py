@@ -13,6 +13,7 @@ import pytest
 
 from sidecar.state import Record
 from sidecar.store import (
+    ClockSkew,
     ConvexClient,
     FunctionError,
     HealthStore,
@@ -21,7 +22,7 @@ from sidecar.store import (
     Unavailable,
 )
 from sidecar.store.messages import SyncRequest
-from tests.support.procs import SECRET, Proc
+from tests.support.procs import OPERATOR_SECRET, SECRET, Proc
 
 
 @pytest.fixture
@@ -36,11 +37,19 @@ def store(
     instance: str,
     *,
     secret: str = SECRET,
+    operator_secret: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> HealthStore:
     client = ConvexClient(session, url=convex.url, timeout=2.0)
     return HealthStore(
-        client, secret=secret, instance=instance, version="9.9.9", ttl_seconds=60, clock=clock
+        client,
+        secret=secret,
+        operator_secret=operator_secret,
+        instance=instance,
+        version="9.9.9",
+        ttl_seconds=60,
+        period_seconds=20,
+        clock=clock,
     )
 
 
@@ -130,16 +139,82 @@ async def test_wrong_secret_is_unauthorized_and_writes_nothing(
     assert answer.warm is None  # no instance was ever stored under this name
 
 
-@pytest.mark.parametrize("skew", [-120.0, 120.0])
-async def test_clock_off_by_two_minutes_is_refused(
+@pytest.mark.parametrize("skew", [-31.0, 120.0])
+async def test_clock_off_by_more_than_30_s_is_its_own_error(
     convex_local: Proc, session: aiohttp.ClientSession, skew: float
 ) -> None:
-    """The deployment's clock decides: a timestamp 120 s off (a replay, or a wrong clock) is
-    refused, and the error says to check the clock."""
+    """The deployment's clock decides: a timestamp over 30 s off is refused as ClockSkew
+    (kind "clock_skew", not "unauthorized"), and the error says to check the clock."""
     s = store(session, convex_local, "hs-skew", clock=lambda: time.time() + skew)
-    with pytest.raises(Unauthorized) as caught:
+    with pytest.raises(ClockSkew) as caught:
         await s.sync(SyncRequest(records=[record("convex")], hello=HELLO))
-    assert "clock" in str(caught.value)
+    assert caught.value.kind == "clock_skew"
+    assert "at most 30 s): check the sidecar's clock" in str(caught.value)
+
+
+async def test_the_token_of_the_hello_goes_with_every_later_sync(
+    convex_local: Proc, session: aiohttp.ClientSession
+) -> None:
+    """A hello answers a token (64 hex), later syncs present it; when another process takes
+    the name over with its own hello, the first one's sync is refused Unauthorized ("send
+    hello"), it forgets its token, and its next hello is accepted with a new one."""
+    first = store(session, convex_local, "hs-token")
+    hello = await first.sync(SyncRequest(hello=HELLO))
+    assert hello.token is not None
+    assert len(hello.token) == 64
+    steady = await first.sync(SyncRequest(records=[record("convex")]))
+    assert (steady.token, steady.heartbeat) == (None, hello.heartbeat)
+    usurper = await store(session, convex_local, "hs-token").sync(SyncRequest(hello=HELLO))
+    assert usurper.token not in (None, hello.token)
+    with pytest.raises(Unauthorized) as caught:
+        await first.sync(SyncRequest(records=[record("mastra")]))
+    assert "token does not match: send hello" in str(caught.value)
+    again = await first.sync(SyncRequest(hello=HELLO))
+    assert again.token not in (None, hello.token, usurper.token)
+
+
+async def test_calls_in_the_same_ms_get_increasing_timestamps(
+    convex_local: Proc, session: aiohttp.ClientSession
+) -> None:
+    """A frozen clock (two calls in one ms): each call's ts is one more than the last, so
+    Convex, which takes only a newer ts than the last it accepted, refuses none."""
+    frozen = time.time()
+    s = store(session, convex_local, "hs-frozen", clock=lambda: frozen)
+    await s.sync(SyncRequest(hello=HELLO))
+    for status in ("pass", "fail", "pass"):
+        assert (await s.sync(SyncRequest(records=[record("convex", status)]))).written == 1
+
+
+async def test_drain_and_fleet_need_the_operator_key(
+    convex_local: Proc, session: aiohttp.ClientSession
+) -> None:
+    """Without an operator key the store refuses to sign drain and fleet (no call is made);
+    signed with the fleet key by a forged store they are refused; with it they work, and a
+    drain's answer says which key signed it."""
+    await store(session, convex_local, "hs-operated").sync(SyncRequest(hello=HELLO))
+    with pytest.raises(Unauthorized, match="HEALTH_SIDECAR_OPERATOR_SECRET is not set"):
+        await store(session, convex_local, "cli").fleet()
+    forged = store(session, convex_local, "cli", operator_secret=SECRET)
+    with pytest.raises(Unauthorized, match="signed with the fleet key"):
+        await forged.drain(
+            drain=True, instances=None, reason="x", by="security@bastion", for_ms=None
+        )
+    operator = store(session, convex_local, "cli", operator_secret=OPERATOR_SECRET)
+    named = ["hs-operated"]
+    drained = await operator.drain(
+        drain=True, instances=named, reason="r", by="ops@test", for_ms=None
+    )
+    assert drained == ("hs-operated",)
+    report = await operator.fleet()
+    [member] = [m for m in report.members if m.instance == "hs-operated"]
+    assert member.drain is not None
+    assert (member.drain.by, member.drain.key) == ("ops@test", "operator")
+    assert report.joins_last_hour is not None
+    assert report.joins_last_hour >= 1
+    undrained = await operator.drain(
+        drain=False, instances=named, reason=None, by="ops@test", for_ms=None
+    )
+    assert undrained == ("hs-operated",)
 
 
 async def test_invalid_payload_is_a_function_error_with_its_code(
