@@ -29,6 +29,7 @@ _NOT_PROBED = frozenset(
     {
         "name",
         "interval",
+        "fast_interval",
         "timeout",
         "jitter",
         "critical",
@@ -43,8 +44,12 @@ APP_CHECK = "app"
 # SIDECAR_INTERVAL's and SIDECAR_TIMEOUT's defaults, in seconds.
 DEFAULT_INTERVAL = 10.0
 DEFAULT_TIMEOUT = 2.0
+# SIDECAR_FAST_INTERVAL's default and bounds, in seconds: a check in transition (its last
+# result differs from its status) runs again this soon, at most its interval.
+DEFAULT_FAST_INTERVAL = 1.0
+MIN_FAST_INTERVAL = 0.1
 PANIC_KINDS = frozenset({"convex", "mastra"})
-_NULLABLE = frozenset({"interval", "timeout", "panic"})
+_NULLABLE = frozenset({"interval", "fast_interval", "timeout", "panic"})
 
 
 def http_url(value: str) -> str:
@@ -70,7 +75,8 @@ def http_url(value: str) -> str:
 
 
 class _Check(BaseModel):
-    """What every check has; `interval` and `timeout` fall back to SIDECAR_INTERVAL/TIMEOUT."""
+    """What every check has; `interval`, `fast_interval` and `timeout` fall back to
+    SIDECAR_INTERVAL, SIDECAR_FAST_INTERVAL and SIDECAR_TIMEOUT."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,6 +86,9 @@ class _Check(BaseModel):
     # and `panic` is `default_panic()`: the settings resolve each check once (what its
     # `model_fields_set` lacks), so every check the daemon runs carries its own values.
     interval: float = Field(default=DEFAULT_INTERVAL, ge=0.01, le=86400)
+    # How soon a check in transition runs again (HAProxy's `fastinter`): unset, the smaller
+    # of SIDECAR_FAST_INTERVAL and the interval.
+    fast_interval: float = Field(default=DEFAULT_FAST_INTERVAL, ge=MIN_FAST_INTERVAL, le=86400)
     timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=600)
     jitter: float = Field(default=0.1, ge=0, le=0.5)
     critical: bool = True
@@ -106,6 +115,11 @@ class _Check(BaseModel):
         given = {"interval", "timeout"} <= self.model_fields_set
         if given and self.timeout > self.interval:
             raise ValueError(f"timeout ({self.timeout:g}s) exceeds interval ({self.interval:g}s)")
+        fast = {"interval", "fast_interval"} <= self.model_fields_set
+        if fast and self.fast_interval > self.interval:
+            raise ValueError(
+                f"fast_interval ({self.fast_interval:g}s) exceeds interval ({self.interval:g}s)"
+            )
         return self
 
     def definition(self) -> dict[str, Any]:

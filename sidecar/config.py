@@ -30,10 +30,12 @@ from pydantic_settings import (
 
 from sidecar.checks import (
     APP_CHECK,
+    DEFAULT_FAST_INTERVAL,
     DEFAULT_INTERVAL,
     DEFAULT_TIMEOUT,
     MASK,
     MAX_PROBES_PER_SECOND,
+    MIN_FAST_INTERVAL,
     Check,
     ConvexCheck,
     HttpCheck,
@@ -122,6 +124,12 @@ class Settings(BaseSettings):
         DEFAULT_INTERVAL, ge=0.01, le=86400, validation_alias=_env("SIDECAR_INTERVAL")
     )
     timeout: float = Field(DEFAULT_TIMEOUT, gt=0, le=600, validation_alias=_env("SIDECAR_TIMEOUT"))
+    fast_interval: float = Field(
+        DEFAULT_FAST_INTERVAL,
+        ge=MIN_FAST_INTERVAL,
+        le=86400,
+        validation_alias=_env("SIDECAR_FAST_INTERVAL"),
+    )
     store_interval: float = Field(
         60.0, ge=1, le=3600, validation_alias=_env("SIDECAR_STORE_INTERVAL")
     )
@@ -204,6 +212,11 @@ class Settings(BaseSettings):
                 ("SIDECAR_TIMEOUT",),
                 f"{self.timeout:g}s exceeds SIDECAR_INTERVAL ({self.interval:g}s)",
             )
+        if "fast_interval" in self.model_fields_set and self.fast_interval > self.interval:
+            yield problem(
+                ("SIDECAR_FAST_INTERVAL",),
+                f"{self.fast_interval:g}s exceeds SIDECAR_INTERVAL ({self.interval:g}s)",
+            )
 
     def _check_problems(self) -> Iterator[InitErrorDetails]:
         """Names reserved or used twice, an app check shared or excused, and a timeout over
@@ -231,6 +244,16 @@ class Settings(BaseSettings):
                     f"(SIDECAR_INTERVAL, {self.interval:g}s)"
                 )
                 yield problem(("checks", index, "timeout"), message, label)
+            if (
+                "interval" not in given
+                and "fast_interval" in given
+                and check.fast_interval > self.interval
+            ):
+                message = (
+                    f"{check.fast_interval:g}s exceeds the check's interval "
+                    f"(SIDECAR_INTERVAL, {self.interval:g}s)"
+                )
+                yield problem(("checks", index, "fast_interval"), message, label)
 
     def _store_problems(self) -> Iterator[InitErrorDetails]:
         shortest_ttl = 2 * self.store_interval + self.store_timeout
@@ -249,16 +272,18 @@ class Settings(BaseSettings):
             )
 
     def _load_problems(self) -> Iterator[InitErrorDetails]:
-        """More checks, or more probes a second, than the daemon is built for."""
+        """More checks, or more probes a second, than the daemon is built for. The rate is the
+        worst case: every check in transition at once, run at its fast interval."""
         resolved = self._resolved
         if len(resolved) > MAX_CHECKS:
             message = f"{len(resolved)} checks; at most {MAX_CHECKS} are allowed"
             yield problem(("SIDECAR_CHECKS",), message)
-        rate = sum(1 / c.interval for c in resolved)
+        rate = sum(1 / c.fast_interval for c in resolved)
         if rate > MAX_PROBES_PER_SECOND:
             message = (
-                f"the checks would run {rate:,.1f} probes a second; at most "
-                f"{MAX_PROBES_PER_SECOND:,} (sum of 1/interval): give them longer intervals"
+                f"the checks could run {rate:,.1f} probes a second; at most "
+                f"{MAX_PROBES_PER_SECOND:,} (sum of 1/fast_interval, the pace of a check in "
+                "transition): give them longer intervals or fast intervals"
             )
             yield problem(("SIDECAR_CHECKS",), message)
 
@@ -293,8 +318,8 @@ class Settings(BaseSettings):
 
 def _resolve(settings: Settings) -> tuple[Check, ...]:
     """The built-in checks the URLs ask for, then the file's; a file check with a built-in's
-    name replaces it. Interval and timeout the check does not set come from the settings,
-    and `panic` from `default_panic`."""
+    name replaces it. Interval, fast interval and timeout the check does not set come from the
+    settings (each at most the interval), and `panic` from `default_panic`."""
     builtin: list[Check] = [ConvexCheck(name="convex", target=settings.convex_url)]
     if settings.mastra_url:
         builtin.append(MastraCheck(name="mastra", target=settings.mastra_url))
@@ -307,8 +332,14 @@ def _resolve(settings: Settings) -> tuple[Check, ...]:
         given = check.model_fields_set
         interval = check.interval if "interval" in given else settings.interval
         timeout = check.timeout if "timeout" in given else min(settings.timeout, interval)
+        fast = check.fast_interval if "fast_interval" in given else settings.fast_interval
         panic = check.panic if "panic" in given else default_panic(check)
-        update = {"interval": interval, "timeout": timeout, "panic": panic}
+        update = {
+            "interval": interval,
+            "fast_interval": min(fast, interval),
+            "timeout": timeout,
+            "panic": panic,
+        }
         out.append(check.model_copy(update=update))
     return tuple(out)
 

@@ -43,6 +43,11 @@ class FleetView:
     check that failed less than one interval plus the grace ago keeps the instance in the pool
     while the fleet's count catches up (a shared cause fails every instance within about one
     interval; counted sooner, the first ones to fail would look like local faults).
+
+    `live` is how many instances the fleet counts live, this one included, as the answer said
+    (None: not said). Fewer than MIN_SHARED_FAILING: no other instance could share a failure,
+    so none waits. `pending_limit` shortens the wait further (seconds; None: one interval plus
+    the grace), for a caller that learns the fleet's verdict sooner than by the next sync.
     """
 
     threshold: float
@@ -51,6 +56,8 @@ class FleetView:
     outages: Mapping[str, Outage] = field(default_factory=dict)
     drain: Drain | None = None
     holders: frozenset[str] = frozenset()
+    live: int | None = None
+    pending_limit: float | None = None
 
     def shared_outage(self, state: CheckState, now: float) -> Outage | None:
         """The outage that excuses this failing check: counted by Convex recently, on at least
@@ -66,11 +73,26 @@ class FleetView:
         """True for a check that was passing and failed less than one of its intervals plus
         the grace ago: the instance stays ready while the others' failures, which come within
         an interval of its own when the cause is shared, reach Convex's count (a check that
-        fails from the start never waits)."""
+        fails from the start never waits, nor one in a fleet of one)."""
         since = state.since
-        if since is None or state.previous not in ("pass", "warn"):
+        if since is None or state.previous not in ("pass", "warn") or self.alone(state, now):
             return False
-        return now - since <= state.check.interval + self.grace
+        return now - since <= self.pending_window(state)
+
+    def pending_window(self, state: CheckState) -> float:
+        """How long a panic check that just failed waits for the fleet's count: one of its
+        intervals plus the grace, or `pending_limit` when that is shorter."""
+        window = state.check.interval + self.grace
+        return window if self.pending_limit is None else min(window, self.pending_limit)
+
+    def alone(self, state: CheckState, now: float) -> bool:
+        """True when a recent answer said that fewer than MIN_SHARED_FAILING instances are
+        live: no other could share this check's failure."""
+        if self.live is None or self.at is None:
+            return False
+        if now - self.at > STALE_INTERVALS * state.check.interval + self.grace:
+            return False
+        return self.live < MIN_SHARED_FAILING
 
     def drained(self, now: float) -> Drain | None:
         """The drain in force, if any."""

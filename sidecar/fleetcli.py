@@ -33,21 +33,42 @@ OPERATOR_ENV = "HEALTH_SIDECAR_OPERATOR_SECRET"
 CALLER = "health-sidecar-cli"  # the `instance` a CLI call is signed as
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+# How long `drain` and `undrain` wait for the instances to take the change (--timeout).
+DEFAULT_TIMEOUT = "10s"
+MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 3600.0
 
 
 class UsageError(Exception):
     """A bad argument: the message names the option; nothing was changed."""
 
 
-def parse_duration(text: str) -> float:
-    """`90s`, `15m`, `2h`, `1d` or plain seconds, from 1 s to 30 days; seconds."""
+def parse_duration(
+    text: str,
+    *,
+    option: str = "--for",
+    low: float = MIN_DRAIN_MS / 1000,
+    high: float = MAX_DRAIN_MS / 1000,
+) -> float:
+    """A number with its unit (`90s`, `15m`, `2h`, `1d`; a bare number is refused: minutes
+    or seconds?), from `low` to `high` (default: 1 s to 30 days, a drain's bounds); seconds.
+    A UsageError names `option` otherwise."""
     match = _DURATION.match(text.strip())
     if match is None:
-        raise UsageError(f"--for: {text!r} is not a duration (e.g. 90s, 15m, 2h, 1d)")
-    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if not MIN_DRAIN_MS <= seconds * 1000 <= MAX_DRAIN_MS:
-        raise UsageError(f"--for: {text!r} is not between 1 s and 30 days")
+        raise UsageError(f"{option}: {text!r} is not a duration (e.g. 90s, 15m, 2h, 1d)")
+    if not match.group(2):
+        raise UsageError(f"{option}: {text!r} needs a unit: s, m, h or d (e.g. {text}s)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not low <= seconds <= high:
+        raise UsageError(f"{option}: {text!r} is not between {_span(low)} and {_span(high)}")
     return seconds
+
+
+def _span(seconds: float) -> str:
+    """`1 s`, `1 h`, `30 days`: a bound as the messages say it."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def caller() -> str:
@@ -81,11 +102,18 @@ def drain(
     yes: bool,
     reason: str | None,
     duration: str | None,
+    timeout: str = DEFAULT_TIMEOUT,
+    wait: bool = True,
 ) -> int:
-    """Drain (or undrain) the named instances, or every live one with `--all --yes`."""
+    """Drain (or undrain) the named instances, or every live one with `--all --yes`.
+
+    `timeout` (how long to wait for each instance to take the change) is validated; waiting
+    itself needs the instances' acknowledgements through Convex, not there yet: with or without
+    `wait`, the command returns once Convex has recorded the change."""
     try:
         targets = _targets(instances, every=every, yes=yes)
         for_ms = None if duration is None else 1000 * parse_duration(duration)
+        parse_duration(timeout, option="--timeout", low=MIN_TIMEOUT, high=MAX_TIMEOUT)
         if not undo and not reason:
             raise UsageError("--reason: required to drain (it shows in /ready and the audit)")
         if undo and (reason is not None or duration is not None):

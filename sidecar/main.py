@@ -34,12 +34,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     fleet.add_argument("--json", action="store_true", help="JSON for scripts")
     for name, what in (("drain", "take instances out of the pool"), ("undrain", "undo a drain")):
         cmd = commands.add_parser(name, help=f"{what}, through Convex (audited)")
-        cmd.add_argument("--instance", action="append", default=[], help="an instance's name")
-        cmd.add_argument("--all", action="store_true", help="every live instance (with --yes)")
+        required = cmd.add_argument_group("required arguments")
+        targets = required.add_mutually_exclusive_group(required=True)
+        targets.add_argument(
+            "--instance", action="append", default=[], help="an instance's name (repeatable)"
+        )
+        targets.add_argument("--all", action="store_true", help="every live instance (with --yes)")
+        if name == "drain":
+            required.add_argument(
+                "--reason", required=True, help="why (shows in /ready and the audit trail)"
+            )
         cmd.add_argument("--yes", action="store_true", help="confirm --all")
         if name == "drain":
-            cmd.add_argument("--reason", help="why (shows in /ready and the audit trail)")
-            cmd.add_argument("--for", dest="duration", help="how long: 90s, 15m, 2h, 1d")
+            cmd.add_argument(
+                "--for",
+                dest="duration",
+                help="how long, with a unit: 90s, 15m, 2h, 1d (at most 30d)",
+            )
+        cmd.add_argument(
+            "--timeout",
+            default="10s",
+            help="how long to wait for the instances to take it, with a unit (default 10s)",
+        )
+        cmd.add_argument("--no-wait", action="store_true", help="return at once, without waiting")
     args = parser.parse_args(argv)
     if args.command == "check":
         return check_command(ready=args.ready, port=args.port, timeout=args.timeout)
@@ -79,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             yes=args.yes,
             reason=getattr(args, "reason", None),
             duration=getattr(args, "duration", None),
+            timeout=args.timeout,
+            wait=not args.no_wait,
         )
     from sidecar import daemon, logs
 

@@ -49,11 +49,17 @@ class Monitor:
             fleet=fleet,
         )
         self._metrics = metrics
+        # Each check's place in the states (every Snapshot keeps the checks' order).
+        self._index = {c.name: i for i, c in enumerate(checks)}
         metrics.watch(self)
 
     def live(self) -> bool:
         """True while the scheduler's heartbeat is fresh."""
         return self._monotonic() - self.snapshot.heartbeat <= HEARTBEAT_MAX_AGE
+
+    def state(self, name: str) -> CheckState:
+        """Check `name`'s state in the current Snapshot."""
+        return self.snapshot.states[self._index[name]]
 
     def record(self, name: str, result: CheckResult) -> None:
         """Take one probe result for check `name` (of a shared check this instance holds:

@@ -1,12 +1,16 @@
-"""Runs every check on its own interval, concurrently, and keeps the heartbeat.
+"""Runs every check at its own pace, concurrently, and keeps the heartbeat.
 
-Each check has its own task: a hung dependency delays nothing else. A supervisor restarts a
-check task that crashed (logged and counted) and beats the heartbeat that `/live` reads.
+Each check has its own task: a hung dependency delays nothing else. The check's state says when
+it runs next (its interval, or its fast interval while in transition: `CheckState.next_delay`);
+`hurry` brings a run forward when the fleet reports the check failing elsewhere. A supervisor
+restarts a check task that crashed (logged and counted) and beats the heartbeat that `/live`
+reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Sequence
@@ -19,6 +23,7 @@ from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.probes import Probe, run_probe
 from sidecar.result import CheckResult, Stopwatch
+from sidecar.state import CheckState
 
 # How often the supervisor beats the heartbeat and restarts a crashed check loop.
 TICK = 1.0
@@ -55,6 +60,11 @@ class Scheduler:
         self._backstop_grace = backstop_grace
         self._log = logs.get("scheduler")
         self._first = first_offsets(checks, step=first_round_step)
+        # `hurry`'s door into each loop: the event wakes it, `_hurried` says when to run.
+        self._wakes = {name: asyncio.Event() for name in self._checks}
+        self._hurried: dict[str, float] = {}
+        self._started: dict[str, float] = {}  # when each check's last probe started
+        self._running: set[str] = set()  # checks whose probe is in flight
 
     async def run(self) -> None:
         """Run until cancelled; cancelling stops every check loop before returning."""
@@ -85,17 +95,54 @@ class Scheduler:
         )
         return self._start(name)
 
+    def hurry(self, name: str) -> bool:
+        """Run check `name` soon (another instance reports it failing): within its jitter
+        times its fast interval, so that a fleet told at once does not probe in lock step.
+        Refused (False) for a check this instance does not have, while its probe runs, and
+        within one fast interval of its last start: a check never runs more often than its
+        fast interval allows, the pace the probe-rate bound counts."""
+        check = self._checks.get(name)
+        if check is None or name in self._running:
+            return False
+        fast = min(check.fast_interval, check.interval)
+        now = time.monotonic()
+        if now - self._started.get(name, float("-inf")) < fast:
+            return False
+        at = now + self._rng.uniform(0, check.jitter * fast)
+        self._hurried[name] = min(at, self._hurried.get(name, at))
+        self._wakes[name].set()
+        return True
+
     async def _loop(self, check: Check, delay: float) -> None:
-        """Probe `check` forever: after `delay`, then every interval (with jitter, without
-        drift)."""
+        """Probe `check` forever: after `delay`, then as its state says (with jitter, without
+        drift), or sooner when hurried."""
+        name = check.name
         next_at = time.monotonic() + delay
         while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += spacing(check, self._rng)
+            started = await self._until(name, next_at)
             if self._monitor.snapshot.probes(check):  # else another instance does
-                self._monitor.record(check.name, await self._run(check))
+                self._started[name] = time.monotonic()
+                self._running.add(name)
+                try:
+                    result = await self._run(check)
+                finally:
+                    self._running.discard(name)
+                self._monitor.record(name, result)
+            next_at = started + spacing(self._monitor.state(name), self._rng)
             # A probe slower than its interval does not make the next ones pile up.
             next_at = max(next_at, time.monotonic())
+
+    async def _until(self, name: str, at: float) -> float:
+        """Sleep until `at` (monotonic), or the sooner time `hurry` sets; return that time."""
+        wake = self._wakes[name]
+        while (left := at - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await wake.wait()
+            if wake.is_set():
+                wake.clear()
+                at = min(at, self._hurried.pop(name, at))
+        return at
 
     async def _run(self, check: Check) -> CheckResult:
         watch = Stopwatch()
@@ -113,7 +160,9 @@ def first_offsets(checks: Sequence[Check], *, step: float) -> dict[str, float]:
     return {c.name: i * min(step, c.interval / count) for i, c in enumerate(checks)}
 
 
-def spacing(check: Check, rng: random.Random) -> float:
-    """Seconds from one run of `check` to its next: the interval, plus or minus its jitter."""
-    jitter = check.interval * check.jitter
-    return check.interval + rng.uniform(-jitter, jitter)
+def spacing(state: CheckState, rng: random.Random) -> float:
+    """Seconds from one run of a check to its next: what its state asks for (the interval, or
+    the fast interval in transition), plus or minus its jitter."""
+    delay = state.next_delay()
+    jitter = delay * state.check.jitter
+    return delay + rng.uniform(-jitter, jitter)

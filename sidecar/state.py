@@ -60,6 +60,22 @@ class CheckState:
             previous=self.status if status != self.status else self.previous,
         )
 
+    @property
+    def in_transition(self) -> bool:
+        """True while the last result disagrees with the status: a failure not yet counted
+        `failures_before_fail` times, or a pass after failing not yet `successes_before_pass`
+        times in a row."""
+        result = self.result
+        if result is None or self.status == "unknown":
+            return False
+        return (result.status == "fail") != (self.status == "fail")
+
+    def next_delay(self) -> float:
+        """Seconds until the check's next run (before jitter): its fast interval while in
+        transition (HAProxy's `fastinter`), so a verdict comes in seconds; else its interval."""
+        check = self.check
+        return min(check.fast_interval, check.interval) if self.in_transition else check.interval
+
     def is_stale(self, now: float) -> bool:
         """True when there is no result, or the last one finished more than two intervals ago
         (plus the timeout the probe now in flight may still take; plus one more interval for

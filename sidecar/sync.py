@@ -178,6 +178,7 @@ class Syncer:
         now = time.time()
         drain = answer.drain
         return FleetView(
+            live=_live(answer),
             threshold=self._threshold,
             grace=self._timing.grace,
             at=now,
@@ -279,6 +280,13 @@ class Syncer:
         self._evidence.answered()
         self._monitor.set_store(StoreState(status="ok"))
         return value
+
+
+def _live(answer: SyncAnswer) -> int | None:
+    """The live instances the answer counts: its `live`, else an outage's count of them."""
+    if answer.live is not None:
+        return answer.live
+    return max((live for _, live in answer.outages.values()), default=None)
 
 
 def _failing_panic_checks(snap: Snapshot) -> tuple[str, ...]:

@@ -81,7 +81,8 @@ class DrainAnswer:
 class SyncAnswer:
     """What `health:sync` answered. `heartbeat` names this instance's liveness document: the
     next sync sends it back, so a steady-state sync touches that one small document only.
-    `outages` maps each panic check sent as failing to (failing, live) instances."""
+    `outages` maps each panic check sent as failing to (failing, live) instances; `live` is
+    the fleet's live instances, this one included, when the answer says (None: it does not)."""
 
     now_ms: float
     expires_at_ms: float

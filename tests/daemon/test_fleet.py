@@ -198,6 +198,42 @@ async def test_without_convex_there_is_no_fleet_view(
     assert took < 2 * INTERVAL + TIMEOUT + 1.5
 
 
+async def test_a_fleet_of_one_never_waits(mastra_local: procs.Proc, tmp_path: Path) -> None:
+    """One sidecar alone in its Convex deployment, 1 s checks, its Mastra stopped: /ready
+    turns 503 within about one sync of /health saying `mastra: error` (the answer counts one
+    live instance: no other could share the failure), not one interval plus the grace later
+    (today 4.2 s: /ready stayed 200 until 5.2 s); the reason is the check, nothing awaits a
+    count."""
+    with procs.convex_local(tmp_path / "convex.log", SECRET) as alone:
+        async with switch_server(upstream=mastra_local.url) as proxy:
+            settings = env(alone.url, "fo-alone", proxy.url, SIDECAR_INTERVAL="1")
+            del settings["SIDECAR_STORE_INTERVAL"]  # the default: one sync a minute
+            daemon = await asyncio.to_thread(start_daemon, settings, tmp_path / "alone.log")
+            try:
+                await wait_for(daemon.url + "/ready", 200, within=10)
+                await proxy.refuse()
+                error_at = ready_503_at = None
+                deadline = time.monotonic() + 15
+                while ready_503_at is None and time.monotonic() < deadline:
+                    _, health = await get(daemon.url + "/health")
+                    now = time.monotonic()
+                    if error_at is None and health["services"]["mastra"] == "error":
+                        error_at = now
+                    if (await get(daemon.url + "/ready"))[0] == 503:
+                        ready_503_at = now
+                    await asyncio.sleep(0.05)
+                _, details = await get(daemon.url + "/health?verbose")
+                _, ready = await get(daemon.url + "/ready")
+            finally:
+                await asyncio.to_thread(daemon.stop)
+    assert error_at is not None, "/health never said mastra: error"
+    assert ready_503_at is not None, "/ready never answered 503"
+    print(f"fleet of one: /ready 503 {ready_503_at - error_at:.2f}s after /health said error")
+    assert ready_503_at - error_at < 2.5, ready_503_at - error_at
+    assert ready == {"ready": False, "reasons": ["mastra is fail"]}
+    assert details["fleet"]["awaiting_count"] == []
+
+
 async def test_drain_undrain_and_fleet_commands(
     fleet_convex: procs.Proc, mastra_local: procs.Proc, tmp_path: Path
 ) -> None:
@@ -217,11 +253,15 @@ async def test_drain_undrain_and_fleet_commands(
         unknown = cli(fleet_convex.url, "drain", "--instance", "fd-nobody", "--reason", "x")
         undrained = cli(fleet_convex.url, "undrain", "--instance", "fd-b")
         back = await wait_for(members[1].daemon.url + "/ready", 200, within=5)
-        cli(fleet_convex.url, "drain", "--all", "--yes", "--reason", "maintenance", "--for", "1m")
+        drain_all = [
+            *("drain", "--all", "--yes", "--reason", "maintenance", "--for", "1m"),
+            *("--timeout", "5s", "--no-wait"),
+        ]
+        assert cli(fleet_convex.url, *drain_all).returncode == 0
         for member in members:
             await wait_for(member.daemon.url + "/ready", 503, within=5)
         all_drained = await readiness(members)
-        cli(fleet_convex.url, "undrain", "--all", "--yes")
+        assert cli(fleet_convex.url, "undrain", "--all", "--yes", "--timeout", "3s").returncode == 0
         for member in members:
             await wait_for(member.daemon.url + "/ready", 200, within=5)
         all_back = await readiness(members)
@@ -261,21 +301,30 @@ async def test_drain_undrain_and_fleet_commands(
     [
         (["drain", "--instance", "x", "--reason", "r", "--for", "soon"], "--for"),
         (["drain", "--instance", "x", "--reason", "r", "--for", "0s"], "--for"),
+        (["drain", "--instance", "fd-a", "--reason", "r", "--for", "90"], "--for"),
+        (["drain", "--instance", "fd-a", "--reason", "r", "--for", "31d"], "--for"),
+        (["drain", "--instance", "fd-a", "--reason", "r", "--timeout", "soon"], "--timeout"),
+        (["drain", "--instance", "fd-a", "--reason", "r", "--timeout", "10"], "--timeout"),
+        (["undrain", "--instance", "fd-a", "--timeout", "0s"], "--timeout"),
+        (["drain", "--instance", "fd-a", "--all", "--reason", "r"], "--all"),
         (["drain", "--instance", "x"], "--reason"),
         (["drain", "--all", "--reason", "r"], "--yes"),
         (["undrain"], "--instance"),
         (["undrain", "--instance", "x", "--reason", "r"], "--reason"),
     ],
 )
-def test_drain_bad_input_is_refused_naming_the_option(
+async def test_drain_bad_input_is_refused_naming_the_option(
     fleet_convex: procs.Proc, args: list[str], error: str
 ) -> None:
-    """A bad duration, a drain without a reason, --all without --yes: exit 2 naming the
-    option, before anything reaches Convex."""
-    proc = cli(fleet_convex.url, *args)
+    """A bad duration (no unit, over 30 days), a --timeout that does not parse, a drain
+    without a reason, --all without --yes or with --instance: exit 2 naming the option, before
+    anything reaches Convex (its audit trail has no new row)."""
+    before = await convex.documents(fleet_convex.url, "sidecarDrainLog")
+    proc = await asyncio.to_thread(cli, fleet_convex.url, *args)
     assert proc.returncode == 2, proc
     assert error in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert await convex.documents(fleet_convex.url, "sidecarDrainLog") == before
 
 
 @pytest.mark.parametrize("args", [["fleet"], ["drain", "--instance", "x", "--reason", "r"]])

@@ -224,6 +224,35 @@ def test_pending_covers_one_interval_plus_the_grace_after_a_pass() -> None:
     assert not view.pending(CheckState(check=MASTRA), T0)
 
 
+def test_a_fleet_of_one_never_waits() -> None:
+    """The last answer counts one live instance (this one): a panic check that just failed
+    takes the instance out at once (no other could share the failure); two live, it waits
+    as before; an unknown count (None) or a count older than two intervals plus the grace
+    waits as before too."""
+    alone = fleet(at=T0, live=1)
+    snap = failing_mastra(alone, now=T0 + 0.5)
+    assert not snap.ready
+    assert snap.reasons == ("mastra is fail",)
+    assert snap.health_document(details=True)["fleet"]["awaiting_count"] == []
+    assert failing_mastra(fleet(at=T0, live=2), now=T0 + 0.5).ready
+    assert failing_mastra(fleet(at=T0), now=T0 + 0.5).ready
+    view = FleetView(threshold=0.5, grace=3.0, at=T0 - 30, live=1)
+    assert view.pending(failing(), T0 + 0.5)  # said 30 s ago (more than 2 x 10 s + 3 s)
+    assert not replace(view, at=T0 - 20).pending(failing(), T0 + 0.5)
+
+
+def test_the_pending_window_can_be_shortened_never_lengthened() -> None:
+    """`pending_limit` shortens the wait (a verdict learnt sooner than the next sync); a
+    limit beyond one interval plus the grace changes nothing."""
+    short = FleetView(threshold=0.5, grace=3.0, pending_limit=2.0)
+    assert short.pending(failing(), T0 + 2.0)
+    assert not short.pending(failing(), T0 + 2.1)
+    assert short.pending_window(failing()) == 2.0
+    long = replace(short, pending_limit=60.0)
+    assert long.pending_window(failing()) == 13.0
+    assert not long.pending(failing(), T0 + 13.1)
+
+
 def test_drained_until_its_end() -> None:
     """A drain counts until `until`; one without an end counts until removed."""
     drain = Drain(reason="maintenance", by="ops", until=T0 + 60)

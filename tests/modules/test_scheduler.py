@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult, Stopwatch
 from sidecar.scheduler import Scheduler, first_offsets, spacing
+from sidecar.state import CheckState
 from tests.support import faults
 
 
@@ -32,7 +34,7 @@ def monitored(checks: list[Check], **kw: Any) -> tuple[Monitor, Metrics]:
 @contextlib.asynccontextmanager
 async def scheduling(
     watched: tuple[Monitor, Metrics], checks: list[Check], **kw: Any
-) -> AsyncIterator[None]:
+) -> AsyncIterator[Scheduler]:
     monitor, metrics = watched
     async with aiohttp.ClientSession() as session:
         scheduler = Scheduler(
@@ -40,7 +42,7 @@ async def scheduling(
         )
         task = asyncio.create_task(scheduler.run())
         try:
-            yield
+            yield scheduler
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -159,6 +161,113 @@ async def test_first_round_is_staggered_and_each_check_keeps_its_place() -> None
     assert all(abs((s - f) - 0.5) < 0.2 for f, s in zip(firsts, seconds, strict=True))
 
 
+def scripted(plan: str) -> tuple[Any, list[tuple[str, float]]]:
+    """A probe that answers the letters of `plan` in turn (p: pass, f: fail), then repeats the
+    last one, and the (check, start time) of every run."""
+    starts: list[tuple[str, float]] = []
+
+    async def probe(session: aiohttp.ClientSession, check: Check) -> CheckResult:
+        letter = plan[min(len(starts), len(plan) - 1)]
+        starts.append((check.name, time.monotonic()))
+        return Stopwatch().result("pass" if letter == "p" else "fail", letter)
+
+    return probe, starts
+
+
+async def settled(monitor: Monitor) -> None:
+    """Wait (at most 2 s) until every check has its first result."""
+    async with asyncio.timeout(2):
+        while "unknown" in monitor.snapshot.statuses.values():
+            await monitor.changed.wait()
+            monitor.changed.clear()
+
+
+def slow(name: str, *, fast: float, fails: int = 3, jitter: float = 0.0) -> HttpCheck:
+    """A check every 10 s with a fast interval of `fast`."""
+    return HttpCheck(
+        name=name,
+        target="http://127.0.0.1:9",
+        interval=10,
+        fast_interval=fast,
+        timeout=0.1,
+        jitter=jitter,
+        failures_before_fail=fails,
+    )
+
+
+async def test_a_check_in_transition_is_probed_at_its_fast_interval() -> None:
+    """A 10 s check that passed (restored at start) with a 0.2 s fast interval and three
+    failures before fail: after its first failure it runs every 0.2 s until the third turns
+    it fail (within a second, not 30 s), then goes back to its interval (no more runs in the
+    next second)."""
+    probe, starts = scripted("f")
+    checks: list[Check] = [slow("moving", fast=0.2)]
+    monitor, metrics = monitored(checks)
+    monitor.restore([CheckState(check=checks[0]).observe(Stopwatch().result("pass", "ok"))])
+    async with scheduling((monitor, metrics), checks, probe=probe):
+        async with asyncio.timeout(3):
+            while monitor.snapshot.statuses["moving"] != "fail":
+                await monitor.changed.wait()
+                monitor.changed.clear()
+        settled = len(starts)
+        await asyncio.sleep(1.0)
+    times = [t for _, t in starts]
+    assert settled == 3  # three failures: the third turns it fail
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.15 <= gap < 0.5 for gap in gaps), gaps  # the fast interval, not 10 s
+    assert len(starts) == settled  # settled: back to its 10 s interval
+
+
+async def test_hurry_runs_a_check_at_once_at_most_once_per_fast_interval() -> None:
+    """`hurry` wakes a 10 s check's loop: it runs again within milliseconds; a second hurry
+    within the fast interval (0.3 s) is refused, one after it is taken; an unknown check is
+    refused. Hurried without pause for 1.2 s, it runs at most once per fast interval."""
+    probe, starts = scripted("p")
+    checks: list[Check] = [slow("db", fast=0.3)]
+    monitor, metrics = monitored(checks)
+    async with scheduling((monitor, metrics), checks, probe=probe) as scheduler:
+        await settled(monitor)
+        await asyncio.sleep(0.35)
+        assert scheduler.hurry("db")
+        await asyncio.sleep(0.05)
+        assert len(starts) == 2
+        assert starts[1][1] - starts[0][1] >= 0.3
+        assert not scheduler.hurry("db")  # within a fast interval of the last start
+        assert not scheduler.hurry("nobody")
+        await asyncio.sleep(0.3)
+        assert scheduler.hurry("db")
+        await asyncio.sleep(0.05)
+        assert len(starts) == 3
+        before, taken, began = len(starts), 0, time.monotonic()
+        for _ in range(120):  # 1.2 s, or more on a busy machine
+            taken += scheduler.hurry("db")
+            await asyncio.sleep(0.01)
+        spent = time.monotonic() - began
+    times = [t for _, t in starts]
+    assert 2 <= len(starts) - before <= spent / 0.3 + 1, times  # once per fast interval
+    assert taken == len(starts) - before
+    assert all(b - a >= 0.3 for a, b in itertools.pairwise(times)), times
+
+
+async def test_hurried_checks_spread_over_their_jitter() -> None:
+    """Ten checks hurried at the same moment (jitter 0.5, fast interval 0.4 s) start within
+    0.2 s of it, not all in the same instant: a fleet told at once does not probe in lock
+    step."""
+    probe, starts = scripted("p")
+    checks: list[Check] = [slow(f"c{i}", fast=0.4, jitter=0.5) for i in range(10)]
+    monitor, metrics = monitored(checks)
+    async with scheduling((monitor, metrics), checks, probe=probe) as scheduler:
+        await settled(monitor)
+        await asyncio.sleep(0.45)
+        told = time.monotonic()
+        assert all(scheduler.hurry(c.name) for c in checks)
+        await asyncio.sleep(0.4)
+    hurried = [t - told for _, t in starts[10:]]
+    assert len(hurried) == 10
+    assert all(0 <= delay <= 0.2 + 0.05 for delay in hurried), hurried
+    assert max(hurried) - min(hurried) > 0.02, hurried
+
+
 # The pure pieces ---------------------------------------------------------------------------
 
 
@@ -184,11 +293,16 @@ def test_first_offsets_shrink_to_fit_the_interval() -> None:
 
 
 def test_spacing_stays_within_the_jitter() -> None:
-    """A 10 s check with 10% jitter comes back after 9 to 11 s; without jitter exactly 10."""
+    """A 10 s check with 10% jitter comes back after 9 to 11 s; without jitter exactly 10; in
+    transition, its fast interval (1 s) with the same fraction of jitter."""
     rng = random.Random(7)
     jittered = HttpCheck(name="a", target="http://h", interval=10, timeout=1, jitter=0.1)
-    gaps = [spacing(jittered, rng) for _ in range(500)]
+    gaps = [spacing(CheckState(check=jittered), rng) for _ in range(500)]
     assert all(9.0 <= gap <= 11.0 for gap in gaps)
     assert max(gaps) - min(gaps) > 1.0  # it does vary
     steady = jittered.model_copy(update={"jitter": 0.0})
-    assert spacing(steady, rng) == 10.0
+    assert spacing(CheckState(check=steady), rng) == 10.0
+    passed = CheckState(check=jittered).observe(Stopwatch().result("pass", "ok"))
+    moving = passed.observe(Stopwatch().result("fail", "down"))
+    fast = [spacing(moving, rng) for _ in range(500)]
+    assert all(0.9 <= gap <= 1.1 for gap in fast)

@@ -95,3 +95,39 @@ def test_output_is_clipped_in_utf16_units() -> None:
     assert len(text.encode("utf-16-le")) <= 2 * MAX_OUTPUT
     assert text.endswith("...")
     assert Stopwatch().result("pass", "short").output == "short"
+
+
+def paces(state: CheckState, statuses: str) -> list[float]:
+    """Feed results given as letters (p, f, w); return the delay before the next run after
+    each (the check's interval is 10 s, its fast interval 1 s)."""
+    seen: list[float] = []
+    for letter in statuses:
+        state = state.observe(result({"p": "pass", "f": "fail", "w": "warn"}[letter]))
+        seen.append(state.next_delay())
+    return seen
+
+
+def test_a_check_in_transition_runs_again_at_its_fast_interval() -> None:
+    """A failure not yet counted `failures_before_fail` times, and a pass after failing not
+    yet counted `successes_before_pass` times, bring the next run to the fast interval; a
+    settled status, either way, keeps the interval (HAProxy's fastinter)."""
+    fast = CheckState(check=check(3, 2).model_copy(update={"fast_interval": 1.0}))
+    assert paces(fast, "pffffppp") == [10, 1, 1, 10, 10, 1, 10, 10]
+    assert paces(fast, "pfpw") == [10, 1, 10, 10]  # a pass in between settles it again
+    assert paces(fast, "f") == [10]  # the first result decides at once: nothing to confirm
+
+
+def test_no_transition_before_a_result_or_with_thresholds_of_one() -> None:
+    """No result, or thresholds of one (every result decides): never in transition."""
+    assert not CheckState(check=check()).in_transition
+    assert CheckState(check=check()).next_delay() == 10
+    assert paces(CheckState(check=check(1, 1)), "pfpf") == [10, 10, 10, 10]
+
+
+def test_the_fast_interval_never_exceeds_the_interval() -> None:
+    """A check built with a fast interval above its interval (the settings never resolve one
+    so) runs in transition at its interval."""
+    slow = check(3, 2).model_copy(update={"interval": 0.5, "fast_interval": 1.0})
+    state = CheckState(check=slow).observe(result("pass")).observe(result("fail"))
+    assert state.in_transition
+    assert state.next_delay() == 0.5

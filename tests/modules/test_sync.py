@@ -1,11 +1,14 @@
-"""sidecar/sync.py's pure pieces: the grace after a change and the bounds of a lease."""
+"""sidecar/sync.py's pure pieces: the grace after a change, the bounds of a lease, and the
+live count of an answer."""
 
 from __future__ import annotations
 
 import pytest
 
 from sidecar.limits import MAX_HOLD_MS, MIN_HOLD_MS
-from sidecar.sync import COALESCE, MIN_GAP, SyncTiming, _lease_ms
+from sidecar.store.errors import BadResponse
+from sidecar.store.messages import sync_answer
+from sidecar.sync import COALESCE, MIN_GAP, SyncTiming, _lease_ms, _live
 
 
 def test_sync_grace_and_leases() -> None:
@@ -15,3 +18,34 @@ def test_sync_grace_and_leases() -> None:
     assert _lease_ms(0.2) == MIN_HOLD_MS
     assert _lease_ms(25.0) == 25_000
     assert _lease_ms(10**6) == MAX_HOLD_MS
+
+
+def answer(**extra: object) -> dict[str, object]:
+    """A `health:sync` answer as Convex writes it (every number a float)."""
+    return {
+        "now": 1.8e12,
+        "expiresAt": 1.8e12 + 60_000.0,
+        "written": 0.0,
+        "resend": False,
+        "warm": None,
+        "heartbeat": "hb1",
+        "outages": [],
+        "shared": [],
+        "drain": None,
+        **extra,
+    }
+
+
+def test_the_live_count_comes_from_the_answer_or_its_outages() -> None:
+    """An answer's `live` is parsed when present (a missing key: unknown); without it, an
+    outage's count of live instances is the live count; a `live` that is not a number is a
+    bad response."""
+    assert sync_answer(answer()).live is None
+    assert _live(sync_answer(answer())) is None
+    assert _live(sync_answer(answer(live=1.0))) == 1
+    outage = {"check": "mastra", "failing": 1.0, "live": 3.0}
+    assert sync_answer(answer(outages=[outage])).live is None
+    assert _live(sync_answer(answer(outages=[outage]))) == 3
+    assert _live(sync_answer(answer(outages=[outage], live=4.0))) == 4
+    with pytest.raises(BadResponse):
+        sync_answer(answer(live="1"))

@@ -445,6 +445,46 @@ def test_at_most_200_checks(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> No
         load_settings()
 
 
+def test_fast_interval_defaults_and_sources(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Unset, a check's fast interval is SIDECAR_FAST_INTERVAL's default (1 s), capped at its
+    interval; the file's top-level `fast_interval` sets it for every check, a check's own wins,
+    and SIDECAR_FAST_INTERVAL beats the file."""
+    seed_env(clean_env)
+    with_file(
+        clean_env,
+        tmp_path,
+        'fast_interval = 2\n[[checks]]\nname = "db"\nkind = "tcp"\ntarget = "h:1"\n'
+        "interval = 0.5\n"
+        '[[checks]]\nname = "api"\nkind = "tcp"\ntarget = "h:2"\nfast_interval = 0.3\n',
+    )
+    checks = by_name(load_settings())
+    fast = {name: c.fast_interval for name, c in checks.items()}
+    assert fast == {"convex": 2, "mastra": 2, "db": 0.5, "api": 0.3}
+    clean_env.setenv("SIDECAR_FAST_INTERVAL", "0.25")
+    assert by_name(load_settings())["convex"].fast_interval == 0.25
+    clean_env.delenv("SIDECAR_CONFIG")
+    clean_env.delenv("SIDECAR_FAST_INTERVAL")
+    clean_env.setenv("SIDECAR_INTERVAL", "0.4")
+    clean_env.setenv("SIDECAR_TIMEOUT", "0.1")
+    assert by_name(load_settings())["convex"].fast_interval == 0.4
+
+
+def test_the_probe_rate_bound_counts_fast_intervals(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A check in transition runs at its fast interval: 150 checks every 10 s with a fast
+    interval of 0.1 s could run 1,500 probes a second and are refused; at 0.2 s (750 a
+    second, with the two built-ins') they are accepted."""
+    seed_env(clean_env)
+    table = '[[checks]]\nname = "c{}"\nkind = "tcp"\ntarget = "127.0.0.1:9"\n'
+    with_file(clean_env, tmp_path, "".join(table.format(i) for i in range(150)))
+    clean_env.setenv("SIDECAR_FAST_INTERVAL", "0.2")
+    assert len(load_settings().resolved_checks) == 152
+    clean_env.setenv("SIDECAR_FAST_INTERVAL", "0.1")
+    with pytest.raises(ConfigError, match=r"1,520.0 probes a second; at most 1,000"):
+        load_settings()
+
+
 PASSWORD = "Hunter2pass"
 MISTYPED = [
     f"https://user:{PASSWORD}#x@host.example",
