@@ -10,7 +10,7 @@ from typing import Any, Literal
 import orjson
 
 from sidecar.checks import Check
-from sidecar.fleet import FleetView, Outage
+from sidecar.fleet import DRAINED, FleetView, Outage
 from sidecar.state import CheckState, Status
 
 HealthStatus = Literal["ok", "degraded", "error"]
@@ -85,7 +85,7 @@ class Snapshot:
         reasons = ["draining"] if self.draining else []
         drain = self.fleet.drained(now)
         if drain is not None:
-            reasons.append(f"drained: {drain.reason}")
+            reasons.append(f"{DRAINED}{drain.reason}")
         reasons += [
             f"{s.name} is {statuses[s.name]}"
             for s in self.states

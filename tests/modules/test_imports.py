@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config", "snapshot"),
     ("metrics",),
     ("monitor", "probes"),
-    ("scheduler", "server", "sync", "warmstart"),
+    ("scheduler", "server", "sync", "warmstart", "watch"),
     ("app", "fleetcli"),
     ("daemon",),
     ("main",),
