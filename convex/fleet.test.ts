@@ -7,6 +7,7 @@ import { convexTest } from "convex-test";
 import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
 import { api, internal } from "./_generated/api";
 import type { Id } from "./_generated/dataModel";
+import { COUNTS } from "./healthCounts";
 import { FLEET } from "./healthFleet";
 import { FIELD_LIMITS, LIMITS } from "./healthProtocol";
 import schema from "./schema";
@@ -19,6 +20,7 @@ import {
   SECRET,
   enroll,
   plantToken,
+  storedRow,
   hello,
   modules,
   payload,
@@ -28,6 +30,7 @@ import {
   signed,
   snapshot,
   sync,
+  tokenOf,
   type Call,
   type T,
 } from "./test.setup";
@@ -65,8 +68,8 @@ const panic = (t: T, beats: Record<string, string>, instance: string, failing: s
 const drainCall = (body: object | string, options: { path?: string } = {}) =>
   signed("cli", body, { path: "health:drain", ...options });
 const drain = (t: T, body: object | string) => t.mutation(api.health.drain, drainCall(body));
-const fleet = (t: T, options: { ts?: number } = {}) =>
-  t.query(api.health.fleet, signed("cli", {}, { path: "health:fleet", ...options }));
+const fleet = (t: T, { body = {}, ...options }: { ts?: number; body?: object } = {}) =>
+  t.query(api.health.fleet, signed("cli", body, { path: "health:fleet", ...options }));
 
 const DRAIN = { action: "drain", instances: null, reason: "kernel upgrade", by: "ops@bastion", forMs: null };
 const UNDRAIN = { action: "undrain", instances: null, reason: null, by: "ops@bastion", forMs: null };
@@ -95,14 +98,18 @@ describe("summary", () => {
     // One document written per transaction at most: the heartbeat's patch.
     const tight = convexTest({ schema, modules, transactionLimits: { documentsWritten: 1 } });
     const heartbeat = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + HOUR, tokenHash: plantToken("i1") }),
+      ctx.db.insert("sidecarHeartbeats", {
+        seenAt: NOW,
+        expiresAt: NOW + HOUR,
+        liveUntil: NOW + HOUR,
+        tokenHash: plantToken("i1"),
+      }),
     );
     await tight.run((ctx) =>
       ctx.db.insert("sidecarInstances", { instance: "i1", version: "0.2.0", heartbeat, ...summary }),
     );
     const beats = { i1: heartbeat };
     await expect(steady(tight, beats, "i1", { summary })).resolves.toMatchObject({ resend: false });
-    await expect(sync(tight, signed("i1", payload({ hello: {}, summary })))).resolves.toMatchObject({ resend: false });
     // Each field counts: another reason, another failing list, another readiness is a second write.
     for (const changed of [
       { ...summary, reasons: ["mastra is warn"] },
@@ -125,174 +132,138 @@ describe("summary", () => {
 
 // ---------------------------------------------------------------------------------------------
 
-describe("panic: failing rows and the census", () => {
-  const five = ["i1", "i2", "i3", "i4", "i5"];
+describe("counting: failing rows, sharded counters, the recount, liveness", () => {
+  /** Runs the scheduled recounts (and whatever else is scheduled), the clock moving with them. */
+  const settle = (t: T) => t.finishAllScheduledFunctions(vi.runAllTimers);
+  const verdicts = async (t: T) =>
+    Object.fromEntries((await snapshot(t)).verdicts.map((v) => [v.check, [v.failing, v.live]]));
+  const counterSum = async (t: T, key: string) =>
+    (await snapshot(t)).counters.filter((c) => c.key === key).reduce((sum, c) => sum + c.value, 0);
 
-  test("rows are upserted, refreshed and deleted to match panic.failing", async () => {
+  test("rows are inserted, kept and deleted to match panic.failing; a refresh writes no row", async () => {
     const t = setup();
     const beats = await register(t, ["i1"]);
-    await panic(t, beats, "i1", ["a", "b"]);
-    const first = (await snapshot(t)).failing;
-    expect(first.map(({ check, instance, until }) => ({ check, instance, until }))).toEqual([
-      { check: "a", instance: "i1", until: NOW + HOLD },
-      { check: "b", instance: "i1", until: NOW + HOLD },
-    ]);
-    vi.setSystemTime(NOW + 5 * SECOND);
-    const answer = await panic(t, beats, "i1", ["b", "c"], 40 * SECOND);
-    expect(answer.outages.map((o) => o.check)).toEqual(["b", "c"]);
-    const second = (await snapshot(t)).failing;
-    expect(second).toEqual([
-      { ...first[1], until: NOW + 5 * SECOND + 40 * SECOND }, // b: the same row, refreshed
-      expect.objectContaining({ check: "c", instance: "i1", until: NOW + 45 * SECOND }),
-    ]);
+    await panic(t, beats, "i1", ["mastra", "convex"]);
+    const rows = (await snapshot(t)).failing;
+    expect(rows.map((r) => r.check).sort()).toEqual(["convex", "mastra"]);
+    await panic(t, beats, "i1", ["convex", "mastra"]);
+    expect((await snapshot(t)).failing).toEqual(rows); // untouched, to the creation time
+    await panic(t, beats, "i1", ["mastra"]);
+    expect((await snapshot(t)).failing.map((r) => r.check)).toEqual(["mastra"]);
+    expect(await counterSum(t, "failing:mastra")).toBe(1);
+    expect(await counterSum(t, "failing:convex")).toBe(0);
+  });
+
+  test("five instances, three failing: the recount's verdict says 3 of 5, answered by the next failing sync", async () => {
+    const t = setup();
+    const beats = await register(t, ["i1", "i2", "i3", "i4", "i5"]);
+    for (const i of ["i1", "i2", "i3"]) await panic(t, beats, i, ["mastra"]);
+    await settle(t);
+    expect(await verdicts(t)).toEqual({ mastra: [3, 5] });
+    // Refreshing counts nothing twice; the answer reads the verdict.
+    const answer = await panic(t, beats, "i3", ["mastra"]);
+    expect(answer.outages).toEqual([{ check: "mastra", failing: 3, live: 5 }]);
+    expect(answer.live).toBe(5);
+    // Every sync answers the live count.
+    expect((await steady(t, beats, "i4")).live).toBe(5);
+  });
+
+  test("recovering decrements, failing again increments, leaving takes the rows and the instance out", async () => {
+    const t = setup();
+    const beats = await register(t, ["i1", "i2", "i3"]);
+    for (const i of ["i1", "i2"]) await panic(t, beats, i, ["mastra"]);
     await panic(t, beats, "i1", []);
-    expect((await snapshot(t)).failing).toEqual([]);
+    await settle(t);
+    expect(await verdicts(t)).toEqual({ mastra: [1, 3] });
+    await panic(t, beats, "i1", ["mastra"]);
+    await steady(t, beats, "i2", { leaving: true, panic: { failing: ["mastra"], holdMs: HOLD } });
+    await settle(t);
+    expect(await verdicts(t)).toEqual({ mastra: [1, 2] });
+    expect((await snapshot(t)).failing.map((r) => r.instance)).toEqual(["i1"]);
+    // Nothing failing any more: the verdict row goes (no row: nothing fails).
+    await panic(t, beats, "i1", []);
+    await settle(t);
+    expect(await verdicts(t)).toEqual({});
+    expect((await snapshot(t)).live[0].live).toBe(2);
   });
 
-  test("an outage count is answered for every name listed, in the order listed", async () => {
+  test("an instance that left is out of the counts and the listing, and warm-starts", async () => {
     const t = setup();
     const beats = await register(t, ["i1", "i2"]);
-    await panic(t, beats, "i2", ["mastra"]);
-    const answer = await panic(t, beats, "i1", ["zeta", "mastra", "convex"]);
-    expect(answer.outages).toEqual([
-      { check: "zeta", failing: 1, live: 2 },
-      { check: "mastra", failing: 2, live: 2 },
-      { check: "convex", failing: 1, live: 2 },
-    ]);
-  });
-
-  test("five instances: the third to fail sees failing=3 of live=5; refreshing does not count twice", async () => {
-    const t = setup();
-    const beats = await register(t, five);
-    const seen = [];
-    for (const instance of ["i1", "i2", "i3"]) seen.push((await panic(t, beats, instance, ["mastra"])).outages);
-    expect(seen).toEqual([
-      [{ check: "mastra", failing: 1, live: 5 }],
-      [{ check: "mastra", failing: 2, live: 5 }],
-      [{ check: "mastra", failing: 3, live: 5 }],
-    ]);
-    vi.setSystemTime(NOW + 5 * SECOND);
-    expect((await panic(t, beats, "i1", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 3, live: 5 }]);
-    expect(await censusOf(t, "mastra")).toMatchObject({ failing: 3, live: 5, computedAt: NOW });
-  });
-
-  test("concurrent syncs count exactly (mutations serialize)", async () => {
-    const t = setup();
-    const beats = await register(t, five);
-    const answers = await Promise.all(five.map((instance) => panic(t, beats, instance, ["mastra"])));
-    expect(answers.map((a) => a.outages[0].failing).sort()).toEqual([1, 2, 3, 4, 5]);
-    expect(answers.every((a) => a.outages[0].live === 5)).toBe(true);
-    expect(await censusOf(t, "mastra")).toMatchObject({ failing: 5, live: 5 });
-    // And as many recover at once: the count goes back to zero.
-    await Promise.all(five.map((instance) => panic(t, beats, instance, [])));
-    expect(await censusOf(t, "mastra")).toMatchObject({ failing: 0, live: 5 });
-  });
-
-  test("an instance that recovers decrements; one that fails again increments", async () => {
-    const t = setup();
-    const beats = await register(t, five);
-    for (const instance of ["i1", "i2", "i3"]) await panic(t, beats, instance, ["mastra", "convex"]);
-    const recovered = await panic(t, beats, "i2", ["convex"]); // mastra recovered on i2
-    expect(recovered.outages).toEqual([{ check: "convex", failing: 3, live: 5 }]);
-    expect(await censusOf(t, "mastra")).toMatchObject({ failing: 2 });
-    expect((await panic(t, beats, "i3", [])).outages).toEqual([]);
-    expect(await censusOf(t, "mastra")).toMatchObject({ failing: 1 });
-    expect(await censusOf(t, "convex")).toMatchObject({ failing: 2 });
-    expect((await panic(t, beats, "i2", ["mastra", "convex"])).outages).toEqual([
-      { check: "mastra", failing: 2, live: 5 },
-      { check: "convex", failing: 2, live: 5 },
-    ]);
-  });
-
-  test("after 15 s the census is recounted, dropping a dead instance whose row expired", async () => {
-    const t = setup();
-    const beats = {
-      ...(await register(t, ["i1", "i2", "i3", "i4"])),
-      ...(await register(t, ["dead"], LIMITS.MIN_TTL_MS)),
-    };
-    await panic(t, beats, "i1", ["mastra"]);
-    await panic(t, beats, "i2", ["mastra"]);
-    // Then it dies: no more syncs. Its heartbeat expires at +10 s, its row at +5 s.
-    await steady(t, beats, "dead", { ttlMs: LIMITS.MIN_TTL_MS, panic: { failing: ["mastra"], holdMs: 5 * SECOND } });
-    // Within 15 s, the census counts on (its row expired at +5 s, its heartbeat at +10 s).
-    vi.setSystemTime(NOW + 10 * SECOND);
-    expect((await panic(t, beats, "i3", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 4, live: 5 }]);
-    vi.setSystemTime(NOW + FLEET.CENSUS_MAX_AGE_MS);
-    expect((await panic(t, beats, "i1", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 4, live: 5 }]);
-    // Older than 15 s: recounted. i1, i2 (until +25 s), i3 and i4 fail; dead is neither live nor failing.
-    vi.setSystemTime(NOW + FLEET.CENSUS_MAX_AGE_MS + 1);
-    expect((await panic(t, beats, "i4", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 4, live: 4 }]);
-    expect(await censusOf(t, "mastra")).toMatchObject({ computedAt: NOW + FLEET.CENSUS_MAX_AGE_MS + 1 });
-    // i2's row expired at +25 s, after the recount, which counted it: revived, it is not counted twice.
-    vi.setSystemTime(NOW + 30 * SECOND);
-    expect((await panic(t, beats, "i2", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 4, live: 4 }]);
-  });
-
-  test("an instance that left (its last sync before it stopped) is out of the counts and the listing, and warm-starts", async () => {
-    const t = setup();
-    const beats = await register(t, ["i1", "i2", "gone"]);
-    await steady(t, beats, "gone", { results: [result("mastra")], leaving: true });
-    vi.setSystemTime(NOW + FLEET.CENSUS_MAX_AGE_MS + 1);
-    expect((await panic(t, beats, "i1", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 1, live: 2 }]);
-    expect((await fleet(t)).instances.map((i) => i.instance)).toEqual(["i1", "i2"]);
-    // Back (a restart): its hello still gets its results, and it counts again.
-    const back = await sync(t, signed("gone", payload({ hello: { mastra: "fp-mastra" } })));
-    expect(back.warm?.results.map((r) => r.check)).toEqual(["mastra"]);
-    expect((await fleet(t)).instances.map((i) => i.instance)).toEqual(["gone", "i1", "i2"]);
-  });
-
-  test("instances that leave while failing take their rows with them; joins and leaves void the census", async () => {
-    const t = setup();
-    const old = await register(t, ["o1", "o2", "o3"]);
-    for (const name of ["o1", "o2", "o3"]) await panic(t, old, name, ["mastra"]);
-    expect((await panic(t, old, "o3", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 3, live: 3 }]);
-    // A rolling deploy during the outage: the old ones stop (their last sync still lists the
-    // failing check), new ones start, and one of them has a local fault.
-    for (const name of ["o1", "o2", "o3"]) {
-      await steady(t, old, name, { leaving: true, panic: { failing: ["mastra"], holdMs: HOLD } });
-    }
-    const fresh = await register(t, ["n1", "n2", "n3", "n4"]);
-    expect((await panic(t, fresh, "n1", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 1, live: 4 }]);
-    expect((await snapshot(t)).failing.map((row) => row.instance)).toEqual(["n1"]);
-  });
-
-  test("a census with more failing than live instances is recounted at once", async () => {
-    const t = setup();
-    const beats = await register(t, ["i1", "i2"]);
-    await panic(t, beats, "i1", ["mastra"]);
-    await t.run(async (ctx) => {
-      const census = await ctx.db.query("sidecarCensus").first();
-      if (census) await ctx.db.patch("sidecarCensus", census._id, { failing: 5, live: 2 });
-    });
-    expect((await panic(t, beats, "i2", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 2, live: 2 }]);
+    await steady(t, beats, "i2", { leaving: true });
+    await settle(t);
+    expect((await snapshot(t)).live[0].live).toBe(1);
+    expect((await fleet(t)).instances.map((i) => i.instance)).toEqual(["i1"]);
+    const back = await sync(t, signed("i2", payload({ hello: {} })));
+    expect(back.warm).toEqual({ confirmedAgeMs: expect.any(Number), results: [] });
+    await settle(t);
+    expect((await snapshot(t)).live[0].live).toBe(2);
   });
 
   test("leaving must be a boolean", async () => {
     const t = setup();
     const beats = await register(t, ["i1"]);
-    const before = await snapshot(t);
-    expect((await refusal(steady(t, beats, "i1", { leaving: "yes" }))).data.code).toBe("invalid_argument");
-    expect(await snapshot(t)).toEqual(before);
+    const error = await refusal(steady(t, beats, "i1", { leaving: "yes" }));
+    expect(error.data).toEqual({ code: "invalid_argument", message: "body.leaving must be true or false" });
   });
 
-  test("a row that expired before the recount counts again when revived", async () => {
+  test("attack: ghost failing rows: a dead instance's rows stop counting, and it leaves fleet and the counts within 3 store periods", async () => {
     const t = setup();
-    const beats = await register(t, ["i1", "i2"]);
-    await panic(t, beats, "i1", ["mastra"], 1 * SECOND);
-    vi.setSystemTime(NOW + 16 * SECOND);
-    expect((await panic(t, beats, "i2", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 1, live: 2 }]);
-    vi.setSystemTime(NOW + 17 * SECOND);
-    expect((await panic(t, beats, "i1", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 2, live: 2 }]);
+    const P = 10 * SECOND; // the store period every instance reports
+    const beats = await register(t, ["alive", "ghost"]);
+    const every = { periodMs: P };
+    await steady(t, beats, "ghost", { ...every, panic: { failing: ["mastra"], holdMs: FIELD_LIMITS.HOLD_CLAMP_MS } });
+    await steady(t, beats, "alive", every);
+    await settle(t);
+    expect(await verdicts(t)).toEqual({ mastra: [1, 2] });
+    const killed = Date.now(); // ghost is killed now: no last sync
+    // alive syncs once a period; by 3 periods after the kill the ghost is out of everything.
+    let out: number | null = null;
+    for (let at = killed + P; at <= killed + 4 * P && out === null; at += P) {
+      vi.setSystemTime(at);
+      await steady(t, beats, "alive", every);
+      await settle(t);
+      const listed = (await fleet(t)).instances.map((i) => i.instance);
+      if (!listed.includes("ghost") && (await verdicts(t)).mastra === undefined) out = at;
+    }
+    expect(out).not.toBeNull();
+    expect(out! - killed).toBeLessThanOrEqual(3 * P);
+    const after = await snapshot(t);
+    expect(after.failing).toEqual([]); // its rows went with it
+    expect(after.live[0].live).toBe(1);
+    expect((await steady(t, beats, "alive", every)).live).toBe(1);
   });
 
-  test("a row that expired after the recount is revived without counting twice", async () => {
+  test("the recount is debounced: twenty instances failing at once schedule one recount, which writes one verdict", async () => {
     const t = setup();
-    const beats = await register(t, ["i1", "i2"]);
-    await panic(t, beats, "i1", ["mastra"], 2 * SECOND);
-    // i1's row (until +2 s) was counted by the recount at NOW; at +3 s it is expired but still counted.
-    vi.setSystemTime(NOW + 3 * SECOND);
-    expect((await panic(t, beats, "i1", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 1, live: 2 }]);
-    expect((await panic(t, beats, "i2", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 2, live: 2 }]);
+    const names = Array.from({ length: 20 }, (_, i) => `i${i}`);
+    const beats = await register(t, names);
+    await settle(t);
+    for (const name of names) await panic(t, beats, name, ["mastra"]);
+    const scheduled = await t.run(async (ctx) =>
+      (await ctx.db.system.query("_scheduled_functions").collect()).filter(
+        (f) => f.name === "health:recount" && f.state.kind === "pending",
+      ),
+    );
+    expect(scheduled).toHaveLength(1);
+    await settle(t);
+    expect(await verdicts(t)).toEqual({ mastra: [20, 20] });
+    // The counters: one document per shard touched, never one per instance.
+    const counters = (await snapshot(t)).counters.filter((c) => c.key === "failing:mastra");
+    expect(counters.length).toBeLessThanOrEqual(16);
+    expect(counters.reduce((sum, c) => sum + c.value, 0)).toBe(20);
+  });
+
+  test("a lost recount (its mark left pending) is asked for again after RECOUNT_STALE_MS", async () => {
+    const t = setup();
+    const beats = await register(t, ["i1"]);
+    await t.run(async (ctx) => {
+      const mark = await ctx.db.query("sidecarRecount").first();
+      await ctx.db.patch("sidecarRecount", mark!._id, { pending: true, at: Date.now() - COUNTS.RECOUNT_STALE_MS - 1 });
+    });
+    await panic(t, beats, "i1", ["mastra"]);
+    await settle(t);
+    expect(await verdicts(t)).toEqual({ mastra: [1, 1] });
   });
 
   test("panic with nothing failing and no rows reads one empty index range and writes nothing more", async () => {
@@ -301,36 +272,22 @@ describe("panic: failing rows and the census", () => {
       modules,
       transactionLimits: {
         documentsRead: 2,
-        databaseQueries: 2,
+        databaseQueries: 4,
         documentsWritten: 1,
-        bytesRead: 2 * 158,
-        bytesWritten: 158,
+        bytesRead: 2 * 161,
+        bytesWritten: 161,
       },
     });
     const id = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + HOUR, tokenHash: plantToken("i1") }),
+      ctx.db.insert("sidecarHeartbeats", {
+        seenAt: NOW,
+        expiresAt: NOW + HOUR,
+        liveUntil: NOW + HOUR,
+        tokenHash: plantToken("i1"),
+      }),
     );
     const answer = await panic(tight, { i1: id }, "i1", []);
     expect(answer).toMatchObject({ resend: false, outages: [], shared: [], drain: null });
-  });
-
-  test("a failing sync with a fresh census reads a bounded number of documents, however many instances live", async () => {
-    // The heartbeat's get and the patch's read, the census's read and the patch's read: 4 (a new
-    // row), plus the row's read and its patch's read when it is refreshed: 5. Three index ranges.
-    const limits = { documentsRead: 5, databaseQueries: 3 };
-    const tight = convexTest({ schema, modules, transactionLimits: limits });
-    const beats: Record<string, Id<"sidecarHeartbeats">> = {};
-    await tight.run(async (ctx) => {
-      for (let i = 0; i < 50; i++) beats[`i${i}`] = await enroll(ctx, `i${i}`, NOW + HOUR);
-      await ctx.db.insert("sidecarCensus", { check: "mastra", failing: 20, live: 50, computedAt: NOW });
-    });
-    vi.setSystemTime(NOW + 10 * SECOND);
-    expect((await panic(tight, beats, "i7", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 21, live: 50 }]);
-    expect((await panic(tight, beats, "i7", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 21, live: 50 }]);
-    expect((await panic(tight, beats, "i8", ["mastra"])).outages).toEqual([{ check: "mastra", failing: 22, live: 50 }]);
-    // The same limits refuse a recount (a scan of the 50 heartbeats), which comes once the census is 15 s old.
-    vi.setSystemTime(NOW + FLEET.CENSUS_MAX_AGE_MS + 1);
-    await expect(panic(tight, beats, "i9", ["mastra"])).rejects.toThrow(/too many/i);
   });
 });
 
@@ -566,11 +523,13 @@ describe("drain and undrain", () => {
   });
 
   test("the mailbox costs a drained instance's steady sync no extra read", async () => {
-    const tight = convexTest({ schema, modules, transactionLimits: { documentsRead: 2, databaseQueries: 1 } });
+    // The queries: the get, the (empty) range of dead heartbeats, the live count.
+    const tight = convexTest({ schema, modules, transactionLimits: { documentsRead: 2, databaseQueries: 3 } });
     const heartbeat = await tight.run((ctx) =>
       ctx.db.insert("sidecarHeartbeats", {
         seenAt: NOW,
         expiresAt: NOW + HOUR,
+        liveUntil: NOW + HOUR,
         tokenHash: plantToken("i1"),
         drain: { reason: "r", by: "b", key: "operator", at: NOW, until: null },
       }),
@@ -588,7 +547,7 @@ describe("drain and undrain", () => {
 // ---------------------------------------------------------------------------------------------
 
 describe("fleet", () => {
-  test("lists the live instances by name with summary and drain, and the outages of the last minute", async () => {
+  test("lists the counted instances by name with summary and drain, the outages, the live count and the joins", async () => {
     const t = setup();
     const summary = { ready: false, reasons: ["mastra is fail"], failing: ["mastra"] };
     await sync(t, signed("web-2", payload({ hello: {}, summary })));
@@ -596,12 +555,9 @@ describe("fleet", () => {
     const beats = await register(t, ["web-1"]);
     await drain(t, { ...DRAIN, instances: ["web-1"], forMs: HOUR });
     await panic(t, beats, "web-1", ["mastra"]);
-    await t.run(async (ctx) => {
-      // At the query's time (+20 s), one computed 60 s before (listed) and one 60.001 s before (not).
-      await ctx.db.insert("sidecarCensus", { check: "agent", failing: 2, live: 3, computedAt: NOW - 40 * SECOND });
-      await ctx.db.insert("sidecarCensus", { check: "convex", failing: 1, live: 3, computedAt: NOW - 40 * SECOND - 1 });
-    });
+    await t.finishAllScheduledFunctions(vi.runAllTimers); // the recount: 1 of 3 failing mastra
     vi.setSystemTime(NOW + 20 * SECOND);
+    const computed = (await snapshot(t)).verdicts[0].computedAt;
     expect(await fleet(t)).toEqual({
       now: NOW + 20 * SECOND,
       instances: [
@@ -622,12 +578,35 @@ describe("fleet", () => {
         },
         { instance: "web-2", version: "0.2.0", ...summary, seenAgeMs: 20 * SECOND, drain: null },
       ],
-      outages: [
-        { check: "agent", failing: 2, live: 3, ageMs: 60 * SECOND },
-        { check: "mastra", failing: 1, live: 3, ageMs: 20 * SECOND },
-      ],
+      outages: [{ check: "mastra", failing: 1, live: 3, ageMs: NOW + 20 * SECOND - computed }],
+      live: 3, // as last recounted: "old" expires at +10 s, and is not listed
       joinsLastHour: 3,
+      continueCursor: expect.any(String),
+      isDone: true,
     });
+  });
+
+  test("pages: at most FLEET_PAGE registry documents a call, the cursor going on to the end", async () => {
+    const t = setup();
+    const names = Array.from({ length: FLEET.FLEET_PAGE + 30 }, (_, i) => `web-${String(i).padStart(3, "0")}`);
+    await t.run(async (ctx) => {
+      for (const name of names) await enroll(ctx, name, NOW + HOUR);
+    });
+    await t.run(async (ctx) => {
+      for (const beat of await ctx.db.query("sidecarHeartbeats").collect()) {
+        await ctx.db.patch("sidecarHeartbeats", beat._id, { liveUntil: NOW + HOUR });
+      }
+    });
+    const listed: string[] = [];
+    let cursor: string | null = null;
+    for (let pages = 0; pages < 5; pages++) {
+      const page = await fleet(t, { body: { cursor } });
+      expect(page.instances.length).toBeLessThanOrEqual(FLEET.FLEET_PAGE);
+      listed.push(...page.instances.map((i) => i.instance));
+      cursor = page.continueCursor;
+      if (page.isDone) break;
+    }
+    expect(listed).toEqual(names);
   });
 
   test("takes its time from the verified ts, not the clock", async () => {
@@ -636,10 +615,72 @@ describe("fleet", () => {
     const asOf = NOW + 5 * MINUTE; // the heartbeat expires then
     vi.setSystemTime(asOf - 30 * SECOND);
     expect((await fleet(t, { ts: asOf - 1 })).instances.map((i) => i.seenAgeMs)).toEqual([5 * MINUTE - 1]);
-    expect(await fleet(t, { ts: asOf })).toEqual({ now: asOf, instances: [], outages: [], joinsLastHour: 1 });
+    expect((await fleet(t, { ts: asOf })).instances).toEqual([]);
     // A ts before the last sync gives an age of 0, never a negative one.
     vi.setSystemTime(NOW);
     expect((await fleet(t, { ts: NOW - 30 * SECOND })).instances[0].seenAgeMs).toBe(0);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe("watch (the subscription's query)", () => {
+  const watch = (t: T, instance: string, token: string | undefined) =>
+    t.query(api.health.watch, { instance, token: token ?? "" });
+  /** What watch reads: a steady sync must write none of it (no subscription re-runs). */
+  const watched = async (t: T) => {
+    const { mailboxes, verdicts, live, sharedStatus } = await snapshot(t);
+    return { mailboxes, verdicts, live, sharedStatus };
+  };
+
+  test("answers the instance's drain, the verdicts, the live count and the shared statuses; a wrong token is refused", async () => {
+    const t = setup();
+    const beats = await register(t, ["i1", "i2"]);
+    const token = tokenOf("i1");
+    expect(await watch(t, "i1", token)).toEqual({ drain: null, live: 0, verdicts: [], shared: [] });
+    await drain(t, { ...DRAIN, instances: ["i1"], forMs: HOUR });
+    await panic(t, beats, "i2", ["mastra"]);
+    const shared = [{ check: "db", fingerprint: "f", leaseMs: 30_000, result: result("db", { fingerprint: "f", status: "fail" }) }];
+    await steady(t, beats, "i2", { shared });
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    const answer = await watch(t, "i1", token);
+    expect(answer.drain).toEqual({ reason: "kernel upgrade", by: "ops@bastion", key: "operator", at: NOW, until: NOW + HOUR });
+    expect(answer.live).toBe(2);
+    expect(answer.verdicts).toEqual([{ check: "mastra", failing: 1, live: 2, since: expect.any(Number) }]);
+    expect(answer.shared).toEqual([{ check: "db", fingerprint: "f", status: "fail", since: expect.any(Number) }]);
+    // Another instance's token, a made-up one, a malformed one.
+    for (const wrong of [tokenOf("i2"), "0".repeat(64)]) {
+      expect((await refusal(watch(t, "i1", wrong))).data).toEqual({
+        code: "unauthorized",
+        message: "this instance's token does not match: send hello",
+      });
+    }
+    expect((await refusal(watch(t, "i1", "xyz"))).data.code).toBe("invalid_argument");
+    expect((await refusal(watch(t, "", token))).data.code).toBe("invalid_argument");
+    // A new hello (a restart, or the name taken over) gives a new token: the old one is refused.
+    await sync(t, signed("i1", payload({ hello: {} })));
+    expect((await refusal(watch(t, "i1", token))).data.code).toBe("unauthorized");
+    await watch(t, "i1", tokenOf("i1"));
+  });
+
+  test("a steady sync, a refreshed failing sync and a renewed lease write nothing watch reads", async () => {
+    const t = setup();
+    const beats = await register(t, ["i1", "i2"]);
+    const shared = (status: string) => [
+      { check: "db", fingerprint: "f", leaseMs: 30_000, result: result("db", { fingerprint: "f", status }) },
+    ];
+    await panic(t, beats, "i1", ["mastra"]);
+    await steady(t, beats, "i2", { shared: shared("pass") });
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    const before = await watched(t);
+    await steady(t, beats, "i1", { panic: { failing: ["mastra"], holdMs: HOLD } });
+    await steady(t, beats, "i2", { shared: shared("pass") });
+    await steady(t, beats, "i2");
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    expect(await watched(t)).toEqual(before);
+    // A status change does write the status row.
+    await steady(t, beats, "i2", { shared: shared("fail") });
+    expect((await watched(t)).sharedStatus[0].status).toBe("fail");
   });
 });
 
@@ -899,120 +940,80 @@ describe("bad inputs of the fleet keys are refused with invalid_argument, changi
 // ---------------------------------------------------------------------------------------------
 
 describe("purgeExpired and the fleet tables", () => {
-  test("deletes the failing rows of purged instances, stale failing, census and shared rows; never the drain log", async () => {
+  const purgeAll = async (t: T) => {
+    await t.mutation(internal.health.purgeExpired, {});
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+  };
+
+  test("an expired instance leaves the counts, and its failing rows, mailbox, registry and heartbeat go; never the drain log", async () => {
     const t = setup();
     const beats = await register(t, ["gone", "live"], LIMITS.MIN_TTL_MS);
-    await panic(t, beats, "gone", ["mastra", "convex"]); // two failing rows, two census rows
+    const failing = { failing: ["mastra", "convex"], holdMs: HOLD };
+    await steady(t, beats, "gone", { ttlMs: LIMITS.MIN_TTL_MS, panic: failing });
     await drain(t, { ...DRAIN, instances: ["gone"] });
-    const later = NOW + DAY + 2 * HOUR;
-    await t.run(async (ctx) => {
-      // live's rows: one expired over an hour before the purge (deleted), one 30 minutes before (kept).
-      await ctx.db.insert("sidecarFailing", { check: "agent", instance: "live", until: NOW + 10 * SECOND });
-      await ctx.db.insert("sidecarFailing", { check: "mastra", instance: "live", until: later - 30 * MINUTE });
-      await ctx.db.insert("sidecarCensus", { check: "old", failing: 1, live: 2, computedAt: NOW - DAY });
-      await ctx.db.insert("sidecarShared", {
-        check: "old",
-        fingerprint: "f",
-        holder: "gone",
-        leaseUntil: NOW,
-        result: null,
-      });
-      await ctx.db.insert("sidecarShared", {
-        check: "new",
-        fingerprint: "f",
-        holder: "live",
-        leaseUntil: later,
-        result: null,
-      });
-    });
-    vi.setSystemTime(later);
-    await register(t, ["live"]); // live again; gone expired a day ago
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    vi.setSystemTime(NOW + MINUTE);
+    await register(t, ["live"]); // live again (its hello also takes gone out of the counts)
     const before = await snapshot(t);
-    // gone: 2 failing rows, its registry document and heartbeat; live's stale row; 3 census rows; 1 lease.
-    // Besides: the drain's spent nonce, and the join buckets over two hours old.
-    const spent = before.nonces.length + before.joins.length;
-    expect(before.nonces).toHaveLength(1);
-    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({
-      deleted: 4 + 1 + 3 + 1 + spent,
-      more: false,
-    });
+    await purgeAll(t);
     const after = await snapshot(t);
     expect(after.instances.map((i) => i.instance)).toEqual(["live"]);
-    expect(after.failing.map((r) => [r.check, r.instance])).toEqual([["mastra", "live"]]);
-    expect(after.census).toEqual([]);
-    expect(after.shared.map((r) => r.check)).toEqual(["new"]);
+    expect(after.mailboxes.map((m) => m.instance)).toEqual(["live"]);
+    expect(after.heartbeats).toHaveLength(1);
+    expect(after.failing).toEqual([]);
+    expect(after.verdicts).toEqual([]);
+    expect(after.live[0].live).toBe(1);
     expect(after.drainLog).toEqual(before.drainLog);
     expect(after.drainLog).toHaveLength(1);
-    expect([after.nonces, after.joins]).toEqual([[], []]);
   });
 
-  test("an expired instance's failing rows go with it, however long they would still count", async () => {
+  test("reaches every row of every table: leftovers go, what is recent stays", async () => {
     const t = setup();
-    const beats = await register(t, ["gone", "live"]);
-    const failing = { failing: ["mastra"], holdMs: FIELD_LIMITS.MAX_HOLD_MS };
-    await steady(t, beats, "gone", { ttlMs: LIMITS.MIN_TTL_MS, panic: failing });
-    await steady(t, beats, "live", { panic: failing });
-    vi.setSystemTime(NOW + MINUTE);
-    // gone: its failing row, its registry document and heartbeat.
-    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 3, more: false });
-    const after = await snapshot(t);
-    expect(after.failing.map((r) => r.instance)).toEqual(["live"]);
-    expect(after.census).toHaveLength(1);
-  });
-
-  test("keeps what is recent: failing rows expired under an hour, census rows and leases under a day old", async () => {
-    const t = setup();
+    const later = NOW + 3 * DAY;
     await t.run(async (ctx) => {
-      await enroll(ctx, "live", NOW + HOUR);
-      await ctx.db.insert("sidecarFailing", { check: "a", instance: "live", until: NOW - HOUR });
-      await ctx.db.insert("sidecarFailing", { check: "a", instance: "x", until: NOW - HOUR + 1 });
-      await ctx.db.insert("sidecarFailing", { check: "b", instance: "live", until: NOW - 2 * HOUR });
-      await ctx.db.insert("sidecarFailing", { check: "c", instance: "live", until: NOW });
-      await ctx.db.insert("sidecarCensus", { check: "a", failing: 1, live: 1, computedAt: NOW - DAY });
-      await ctx.db.insert("sidecarCensus", { check: "b", failing: 1, live: 1, computedAt: NOW - DAY + 1 });
-      await ctx.db.insert("sidecarShared", {
-        check: "a",
-        fingerprint: "f",
-        holder: "x",
-        leaseUntil: NOW - DAY,
-        result: null,
-      });
-      await ctx.db.insert("sidecarShared", {
-        check: "b",
-        fingerprint: "f",
-        holder: "x",
-        leaseUntil: NOW - DAY + 1,
-        result: null,
-      });
-      await ctx.db.insert("sidecarDrainLog", {
-        instance: "x",
-        action: "undrain",
-        reason: null,
-        by: "b",
-        at: 0,
-        until: null,
-      });
+      await enroll(ctx, "live", later + HOUR);
+      // Leftovers: rows of instances that are gone, failing rows of an uncounted instance, old
+      // leases and statuses, spent nonces, old join buckets, zero counters, census rows (v2).
+      for (let i = 0; i < 3; i++) await ctx.db.insert("sidecarResults", storedRow(`ghost-${i}`, "a"));
+      await ctx.db.insert("sidecarFailing", { check: "a", instance: "live", until: 0 });
+      await ctx.db.insert("sidecarFailing", { check: "a", instance: "ghost-0", until: 0 });
+      for (const leaseUntil of [later - DAY, later - DAY + 1]) {
+        await ctx.db.insert("sidecarShared", { check: `s${leaseUntil}`, fingerprint: "f", holder: "x", leaseUntil, result: null });
+      }
+      await ctx.db.insert("sidecarSharedStatus", { check: "old", fingerprint: "f", status: "pass", since: later - DAY });
+      await ctx.db.insert("sidecarSharedStatus", { check: "new", fingerprint: "f", status: "fail", since: later - 1 });
+      await ctx.db.insert("sidecarNonces", { nonce: "0".repeat(32), expiresAt: later });
+      await ctx.db.insert("sidecarNonces", { nonce: "1".repeat(32), expiresAt: later + 1 });
+      await ctx.db.insert("sidecarJoins", { minute: Math.floor(later / MINUTE) - 121, shard: 0, count: 1 });
+      await ctx.db.insert("sidecarJoins", { minute: Math.floor(later / MINUTE) - 60, shard: 0, count: 1 });
+      await ctx.db.insert("sidecarCounters", { key: "failing:a", shard: 3, value: 0 });
+      await ctx.db.insert("sidecarCounters", { key: "live", shard: 3, value: 0 });
+      await ctx.db.insert("sidecarCensus", { check: "a", failing: 1, live: 1, computedAt: later });
+      await ctx.db.insert("sidecarDrainLog", { instance: "x", action: "undrain", reason: null, by: "b", at: 0, until: null });
     });
-    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 4, more: false });
+    vi.setSystemTime(later);
+    await purgeAll(t);
     const after = await snapshot(t);
-    expect(after.failing.map((r) => [r.check, r.instance])).toEqual([
-      ["a", "x"],
-      ["c", "live"],
-    ]);
-    expect(after.census.map((c) => c.check)).toEqual(["b"]);
-    expect(after.shared.map((s) => s.check)).toEqual(["b"]);
+    expect(after.results).toEqual([]);
+    expect(after.failing).toEqual([]); // live is enrolled uncounted: its row is a leftover too
+    expect(after.shared.map((r) => r.leaseUntil)).toEqual([later - DAY + 1]);
+    expect(after.sharedStatus.map((r) => r.check)).toEqual(["new"]);
+    expect(after.nonces.map((r) => r.expiresAt)).toEqual([later + 1]);
+    expect(after.joins).toHaveLength(1);
+    expect(after.counters.map((c) => c.key)).toEqual(["live"]);
+    expect(after.census).toEqual([]);
     expect(after.drainLog).toHaveLength(1);
+    expect(after.instances.map((i) => i.instance)).toEqual(["live"]);
   });
 
-  test("the fleet sweep shares the run's budget and reschedules when it runs out", async () => {
+  test("the sweep shares the run's budget and reschedules when it runs out", async () => {
     const t = setup();
     await t.run(async (ctx) => {
       for (let i = 0; i < LIMITS.PURGE_BATCH + 10; i++) {
         await ctx.db.insert("sidecarFailing", { check: `c${i % 7}`, instance: `i${i}`, until: NOW - 2 * HOUR });
       }
     });
-    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: LIMITS.PURGE_BATCH, more: true });
-    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    await purgeAll(t);
     expect((await snapshot(t)).failing).toEqual([]);
   });
 });

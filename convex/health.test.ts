@@ -77,6 +77,7 @@ describe("sync", () => {
       outages: [],
       shared: [],
       drain: null,
+      live: 1,
     });
     expect(instances).toEqual([
       expect.objectContaining({ instance: "i1", version: "0.2.0", heartbeat: answer.heartbeat }),
@@ -124,6 +125,7 @@ describe("sync", () => {
       outages: [],
       shared: [],
       drain: null,
+      live: 1,
     });
 
     const after = await snapshot(t);
@@ -140,7 +142,13 @@ describe("sync", () => {
       lastSuccessAt: later - 61_500,
     });
     expect(after.heartbeats).toEqual([
-      { ...before.heartbeats[0], seenAt: later, expiresAt: later + 5 * MINUTE, lastTs: later },
+      {
+        ...before.heartbeats[0],
+        seenAt: later,
+        expiresAt: later + 5 * MINUTE,
+        liveUntil: later + 5 * MINUTE, // no periodMs (a sidecar before v3): its TTL
+        lastTs: later,
+      },
     ]);
     // The registry (and its version) is written on hello and re-registration only: a new version
     // of the sidecar is a new process, whose first sync says hello.
@@ -230,15 +238,18 @@ describe("sync", () => {
     ]);
   });
 
-  test("a hello that changes neither version nor heartbeat writes the heartbeat only", async () => {
-    // One document written per transaction at most: the seeding takes two transactions.
-    const tight = convexTest({ schema, modules, transactionLimits: { documentsWritten: 1 } });
+  test("a hello of a counted instance that changes neither version nor heartbeat writes the heartbeat and mailbox only", async () => {
+    // Two documents written per transaction at most: the heartbeat and the mailbox's new token.
+    const tight = convexTest({ schema, modules, transactionLimits: { documentsWritten: 2 } });
     const heartbeat = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + MINUTE }),
+      ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + MINUTE, liveUntil: NOW + MINUTE }),
     );
-    await tight.run((ctx) => ctx.db.insert("sidecarInstances", { instance: "i1", version: "0.2.0", heartbeat }));
+    await tight.run(async (ctx) => {
+      await ctx.db.insert("sidecarInstances", { instance: "i1", version: "0.2.0", heartbeat });
+      await ctx.db.insert("sidecarMailbox", { instance: "i1", heartbeat, tokenHash: "0".repeat(16) });
+    });
     expect(await sync(tight, signed("i1", payload({ hello: {} })))).toMatchObject({ heartbeat, warm: { results: [] } });
-    // A new version patches the registry too: two documents.
+    // A new version patches the registry too: three documents.
     await expect(sync(tight, signed("i1", payload({ version: "0.3.0", hello: {} })))).rejects.toThrow(/too many/i);
   });
 
@@ -392,11 +403,14 @@ describe("sync", () => {
     const before = await snapshot(t);
     const [beat] = before.heartbeats;
     const size = getDocumentSize(beat);
-    // 63 (_id, _creationTime, braces) + seenAt 16 + expiresAt 19 + lastTs 16 + tokenHash 44
-    expect(size).toBe(158);
-    // The get, the patch's read and the patch's write: 3 x 158 bytes a sync, whatever the
-    // instance's name. At one sync a minute (43,200 in 30 days) that is 20.5 MB a month.
-    expect(3 * size * 43_200).toBe(20_476_800);
+    // 63 (_id, _creationTime, braces) + seenAt 16 + expiresAt 19 + liveUntil 19 + lastTs 16
+    // + tokenHash 28
+    expect(size).toBe(161);
+    // The get, the patch's read and the patch's write, and the write's by_liveUntil entry (76 +
+    // 9): 3 x 161 + 85 = 568 bytes a sync, whatever the instance's name, plus the live count
+    // (sidecarLive, 77 bytes once recounted). At one sync a minute (43,200 in 30 days) that is
+    // 27.9 MB a month.
+    expect((3 * size + 85 + 77) * 43_200).toBe(27_864_000);
 
     const answer = await sync(t, signed("i1", payload({ heartbeat: beat._id })));
     expect(answer).toMatchObject({ heartbeat: beat._id, written: 0, resend: false });
@@ -404,15 +418,22 @@ describe("sync", () => {
     expect(after.instances).toEqual(before.instances);
     expect(after.results).toEqual(before.results);
     expect(after.heartbeats).toEqual([
-      { ...beat, seenAt: NOW + 30 * SECOND, expiresAt: NOW + 30 * SECOND + 5 * MINUTE, lastTs: NOW + 30 * SECOND },
+      {
+        ...beat,
+        seenAt: NOW + 30 * SECOND,
+        expiresAt: NOW + 30 * SECOND + 5 * MINUTE,
+        liveUntil: NOW + 30 * SECOND + 5 * MINUTE,
+        lastTs: NOW + 30 * SECOND,
+      },
     ]);
 
     // Under limits that one index query (the get is the one range read allowed), or any read
     // beyond the heartbeat's two, would break.
+    // The queries: the live count (an empty table here) and the range of dead heartbeats (empty).
     const limits = {
       bytesRead: 2 * size,
       documentsRead: 2,
-      databaseQueries: 1,
+      databaseQueries: 3,
       bytesWritten: size,
       documentsWritten: 1,
     };
@@ -665,42 +686,30 @@ describe("limits", () => {
     expect((await rowsOf(t, "i1")).map((r) => r.check).sort()).toEqual(swapped.sort());
   });
 
-  test("at most MAX_INSTANCES live instances; expired ones do not count", async () => {
+  test("at most MAX_INSTANCES counted instances (as last recounted); a counted one still syncs", async () => {
     const t = setup();
-    const beats = await t.run(async (ctx) => {
-      const ids: Record<string, Id<"sidecarHeartbeats">> = {};
-      for (const [i, instance] of checks(LIMITS.MAX_INSTANCES - 1, "live").entries()) {
-        ids[instance] = await enroll(ctx, instance, NOW + MINUTE + i);
-      }
-      for (const instance of checks(5, "expired")) ids[instance] = await enroll(ctx, instance, NOW);
-      // An orphan heartbeat (its instance re-registered with another), expired: it does not count either.
-      await ctx.db.insert("sidecarHeartbeats", { seenAt: NOW - MINUTE, expiresAt: NOW - 1 });
-      return ids;
+    await sync(t, signed("counted", payload({ hello: {} })));
+    await t.finishAllScheduledFunctions(vi.runAllTimers); // the recount: live = 1
+    vi.setSystemTime(NOW);
+    // The recount says MAX_INSTANCES are counted.
+    await t.run(async (ctx) => {
+      const live = await ctx.db.query("sidecarLive").first();
+      await ctx.db.patch("sidecarLive", live!._id, { live: LIMITS.MAX_INSTANCES });
     });
-    // 999 live (5 expired do not count): one more is admitted.
-    const newcomer = await sync(t, signed("newcomer", payload({ hello: {} })));
-    expect(newcomer).toMatchObject({ resend: false });
     const before = await snapshot(t);
-
     const error = await refusal(sync(t, signed("one-too-many", payload({ hello: {} }))));
     expect(error.data).toEqual({ code: "limit_exceeded", message: "the deployment already has 1000 live instances" });
-    // An expired instance coming back is a new live instance too (its hello is refused).
-    const expiredHello = signed("expired-000", payload({ hello: {} }));
-    expect((await refusal(sync(t, expiredHello))).data.code).toBe("limit_exceeded");
     expect(await snapshot(t)).toEqual(before);
-
-    // Existing live instances still sync, by their heartbeat, or by name with hello (a
-    // re-registration, which needs no admission when it is live).
-    const live000 = { heartbeat: beats["live-000"], results: [result("a")] };
-    expect(await sync(t, signed("live-000", payload(live000)))).toMatchObject({ written: 1, resend: false });
-    expect(await sync(t, signed("live-002", payload({ hello: {} })))).toMatchObject({
-      heartbeat: beats["live-002"],
+    // A counted instance is no newcomer: its hello and its steady syncs go on.
+    const again = await sync(t, signed("counted", payload({ hello: {} })));
+    expect(await sync(t, signed("counted", payload({ heartbeat: again.heartbeat })))).toMatchObject({
+      live: LIMITS.MAX_INSTANCES,
     });
-    expect(await sync(t, signed("newcomer", payload({ heartbeat: newcomer.heartbeat })))).toMatchObject({
-      resend: false,
+    // One fewer counted: the newcomer is admitted.
+    await t.run(async (ctx) => {
+      const live = await ctx.db.query("sidecarLive").first();
+      await ctx.db.patch("sidecarLive", live!._id, { live: LIMITS.MAX_INSTANCES - 1 });
     });
-    // Once one expires (live-001; live-000 was renewed), another is admitted.
-    vi.setSystemTime(NOW + MINUTE + 1);
     expect(await sync(t, signed("one-too-many", payload({ hello: {} })))).toMatchObject({ resend: false });
   });
 });
@@ -717,13 +726,16 @@ describe("purgeExpired", () => {
     });
   }
 
+  /** The purge's runs scheduled to go on in the heartbeats (the first table it sweeps). */
   const scheduledRuns = (t: T) =>
     t.run(async (ctx) =>
-      (await ctx.db.system.query("_scheduled_functions").collect()).map((r) => ({
-        name: r.name,
-        args: r.args,
-        state: r.state.kind,
-      })),
+      (await ctx.db.system.query("_scheduled_functions").collect())
+        .filter((r) => r.name === "health:purgeExpired" && (r.args[0] as { table: number }).table === 0)
+        .map((r) => ({
+          name: r.name,
+          args: [{ cursor: (r.args[0] as { cursor: string | null }).cursor }],
+          state: r.state.kind,
+        })),
     );
 
   test("deletes exactly the expired instances (expiresAt <= now): rows, registry and heartbeat", async () => {
@@ -737,7 +749,9 @@ describe("purgeExpired", () => {
     const live = (docs: { instance?: string; _id: string }[], beat: string) =>
       docs.filter((d) => d.instance === "live" || d._id === beat);
     const liveBeat = before.instances.find((i) => i.instance === "live")!.heartbeat;
-    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 3 + 2 * 2, more: false });
+    // On to the other tables (more: true), which hold nothing to delete here.
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 3 + 2 * 2, more: true });
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
     const after = await snapshot(t);
     expect(after).toEqual({
       ...EMPTY,
@@ -746,7 +760,9 @@ describe("purgeExpired", () => {
       results: live(before.results, liveBeat),
     });
     expect(after.heartbeats).toHaveLength(1);
-    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 0, more: false });
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 0, more: true });
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    expect(await snapshot(t)).toEqual(after);
     expect(await scheduledRuns(t)).toEqual([]);
   });
 
@@ -759,7 +775,7 @@ describe("purgeExpired", () => {
       await ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + 1 }); // live, if orphan
     });
     const before = await snapshot(t);
-    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 3, more: false });
+    expect(await t.mutation(internal.health.purgeExpired, {})).toEqual({ deleted: 3, more: true });
     const after = await snapshot(t);
     expect(after.heartbeats.map((h) => h.expiresAt)).toEqual([NOW + MINUTE, NOW + 1]);
     expect(after.instances).toEqual(before.instances);
@@ -854,7 +870,7 @@ describe("purgeExpired", () => {
   test("the cron's {} and a cursor of null both start at the first page", async () => {
     const t = setup();
     await seed(t, [{ instance: "gone", expiresAt: NOW - 1, rows: 1 }]);
-    expect(await t.mutation(internal.health.purgeExpired, { cursor: null })).toEqual({ deleted: 3, more: false });
+    expect(await t.mutation(internal.health.purgeExpired, { cursor: null })).toEqual({ deleted: 3, more: true });
   });
 
   test("is internal, and crons.ts runs it hourly at minute 7", () => {

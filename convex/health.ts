@@ -1,25 +1,29 @@
 /**
- * health-sidecar's store, protocol v1 with the fleet additions. docs/convex.md explains the
- * tables, the budget and how to deploy or merge these functions.
+ * health-sidecar's store, protocol v1 with the fleet additions and v3's trust and counting.
+ * docs/convex.md explains the tables, the budget and how to deploy or merge these functions.
  * Helpers live beside this module: healthProtocol.ts (limits, signed calls, strict parse of the
- * bodies), healthFleet.ts (summary, outage counts, shared checks, drains, the fleet listing),
- * healthTables.ts (the tables).
+ * bodies), healthCounts.ts (liveness, sharded counters, the recount), healthFleet.ts (summary,
+ * failing rows, shared checks, drains, the fleet listing, the sweep), healthTables.ts (tables).
  *
- * - `sync` (public mutation) is the only call an instance makes: once per store period, and
- *   promptly when a status changes. In steady state it reads and patches the instance's
- *   heartbeat document by the id the previous answer gave, and writes the results that changed;
- *   after a restart (`hello`), or when that heartbeat is gone or expired, it registers the
- *   instance by name, and on `hello` prunes the rows of checks that are gone and answers the
- *   warm start. Its answer carries the fleet digest: the drain request in the heartbeat, and,
- *   only when the body asks with `panic` or `shared`, outage counts and shared checks.
- * - `drain` (public mutation, signed) drains or undrains instances, with an audit row each.
- * - `fleet` (public query, signed) lists the live instances and the outages of the last minute.
+ * - `sync` (public mutation, fleet key) is the only call an instance makes: once per store
+ *   period, and promptly when a status changes. In steady state it reads and patches the
+ *   instance's heartbeat by the id and token its hello was given, and writes the results that
+ *   changed; `hello` (re-)registers the instance by name with a new token, prunes the rows of
+ *   checks that are gone and answers the warm start. Every answer carries the drain in the
+ *   heartbeat and the live count; with `panic` or `shared`, outage counts and shared checks.
+ * - `drain` (public mutation, operator key, a nonce) drains or undrains instances, audited.
+ * - `fleet` (public query, operator key) lists the counted instances a page at a time, with the
+ *   outages, the live count and the joins of the last hour.
+ * - `watch` (public query, instance + token) is what an instance subscribes to: its mailbox, the
+ *   verdicts and the shared checks' statuses (documents that change on events only).
  * - `ping` (public query) reads nothing: any answer proves the deployment's runtime runs.
- * - `purgeExpired` (internal mutation, hourly in crons.ts) deletes expired heartbeats, their
- *   instances and rows, and what the fleet features leave behind, in bounded batches.
+ * - `recount` (internal mutation, scheduled by the changes) rewrites the verdicts.
+ * - `purgeExpired` (internal mutation, hourly in crons.ts) pages through every table, deleting
+ *   expired instances and what is left over, in bounded batches.
  *
- * Each signed function: bounds, signature over its own path, timestamp, strict body, then the
- * work (healthProtocol.ts); every refusal is a ConvexError {code, message} and changes nothing.
+ * Each signed function: bounds, signature over its own path with its key, timestamp, strict
+ * body, then the work (healthProtocol.ts); every refusal is a ConvexError {code, message} and
+ * changes nothing.
  */
 import { v, type Infer } from "convex/values";
 import type { WithoutSystemFields } from "convex/server";
@@ -27,25 +31,34 @@ import { internal } from "./_generated/api";
 import type { Doc, Id } from "./_generated/dataModel";
 import { internalMutation, mutation, query, type MutationCtx } from "./_generated/server";
 import {
+  countInstance,
+  counted,
+  firstDead,
+  liveCount,
+  liveUntilOf,
+  recount as recountFleet,
+  shardOf,
+  uncount,
+} from "./healthCounts";
+import {
+  SWEEPERS,
+  SWEPT_TABLES,
   applyDrain,
-  applyPanic,
+  applyFailing,
   applyShared,
-  countLive,
-  inFleet,
   drainAnswer,
   drainOf,
   fleetAnswer,
   fleetOf,
   isLive,
-  voidCensus,
+  mailboxOf,
   outageAnswer,
-  purgeFailingOf,
+  outagesOf,
   registryOf,
-  shardOf,
   sharedAnswer,
   storeSummary,
   summaryChange,
-  sweepFleet,
+  type SweptTable,
 } from "./healthFleet";
 import {
   LIMITS,
@@ -82,38 +95,56 @@ const syncAnswer = v.object({
   heartbeat: v.id("sidecarHeartbeats"),
   token: v.union(v.string(), v.null()), // a hello's answer only: the token later syncs present
   written: v.number(),
-  resend: v.boolean(),
+  resend: v.boolean(), // always false since v3 (a lost heartbeat is refused: send hello)
   warm: v.union(v.null(), v.object({ confirmedAgeMs: v.number(), results: v.array(wireResult) })),
   outages: v.array(outageAnswer),
   shared: v.array(sharedAnswer),
   drain: drainAnswer,
+  live: v.number(), // counted instances as last recounted (this one included once recounted)
 });
 type SyncAnswer = Infer<typeof syncAnswer>;
-type Synced = Pick<SyncAnswer, "heartbeat" | "token" | "resend" | "warm" | "drain">;
+type Synced = Pick<SyncAnswer, "heartbeat" | "token" | "resend" | "warm" | "drain"> & { before: Heartbeat | null };
 type SignedCall = { instance: string; ts: number };
 
 const TOKEN_MISMATCH = "this instance's token does not match: send hello";
 
 async function applySync(ctx: MutationCtx, call: SignedCall, payload: SyncPayload, now: number): Promise<SyncAnswer> {
   const { instance } = call;
+  const expiresAt = now + payload.ttlMs;
   const renewed: Renewal = {
     seenAt: now,
-    expiresAt: now + payload.ttlMs,
-    left: payload.leaving ? (true as const) : undefined,
+    expiresAt,
+    liveUntil: payload.leaving ? undefined : liveUntilOf(now, payload.periodMs, expiresAt),
+    left: undefined,
     lastTs: call.ts,
   };
   const synced =
     payload.hello === null
       ? await steadyState(ctx, call, payload, renewed)
       : await registration(ctx, call, payload, renewed);
-  // The fleet digest, asked for by the body only: a sync without these keys touches nothing more.
-  // Leaving, the instance's failing rows go too (it no longer counts), and every census is
-  // recounted without it.
-  if (payload.leaving) await voidCensus(ctx);
-  const panic = payload.leaving ? { failing: [], holdMs: FIELD_LIMITS.MIN_HOLD_MS } : payload.panic;
-  const outages = await applyPanic(ctx, instance, panic, now);
+  // Counting: a join counts the instance with its failing checks, a leave takes them out, a
+  // counted instance's change of failing checks moves only those checks' counters.
+  const wasCounted = synced.before !== null && synced.before.liveUntil !== undefined;
+  const isCounted = !payload.leaving;
+  const failing = await applyFailing(
+    ctx,
+    instance,
+    payload.leaving ? [] : (payload.panic?.failing ?? null),
+    now + (payload.panic?.holdMs ?? 0),
+    wasCounted && isCounted,
+    !wasCounted && isCounted,
+  );
+  if (wasCounted && !isCounted) await countInstance(ctx, instance, synced.failingBefore ?? [], -1);
+  if (!wasCounted && isCounted) await countInstance(ctx, instance, failing, 1);
+  // One dead instance (no sync before its liveUntil) out of the counts, if any.
+  const dead = await firstDead(ctx, now);
+  if (dead !== null) await uncount(ctx, dead);
+  // As last recounted; at least this instance while it is counted (a fleet of one knows it).
+  const live = isCounted ? Math.max(await liveCount(ctx), 1) : await liveCount(ctx);
+  const outages = payload.panic === null || payload.leaving ? [] : await outagesOf(ctx, failing, live);
   const shared = await applyShared(ctx, instance, payload.shared, now);
-  return { now, expiresAt: renewed.expiresAt, written: payload.results.length, ...synced, outages, shared };
+  const { before: _, failingBefore: __, ...answer } = synced;
+  return { now, expiresAt, written: payload.results.length, ...answer, outages, shared, live };
 }
 
 /**
@@ -128,7 +159,7 @@ async function steadyState(
   { instance, ts }: SignedCall,
   payload: SyncPayload,
   renewed: Renewal,
-): Promise<Synced> {
+): Promise<Synced & { failingBefore?: string[] }> {
   const beat = await heartbeatOf(ctx, payload.heartbeat);
   if (
     beat === null ||
@@ -139,23 +170,35 @@ async function steadyState(
     refuse("unauthorized", TOKEN_MISMATCH);
   }
   checkNewer(beat, ts);
+  const failingBefore = payload.leaving ? await failingOf(ctx, instance) : undefined;
   await writeResults(ctx, instance, payload.results, renewed.seenAt, null);
   await renew(ctx, beat, renewed);
   await storeSummary(ctx, instance, payload.summary);
-  return { heartbeat: beat._id, token: null, resend: false, warm: null, drain: drainOf(beat, renewed.seenAt) };
+  const drain = drainOf(beat, renewed.seenAt);
+  return { heartbeat: beat._id, token: null, resend: false, warm: null, drain, before: beat, failingBefore };
+}
+
+async function failingOf(ctx: MutationCtx, instance: string): Promise<string[]> {
+  return (
+    await ctx.db
+      .query("sidecarFailing")
+      .withIndex("by_instance_check", (q) => q.eq("instance", instance))
+      .take(LIMITS.MAX_CHECKS)
+  ).map((row) => row.check);
 }
 
 /**
  * `hello`: registers the instance by name, taking the name over (a restarted container holds no
- * token: the fleet key is per fleet, not per instance), with a new token. A name new to the
- * deployment is rate-limited (JOINS_PER_MINUTE).
+ * token: the fleet key is per fleet, not per instance), with a new token in the heartbeat and
+ * the mailbox. A name new to the deployment is rate-limited (JOINS_PER_MINUTE); an instance
+ * not counted joins only while fewer than MAX_INSTANCES are (as last recounted).
  */
 async function registration(
   ctx: MutationCtx,
   { instance, ts }: SignedCall,
   payload: SyncPayload,
   renewed: Renewal,
-): Promise<Synced> {
+): Promise<Synced & { failingBefore?: string[] }> {
   const now = renewed.seenAt;
   const registry = await registryOf(ctx, instance);
   const previous = registry ? await ctx.db.get("sidecarHeartbeats", registry.heartbeat) : null;
@@ -163,26 +206,29 @@ async function registration(
   if (registry === null) await admitName(ctx, instance, now);
   // An expired heartbeat is as good as purged: its instance's rows may be half deleted already.
   const live = previous !== null && isLive(previous, now);
-  if (previous === null || !inFleet(previous, now)) {
-    await admitInstance(ctx, now);
-    await voidCensus(ctx); // one more instance in the fleet: recount
-  }
+  if (previous === null || previous.liveUntil === undefined) await admitInstance(ctx);
+  const failingBefore = payload.leaving ? await failingOf(ctx, instance) : undefined;
   const kept = payload.hello ? await pruneRows(ctx, instance, payload.hello) : null;
   const warm = kept && live ? warmAnswer(kept, previous, now) : null;
   await writeResults(ctx, instance, payload.results, now, kept?.length ?? null);
   const token = newToken();
-  const beat = { ...renewed, tokenHash: await tokenHash(instance, token) };
+  const hash = await tokenHash(instance, token);
+  const beat = { ...renewed, tokenHash: hash };
   const heartbeat =
     previous === null ? await ctx.db.insert("sidecarHeartbeats", beat) : await renew(ctx, previous, beat);
   await register(ctx, registry, { instance, version: payload.version, heartbeat }, payload.summary);
+  const mailbox = await mailboxOf(ctx, instance);
+  if (mailbox === null) await ctx.db.insert("sidecarMailbox", { instance, heartbeat, tokenHash: hash });
+  else await ctx.db.patch("sidecarMailbox", mailbox._id, { heartbeat, tokenHash: hash });
   const drain = previous === null ? null : drainOf(previous, now);
-  return { heartbeat, token, resend: false, warm, drain };
+  return { heartbeat, token, resend: false, warm, drain, before: previous, failingBefore };
 }
 
 type Renewal = {
   seenAt: number;
   expiresAt: number;
-  left: true | undefined;
+  liveUntil: number | undefined;
+  left: undefined;
   lastTs: number;
   tokenHash?: string;
 };
@@ -202,10 +248,10 @@ function newToken(): string {
   return toHex(crypto.getRandomValues(new Uint8Array(32)));
 }
 
-/** The first 32 hex characters of SHA-256(instance + "\n" + token): binds the token to the name. */
-async function tokenHash(instance: string, token: string): Promise<string> {
+/** The first 16 hex characters of SHA-256(instance + "\n" + token): binds the token to the name. */
+export async function tokenHash(instance: string, token: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(`${instance}\n${token}`));
-  return toHex(new Uint8Array(digest)).slice(0, 32);
+  return toHex(new Uint8Array(digest)).slice(0, 16);
 }
 
 function toHex(bytes: Uint8Array): string {
@@ -276,13 +322,9 @@ async function register(
   }
 }
 
-/**
- * Refuses a new (or revived) instance when MAX_INSTANCES live heartbeats exist. The heartbeats
- * have no index (it would cost every steady-state sync its entry), so this scans them, stopping
- * at MAX_INSTANCES live ones; it runs only when an instance is not live.
- */
-async function admitInstance(ctx: MutationCtx, now: number): Promise<void> {
-  if ((await countLive(ctx, now)) >= LIMITS.MAX_INSTANCES) {
+/** Refuses an instance joining the counts when MAX_INSTANCES are counted (as last recounted). */
+async function admitInstance(ctx: MutationCtx): Promise<void> {
+  if ((await liveCount(ctx)) >= LIMITS.MAX_INSTANCES) {
     refuse("limit_exceeded", `the deployment already has ${LIMITS.MAX_INSTANCES} live instances`);
   }
 }
@@ -359,17 +401,78 @@ export const drain = mutation({
   },
 });
 
-/** The live instances with their summary and drain, and the recent outage counts, as of the caller's verified `ts`. */
+/**
+ * One page of the counted instances with their summary and drain, the outages, the live count
+ * and the joins of the last hour, as of the caller's verified `ts`. Body `{cursor}` (null or
+ * absent: the first page); the answer's `continueCursor` and `isDone` say how to go on.
+ */
 export const fleet = query({
   args: signedArgs,
   returns: fleetAnswer,
   handler: async (ctx, call) => {
     await authenticate(FLEET_PATH, call, "operator");
-    parseFleetRequest(call.body);
+    const { cursor } = parseFleetRequest(call.body);
     // A query takes its time from its arguments: Convex caches queries and does not re-run them
     // as time passes.
-    return await fleetOf(ctx, call.ts);
+    return await fleetOf(ctx, call.ts, cursor);
   },
+});
+
+const watchAnswer = v.object({
+  drain: v.union(
+    v.null(),
+    v.object({
+      reason: v.string(),
+      by: v.string(), // the caller's claim
+      key: v.union(v.literal("operator"), v.null()),
+      at: v.number(), // server ms
+      until: v.union(v.number(), v.null()), // server ms
+    }),
+  ),
+  live: v.number(),
+  verdicts: v.array(v.object({ check: v.string(), failing: v.number(), live: v.number(), since: v.number() })),
+  shared: v.array(v.object({ check: v.string(), fingerprint: v.string(), status: v.string(), since: v.number() })),
+});
+
+/**
+ * What an instance subscribes to (Convex re-runs it when a document it read changes): its
+ * mailbox (written by its hello and by drains only), the verdicts (written by the recount only
+ * when a number changes), the live count and the shared checks' statuses (written when a status
+ * changes). Never the heartbeat, which every sync patches. `token` is what the instance's hello
+ * answered; a wrong one is refused `unauthorized` (the client polls until its next hello).
+ * Times are the server's ms.
+ */
+export const watch = query({
+  args: { instance: v.string(), token: v.string() },
+  returns: watchAnswer,
+  handler: async (ctx, { instance, token }) => {
+    if (instance.length < 1 || instance.length > FIELD_LIMITS.INSTANCE) {
+      refuse("invalid_argument", `instance must be 1 to ${FIELD_LIMITS.INSTANCE} characters`);
+    }
+    if (!/^[0-9a-f]{64}$/.test(token)) refuse("invalid_argument", "token must be 64 lowercase hex characters");
+    const mailbox = await mailboxOf(ctx, instance);
+    if (mailbox === null || mailbox.tokenHash !== (await tokenHash(instance, token))) {
+      refuse("unauthorized", TOKEN_MISMATCH);
+    }
+    const drain = mailbox.drain ?? null;
+    const verdicts = await ctx.db.query("sidecarVerdicts").take(WATCH_ROWS);
+    const shared = await ctx.db.query("sidecarSharedStatus").take(WATCH_ROWS);
+    return {
+      drain: drain === null ? null : { ...drain, key: drain.key ?? null },
+      live: await liveCount(ctx),
+      verdicts: verdicts.map(({ check, failing, live, since }) => ({ check, failing, live, since })),
+      shared: shared.map(({ check, fingerprint, status, since }) => ({ check, fingerprint, status, since })),
+    };
+  },
+});
+
+const WATCH_ROWS = 200;
+
+/** Rewrites the verdicts from the counters (one writer; scheduled by the changes, debounced). */
+export const recount = internalMutation({
+  args: {},
+  returns: v.object({ changed: v.number(), more: v.boolean() }),
+  handler: async (ctx) => await recountFleet(ctx, Date.now()),
 });
 
 /** Refuses a drain whose nonce was accepted before (a replay); keeps the nonce while its ts is in the window. */
@@ -390,41 +493,53 @@ export const ping = query({
 });
 
 const purgeAnswer = v.object({ deleted: v.number(), more: v.boolean() });
+const SWEEP_ORDER: Array<"sidecarHeartbeats" | SweptTable> = ["sidecarHeartbeats", ...SWEPT_TABLES];
 
 /**
- * Deletes expired heartbeats with their instances and rows, at most PURGE_BATCH documents a run.
- * It walks the heartbeats one page at a time (one `paginate` per run, as Convex requires) and
- * schedules itself with the cursor to go on from while expired documents may remain. The run
- * that reaches the last page also sweeps the fleet's leftovers (never the drain log). The cron
- * calls it with `{}`: from the first page.
+ * Pages through every table but the drain log, deleting expired instances (heartbeat, registry,
+ * mailbox, rows) and what is left over (healthFleet.SWEEPERS), at most PURGE_BATCH documents a
+ * run: one `paginate` a run (as Convex requires), then it schedules itself with where to go on
+ * from, table by table, until the last page of the last table. The cron calls it with `{}`.
  */
 export const purgeExpired = internalMutation({
-  args: { cursor: v.optional(v.union(v.string(), v.null())) },
+  args: { cursor: v.optional(v.union(v.string(), v.null())), table: v.optional(v.number()) },
   returns: purgeAnswer,
-  handler: async (ctx, { cursor = null }): Promise<Infer<typeof purgeAnswer>> => {
+  handler: async (ctx, { cursor = null, table = 0 }): Promise<Infer<typeof purgeAnswer>> => {
     const now = Date.now();
-    const page = await ctx.db.query("sidecarHeartbeats").paginate({ numItems: LIMITS.PURGE_BATCH, cursor });
+    const name = SWEEP_ORDER[table];
+    const page = await ctx.db.query(name).paginate({ numItems: LIMITS.PURGE_BATCH, cursor });
     let budget: number = LIMITS.PURGE_BATCH;
-    for (const beat of page.page) {
-      if (isLive(beat, now)) continue;
-      budget = await purgeHeartbeat(ctx, beat, budget);
-      if (budget === 0) break;
+    for (const doc of page.page) {
+      if (name === "sidecarHeartbeats") {
+        const beat = doc as Heartbeat;
+        if (isLive(beat, now)) continue;
+        budget = await purgeHeartbeat(ctx, beat, budget);
+      } else {
+        const leftOver = SWEEPERS[name] as (ctx: MutationCtx, doc: unknown, now: number) => Promise<boolean>;
+        if (!(await leftOver(ctx, doc, now))) continue;
+        await ctx.db.delete(name, doc._id as Id<SweptTable>);
+        budget -= 1;
+      }
+      if (budget <= 0) break;
     }
-    if (page.isDone && budget > 0) budget = await sweepFleet(ctx, now, budget);
     const deleted = LIMITS.PURGE_BATCH - budget;
-    // Out of budget: this page again (what is deleted is gone); else the next page, if any.
-    const next = budget === 0 ? cursor : page.isDone ? undefined : page.continueCursor;
-    if (next !== undefined) await ctx.scheduler.runAfter(0, internal.health.purgeExpired, { cursor: next });
-    return { deleted, more: next !== undefined };
+    // Out of budget: this page again (what is deleted is gone); else the next page, or table.
+    let next: { table: number; cursor: string | null } | null = null;
+    if (budget <= 0) next = { table, cursor };
+    else if (!page.isDone) next = { table, cursor: page.continueCursor };
+    else if (table + 1 < SWEEP_ORDER.length) next = { table: table + 1, cursor: null };
+    if (next !== null) await ctx.scheduler.runAfter(0, internal.health.purgeExpired, next);
+    return { deleted, more: next !== null };
   },
 });
 
 /**
- * Deletes an expired heartbeat: first the result and failing rows and the registry document of
- * each instance that points at it, then the heartbeat itself (an orphan heartbeat has no
- * instance). Stops where `budget` (documents still to delete) runs out and returns what is left.
+ * Deletes an expired heartbeat: first it leaves the counts, then the result and failing rows,
+ * the mailbox and the registry document of the instance that points at it, then the heartbeat
+ * itself. Stops where `budget` (documents still to delete) runs out and returns what is left.
  */
 async function purgeHeartbeat(ctx: MutationCtx, beat: Heartbeat, budget: number): Promise<number> {
+  await uncount(ctx, beat);
   const registries = await ctx.db
     .query("sidecarInstances")
     .withIndex("by_heartbeat", (q) => q.eq("heartbeat", beat._id))
@@ -433,11 +548,15 @@ async function purgeHeartbeat(ctx: MutationCtx, beat: Heartbeat, budget: number)
     const rows = await rowsOf(ctx, registry.instance).take(budget);
     for (const row of rows) await ctx.db.delete("sidecarResults", row._id);
     budget -= rows.length;
-    budget -= await purgeFailingOf(ctx, registry.instance, budget);
-    if (budget === 0) return 0; // rows may remain: the registry document stays till they are gone
+    if (budget <= 0) return 0; // rows may remain: the registry document stays till they are gone
+    const mailbox = await mailboxOf(ctx, registry.instance);
+    if (mailbox !== null) {
+      await ctx.db.delete("sidecarMailbox", mailbox._id);
+      budget -= 1;
+    }
     await ctx.db.delete("sidecarInstances", registry._id);
     budget -= 1;
-    if (budget === 0) return 0;
+    if (budget <= 0) return 0;
   }
   await ctx.db.delete("sidecarHeartbeats", beat._id);
   return budget - 1;

@@ -1,19 +1,19 @@
 /**
  * The fleet side of health-sidecar's store (convex/health.ts defines the functions; these are
- * plain helpers): the summary an instance keeps on its registry document, shared-outage counts
- * (sidecarFailing rows and the sidecarCensus), shared checks (sidecarShared leases), drain
- * requests (the heartbeat as mailbox, sidecarDrainLog as audit trail), the fleet listing, and
- * the purge of what the fleet leaves behind.
+ * plain helpers): the summary an instance keeps on its registry document, its failing panic
+ * checks (sidecarFailing rows, counted by healthCounts.ts), shared checks (sidecarShared leases,
+ * sidecarSharedStatus), drain requests (the heartbeat and the mailbox, sidecarDrainLog as audit
+ * trail), the paged fleet listing, and the purge's sweep of every table.
  *
  * Costs: none of this runs in a steady-state sync without the fleet keys. A sync with `panic`
- * reads the instance's own sidecarFailing rows (an empty index range when there are none) and,
- * per failing check, upserts its row and reads the census, patching it only when the count
- * changes; every CENSUS_MAX_AGE_MS at most, per check, a sync recounts it (a scan of the
- * heartbeats and of the check's failing rows).
+ * reads the instance's own sidecarFailing rows (an empty index range when there are none), writes
+ * rows and one counter shard per check only when its set of failing checks changes, and reads
+ * the verdict of each failing check: a bounded number of documents, however large the fleet.
  */
 import { v, type Infer } from "convex/values";
-import type { Doc } from "./_generated/dataModel";
+import type { Doc, Id } from "./_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "./_generated/server";
+import { countFailing, counted, failingRowsOf, liveCount, verdictOf } from "./healthCounts";
 import {
   LIMITS,
   refuse,
@@ -21,24 +21,20 @@ import {
   toWire,
   wireResult,
   type DrainRequest,
-  type Panic,
   type SharedCheck,
   type Summary,
 } from "./healthProtocol";
 
 /** How the fleet features use time (ms); server behaviour, not bounds of the protocol. */
 export const FLEET = {
-  CENSUS_MAX_AGE_MS: 15_000, // a census older than this is recounted by the next failing sync
-  OUTAGE_WINDOW_MS: 60_000, // health:fleet lists the census rows computed within this window
-  FAILING_PURGE_AGE_MS: 3_600_000, // the purge deletes failing rows expired for longer
-  STALE_PURGE_AGE_MS: 86_400_000, // ... census rows computed, and shared leases ended, longer ago
+  STALE_PURGE_AGE_MS: 86_400_000, // the purge deletes shared leases ended, and statuses older
+  JOINS_KEPT_MINUTES: 120, // join buckets are kept this long (fleet reports the last hour's)
+  FLEET_PAGE: 100, // instances health:fleet reads a call, at most
 } as const;
 
 type Reader = Pick<QueryCtx, "db">;
 type Registry = Doc<"sidecarInstances">;
 type Heartbeat = Doc<"sidecarHeartbeats">;
-type FailingRow = Doc<"sidecarFailing">;
-type Census = Doc<"sidecarCensus">;
 
 export const drainAnswer = v.union(
   v.null(),
@@ -50,38 +46,17 @@ export const drainAnswer = v.union(
     remainingMs: v.union(v.number(), v.null()),
   }),
 );
-
-/** A stable shard of `n` for a name (FNV-1a over its UTF-16 units). */
-export function shardOf(name: string, n: number): number {
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < name.length; i++) hash = Math.imul(hash ^ name.charCodeAt(i), 0x01000193) >>> 0;
-  return hash % n;
-}
 export const outageAnswer = v.object({ check: v.string(), failing: v.number(), live: v.number() });
 export const sharedAnswer = v.object({ check: v.string(), holder: v.boolean(), result: v.union(wireResult, v.null()) });
 type Outage = Infer<typeof outageAnswer>;
 type SharedAnswer = Infer<typeof sharedAnswer>;
 
 // ---------------------------------------------------------------------------------------------
-// Liveness.
+// Liveness and names.
 
 /** Unexpired: the instance's documents are intact (its warm start may use them). */
 export function isLive(beat: Heartbeat, now: number): boolean {
   return beat.expiresAt > now;
-}
-
-/** Counted in the fleet: unexpired, and not left (stopped after a last sync). */
-export function inFleet(beat: Heartbeat, now: number): boolean {
-  return isLive(beat, now) && beat.left !== true;
-}
-
-/** The heartbeats in the fleet, counted by a scan (the table has no index), stopping at MAX_INSTANCES. */
-export async function countLive(ctx: Reader, now: number): Promise<number> {
-  let live = 0;
-  for await (const beat of ctx.db.query("sidecarHeartbeats")) {
-    if (inFleet(beat, now) && ++live >= LIMITS.MAX_INSTANCES) break;
-  }
-  return live;
 }
 
 export function registryOf(ctx: Reader, instance: string) {
@@ -91,15 +66,11 @@ export function registryOf(ctx: Reader, instance: string) {
     .unique();
 }
 
-/** The registry documents whose heartbeat is live at `now`, with it; at most MAX_INSTANCES. */
-async function liveInstances(ctx: Reader, now: number): Promise<Array<{ registry: Registry; beat: Heartbeat }>> {
-  const live = [];
-  for await (const registry of ctx.db.query("sidecarInstances")) {
-    const beat = await ctx.db.get("sidecarHeartbeats", registry.heartbeat);
-    if (beat !== null && inFleet(beat, now)) live.push({ registry, beat });
-    if (live.length >= LIMITS.MAX_INSTANCES) break;
-  }
-  return live.sort((a, b) => compare(a.registry.instance, b.registry.instance));
+export function mailboxOf(ctx: Reader, instance: string) {
+  return ctx.db
+    .query("sidecarMailbox")
+    .withIndex("by_instance", (q) => q.eq("instance", instance))
+    .unique();
 }
 
 function compare(a: string, b: string): number {
@@ -131,100 +102,63 @@ function sameList(stored: string[] | undefined, sent: string[]): boolean {
 export async function storeSummary(ctx: MutationCtx, instance: string, summary: Summary | null): Promise<void> {
   if (summary === null) return;
   const registry = await registryOf(ctx, instance);
-  // No registry document: a caller signing with another instance's heartbeat; nothing to attach it to.
   if (registry === null) return;
   const change = summaryChange(registry, summary);
   if (change !== null) await ctx.db.patch("sidecarInstances", registry._id, change);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared outages: sidecarFailing rows and the census.
-
-function failingRowsOf(ctx: Reader, instance: string) {
-  return ctx.db.query("sidecarFailing").withIndex("by_instance_check", (q) => q.eq("instance", instance));
-}
-
-function censusOf(ctx: Reader, check: string): Promise<Census | null> {
-  return ctx.db
-    .query("sidecarCensus")
-    .withIndex("by_check", (q) => q.eq("check", check))
-    .first();
-}
+// Failing panic checks: the instance's rows, the counters, the verdicts.
 
 /**
- * Whether `census` counts `row`. A recount counts the rows with `until > computedAt`; each later
- * change keeps that true (a new or revived row adds one, a deleted counted row takes one away),
- * so a census is exact but for the rows that expired since its recount.
+ * Sets the instance's failing rows to `failing` (null: unchanged) and, with `countChanges` (the
+ * instance was and stays counted), moves the counters of the checks that came or went (joins and
+ * leaves count the final rows: healthCounts.countInstance). Returns the rows' checks after (with
+ * `failing` null, only when `joining`: a join counts them).
  */
-function counts(census: Census, row: FailingRow | null): boolean {
-  return row !== null && row.until > census.computedAt;
-}
-
-/**
- * Refreshes the instance's failing rows to `panic.failing` (upserts with until = now + holdMs,
- * deletes the others) and answers the outage count of every check listed.
- */
-export async function applyPanic(
+export async function applyFailing(
   ctx: MutationCtx,
   instance: string,
-  panic: Panic | null,
-  now: number,
-): Promise<Outage[]> {
-  if (panic === null) return [];
-  const rows = new Map((await failingRowsOf(ctx, instance).take(LIMITS.MAX_CHECKS)).map((row) => [row.check, row]));
-  const failing = new Set(panic.failing);
-  for (const [check, row] of rows) {
-    if (failing.has(check)) continue;
-    await ctx.db.delete("sidecarFailing", row._id);
-    const census = await censusOf(ctx, check);
-    if (census !== null && counts(census, row)) {
-      await ctx.db.patch("sidecarCensus", census._id, { failing: Math.max(0, census.failing - 1) });
-    }
+  failing: string[] | null,
+  until: number,
+  countChanges: boolean,
+  joining: boolean,
+): Promise<string[]> {
+  if (failing === null && !joining) return []; // unchanged, and not needed: nothing read
+  const rows = await failingRowsOf(ctx, instance);
+  if (failing === null) return rows.map((row) => row.check);
+  const wanted = new Set(failing);
+  const had = new Set(rows.map((row) => row.check));
+  const removed = rows.filter((row) => !wanted.has(row.check));
+  for (const row of removed) await ctx.db.delete("sidecarFailing", row._id);
+  const added = failing.filter((check) => !had.has(check));
+  for (const check of added) await ctx.db.insert("sidecarFailing", { check, instance, until });
+  if (countChanges) {
+    await countFailing(
+      ctx,
+      instance,
+      added,
+      removed.map((row) => row.check),
+    );
   }
-  const until = now + panic.holdMs;
-  const outages: Outage[] = [];
-  for (const check of panic.failing) {
-    const row = rows.get(check) ?? null;
-    if (row === null) await ctx.db.insert("sidecarFailing", { check, instance, until });
-    else await ctx.db.patch("sidecarFailing", row._id, { until });
-    outages.push(await countOutage(ctx, check, row, now));
-  }
-  return outages;
-}
-
-/** The census of `check` after this instance's row was upserted (`before`: the row as it was). */
-async function countOutage(ctx: MutationCtx, check: string, before: FailingRow | null, now: number): Promise<Outage> {
-  const census = await censusOf(ctx, check);
-  // Recount when the census is old, was voided (an instance joined or left), or cannot be
-  // right (more failing than live: a dead instance's row still counted).
-  if (census === null || census.computedAt < now - FLEET.CENSUS_MAX_AGE_MS || census.failing > census.live) {
-    const counted = { failing: await countFailing(ctx, check, now), live: await countLive(ctx, now), computedAt: now };
-    if (census === null) await ctx.db.insert("sidecarCensus", { check, ...counted });
-    else await ctx.db.patch("sidecarCensus", census._id, counted);
-    return { check, failing: counted.failing, live: counted.live };
-  }
-  if (counts(census, before)) return { check, failing: census.failing, live: census.live };
-  await ctx.db.patch("sidecarCensus", census._id, { failing: census.failing + 1 });
-  return { check, failing: census.failing + 1, live: census.live };
+  return failing;
 }
 
 /**
- * Voids every census (the next failing sync of each check recounts it): called when an instance
- * joins the fleet or leaves it, which changes `live` at once. The census table holds one row per
- * panic check that failed lately, so this reads a handful of documents, on joins and leaves only.
+ * The outage counts of the checks this instance reports failing, from the verdicts (as last
+ * recounted; at least this instance until its own change is recounted), by the order sent.
  */
-export async function voidCensus(ctx: MutationCtx): Promise<void> {
-  for (const census of await ctx.db.query("sidecarCensus").take(LIMITS.PURGE_BATCH)) {
-    if (census.computedAt !== 0) await ctx.db.patch("sidecarCensus", census._id, { computedAt: 0 });
+export async function outagesOf(ctx: Reader, failing: string[], live: number): Promise<Outage[]> {
+  const outages = [];
+  for (const check of failing) {
+    const verdict = await verdictOf(ctx, check);
+    outages.push({
+      check,
+      failing: Math.max(verdict?.failing ?? 0, 1),
+      live: Math.max(verdict?.live ?? live, 1),
+    });
   }
-}
-
-async function countFailing(ctx: Reader, check: string, now: number): Promise<number> {
-  const rows = await ctx.db
-    .query("sidecarFailing")
-    .withIndex("by_check_until", (q) => q.eq("check", check).gt("until", now))
-    .take(LIMITS.MAX_INSTANCES);
-  return rows.length;
+  return outages;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,7 +166,8 @@ async function countFailing(ctx: Reader, check: string, now: number): Promise<nu
 
 /**
  * Takes or renews the lease of each shared check the caller holds (no holder, an ended lease, or
- * its own), stores the result it sent while holding it, and answers the stored results.
+ * its own), stores the result it sent while holding it (and the check's status when it
+ * changed, for health:watch), and answers the stored results.
  */
 export async function applyShared(
   ctx: MutationCtx,
@@ -249,7 +184,10 @@ export async function applyShared(
     const holder = doc === null || doc.leaseUntil <= now || doc.holder === instance;
     let stored = doc?.result ?? null;
     if (holder) {
-      if (result !== null) stored = toStored(result, now);
+      if (result !== null) {
+        if (result.status !== stored?.status) await storeStatus(ctx, check, fingerprint, result.status, now);
+        stored = toStored(result, now);
+      }
       const lease = { holder: instance, leaseUntil: now + leaseMs, result: stored };
       if (doc === null) await ctx.db.insert("sidecarShared", { check, fingerprint, ...lease });
       else await ctx.db.patch("sidecarShared", doc._id, lease);
@@ -259,11 +197,27 @@ export async function applyShared(
   return answers;
 }
 
+async function storeStatus(
+  ctx: MutationCtx,
+  check: string,
+  fingerprint: string,
+  status: Doc<"sidecarSharedStatus">["status"],
+  now: number,
+): Promise<void> {
+  const row = await ctx.db
+    .query("sidecarSharedStatus")
+    .withIndex("by_check_fingerprint", (q) => q.eq("check", check).eq("fingerprint", fingerprint))
+    .unique();
+  if (row === null) await ctx.db.insert("sidecarSharedStatus", { check, fingerprint, status, since: now });
+  else if (row.status !== status) await ctx.db.patch("sidecarSharedStatus", row._id, { status, since: now });
+}
+
 // ---------------------------------------------------------------------------------------------
-// Drains: requests in the heartbeat (the mailbox every sync reads anyway), an audit row each.
+// Drains: requests in the heartbeat (the sync reads it anyway) and the mailbox (health:watch
+// reads it), an audit row each.
 
 /** The drain `beat` carries, as answered at `now`; null when none, or when it ended. */
-export function drainOf(beat: Heartbeat, now: number): Infer<typeof drainAnswer> {
+export function drainOf(beat: Pick<Heartbeat, "drain">, now: number): Infer<typeof drainAnswer> {
   const drain = beat.drain;
   if (drain === undefined || (drain.until !== null && drain.until <= now)) return null;
   return {
@@ -275,44 +229,69 @@ export function drainOf(beat: Heartbeat, now: number): Infer<typeof drainAnswer>
   };
 }
 
-/** Drains or undrains the instances named (null: every live one) and logs each; answers their names, sorted. */
+type Target = { mailbox: Doc<"sidecarMailbox">; beat: Heartbeat };
+
+/**
+ * Drains or undrains the instances named (null: every counted one) and logs each; answers their
+ * names, sorted. Every live instance: through the heartbeats' by_liveUntil index and their small
+ * mailboxes (at most MAX_INSTANCES), never the registry documents with their summaries.
+ */
 export async function applyDrain(
   ctx: MutationCtx,
   request: DrainRequest,
   now: number,
 ): Promise<{ instances: string[] }> {
-  const targets = request.instances === null ? await liveInstances(ctx, now) : await named(ctx, request.instances, now);
+  const targets = request.instances === null ? await allCounted(ctx, now) : await named(ctx, request.instances, now);
   const until = request.forMs === null ? null : now + request.forMs;
   const { action, reason, by } = request;
-  for (const { registry, beat } of targets) {
+  for (const { mailbox, beat } of targets) {
     if (request.action === "drain") {
       const drain = { reason: request.reason, by, key: "operator" as const, at: now, until };
       await ctx.db.patch("sidecarHeartbeats", beat._id, { drain });
-    } else if (beat.drain !== undefined) {
-      await ctx.db.patch("sidecarHeartbeats", beat._id, { drain: undefined });
+      await ctx.db.patch("sidecarMailbox", mailbox._id, { drain });
+    } else {
+      if (beat.drain !== undefined) await ctx.db.patch("sidecarHeartbeats", beat._id, { drain: undefined });
+      if (mailbox.drain !== undefined) await ctx.db.patch("sidecarMailbox", mailbox._id, { drain: undefined });
     }
-    const row = { instance: registry.instance, action, reason, by, key: "operator" as const, at: now, until };
+    const row = { instance: mailbox.instance, action, reason, by, key: "operator" as const, at: now, until };
     await ctx.db.insert("sidecarDrainLog", row);
   }
-  return { instances: targets.map(({ registry }) => registry.instance) };
+  return { instances: targets.map(({ mailbox }) => mailbox.instance) };
+}
+
+async function allCounted(ctx: Reader, now: number): Promise<Target[]> {
+  const beats = await ctx.db
+    .query("sidecarHeartbeats")
+    .withIndex("by_liveUntil", (q) => q.gt("liveUntil", now))
+    .take(LIMITS.MAX_INSTANCES);
+  const targets = [];
+  for (const beat of beats) {
+    if (beat.left === true) continue;
+    const mailbox = await ctx.db
+      .query("sidecarMailbox")
+      .withIndex("by_heartbeat", (q) => q.eq("heartbeat", beat._id))
+      .first();
+    if (mailbox !== null) targets.push({ mailbox, beat });
+  }
+  return targets.sort((a, b) => compare(a.mailbox.instance, b.mailbox.instance));
 }
 
 /** The named instances with their live heartbeats; refuses the call when one is not live. */
-async function named(ctx: Reader, instances: string[], now: number) {
+async function named(ctx: Reader, instances: string[], now: number): Promise<Target[]> {
   const found = [];
   for (const instance of instances) {
-    const registry = await registryOf(ctx, instance);
-    const beat = registry === null ? null : await ctx.db.get("sidecarHeartbeats", registry.heartbeat);
-    if (registry === null || beat === null || !isLive(beat, now)) {
+    const mailbox = await mailboxOf(ctx, instance);
+    const beat = mailbox === null ? null : await ctx.db.get("sidecarHeartbeats", mailbox.heartbeat);
+    if (mailbox === null || beat === null || !isLive(beat, now)) {
       refuse("invalid_argument", `unknown instance: ${instance} (not live in this deployment)`);
     }
-    found.push({ registry, beat });
+    found.push({ mailbox, beat });
   }
-  return found.sort((a, b) => compare(a.registry.instance, b.registry.instance));
+  return found.sort((a, b) => compare(a.mailbox.instance, b.mailbox.instance));
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fleet listing (a query: `now` is the caller's verified ts, never Date.now()).
+// The fleet listing (a query: `now` is the caller's verified ts, never Date.now()), paged.
 
 export const fleetAnswer = v.object({
   now: v.number(),
@@ -328,35 +307,53 @@ export const fleetAnswer = v.object({
     }),
   ),
   outages: v.array(v.object({ check: v.string(), failing: v.number(), live: v.number(), ageMs: v.number() })),
+  live: v.number(), // counted instances, as last recounted
   joinsLastHour: v.number(), // new instance names registered in the last hour (rate-limited)
+  continueCursor: v.string(), // the next page's cursor (body.cursor)
+  isDone: v.boolean(), // no page after this one
 });
 
-/** Every live instance with its summary and drain, by name, and the outage counts of the last minute, by check. */
-export async function fleetOf(ctx: Reader, now: number): Promise<Infer<typeof fleetAnswer>> {
-  const instances = (await liveInstances(ctx, now)).map(({ registry, beat }) => ({
-    instance: registry.instance,
-    version: registry.version,
-    ready: registry.ready ?? null,
-    reasons: registry.reasons ?? [],
-    failing: registry.failing ?? [],
-    seenAgeMs: Math.max(0, now - beat.seenAt),
-    drain: drainOf(beat, now),
-  }));
-  const outages = [];
-  for await (const census of ctx.db.query("sidecarCensus")) {
-    if (census.computedAt < now - FLEET.OUTAGE_WINDOW_MS) continue;
-    const { check, failing, live, computedAt } = census;
-    outages.push({ check, failing, live, ageMs: Math.max(0, now - computedAt) });
+/**
+ * One page of the counted instances (at most FLEET_PAGE registry documents read, by name) with
+ * their summary and drain, and the current outages (verdicts), the live count and the joins of
+ * the last hour.
+ */
+export async function fleetOf(ctx: Reader, now: number, cursor: string | null): Promise<Infer<typeof fleetAnswer>> {
+  const page = await ctx.db
+    .query("sidecarInstances")
+    .withIndex("by_instance")
+    .paginate({ numItems: FLEET.FLEET_PAGE, cursor });
+  const instances = [];
+  for (const registry of page.page) {
+    const beat = await ctx.db.get("sidecarHeartbeats", registry.heartbeat);
+    if (beat === null || !counted(beat, now) || !isLive(beat, now)) continue;
+    instances.push({
+      instance: registry.instance,
+      version: registry.version,
+      ready: registry.ready ?? null,
+      reasons: registry.reasons ?? [],
+      failing: registry.failing ?? [],
+      seenAgeMs: Math.max(0, now - beat.seenAt),
+      drain: drainOf(beat, now),
+    });
   }
+  const verdicts = await ctx.db.query("sidecarVerdicts").take(LIMITS.PURGE_BATCH);
+  const outages = verdicts
+    .filter((row) => row.failing > 0)
+    .map(({ check, failing, live, computedAt }) => ({ check, failing, live, ageMs: Math.max(0, now - computedAt) }))
+    .sort((a, b) => compare(a.check, b.check));
   return {
     now,
     instances,
-    outages: outages.sort((a, b) => compare(a.check, b.check)),
+    outages,
+    live: await liveCount(ctx),
     joinsLastHour: await joinsSince(ctx, now - 3_600_000),
+    continueCursor: page.continueCursor,
+    isDone: page.isDone,
   };
 }
 
-/** New instance names registered since `since`: at most 60 x JOIN_SHARDS bucket documents. */
+/** New instance names registered since `since`: at most 61 x JOIN_SHARDS bucket documents. */
 async function joinsSince(ctx: Reader, since: number): Promise<number> {
   const buckets = await ctx.db
     .query("sidecarJoins")
@@ -366,74 +363,45 @@ async function joinsSince(ctx: Reader, since: number): Promise<number> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The purge (convex/health.ts's purgeExpired): never the drain log.
+// The purge's sweep (convex/health.ts's purgeExpired): every row of every table, page by page.
 
-/** Deletes up to `budget` of an instance's failing rows (its heartbeat is being purged); returns how many. */
-export async function purgeFailingOf(ctx: MutationCtx, instance: string, budget: number): Promise<number> {
-  if (budget === 0) return 0;
-  const rows = await failingRowsOf(ctx, instance).take(budget);
-  for (const row of rows) await ctx.db.delete("sidecarFailing", row._id);
-  return rows.length;
+/** Whether a row of a swept table is left over (never the drain log, never a live instance's). */
+export type Sweeper = (ctx: MutationCtx, doc: never, now: number) => Promise<boolean>;
+
+/** A registry, mailbox or result row whose instance is gone (no heartbeat, or it expired). */
+async function instanceGone(ctx: MutationCtx, heartbeat: Id<"sidecarHeartbeats"> | null, now: number) {
+  const beat = heartbeat === null ? null : await ctx.db.get("sidecarHeartbeats", heartbeat);
+  return beat === null || !isLive(beat, now);
 }
 
-/**
- * Deletes failing rows expired for over an hour, census rows computed and shared leases ended over
- * a day ago, within `budget` deletions; returns what is left of the budget. The census and shared
- * tables hold one row per check (per definition), so each is read whole, up to PURGE_BATCH rows.
- */
-export async function sweepFleet(ctx: MutationCtx, now: number, budget: number): Promise<number> {
-  budget = await sweepFailing(ctx, now - FLEET.FAILING_PURGE_AGE_MS, budget);
-  // Spent nonces past their window, and join buckets over two hours old: both by index, oldest first.
-  const nonces = await ctx.db
-    .query("sidecarNonces")
-    .withIndex("by_expiresAt", (q) => q.lt("expiresAt", now))
-    .take(budget);
-  for (const nonce of nonces) await ctx.db.delete("sidecarNonces", nonce._id);
-  budget -= nonces.length;
-  const joins = await ctx.db
-    .query("sidecarJoins")
-    .withIndex("by_minute_shard", (q) => q.lt("minute", Math.floor(now / 60_000) - 120))
-    .take(budget);
-  for (const bucket of joins) await ctx.db.delete("sidecarJoins", bucket._id);
-  budget -= joins.length;
-  if (budget === 0) return 0;
-  const stale = now - FLEET.STALE_PURGE_AGE_MS;
-  for (const census of await ctx.db.query("sidecarCensus").take(LIMITS.PURGE_BATCH)) {
-    if (budget === 0) return 0;
-    if (census.computedAt > stale) continue;
-    await ctx.db.delete("sidecarCensus", census._id);
-    budget -= 1;
-  }
-  for (const shared of await ctx.db.query("sidecarShared").take(LIMITS.PURGE_BATCH)) {
-    if (budget === 0) return 0;
-    if (shared.leaseUntil > stale) continue;
-    await ctx.db.delete("sidecarShared", shared._id);
-    budget -= 1;
-  }
-  return budget;
+async function heartbeatOfInstance(ctx: MutationCtx, instance: string) {
+  return (await registryOf(ctx, instance))?.heartbeat ?? null;
 }
 
-/**
- * Deletes failing rows with until <= cutoff, check by check through by_check_until: the first row
- * of each check is its oldest, so a check with nothing to delete costs one read.
- */
-async function sweepFailing(ctx: MutationCtx, cutoff: number, budget: number): Promise<number> {
-  let previous: string | null = null;
-  for (let checks = 0; budget > 0 && checks < LIMITS.PURGE_BATCH; checks++) {
-    const after: string | null = previous;
-    const oldest: FailingRow | null = await ctx.db
-      .query("sidecarFailing")
-      .withIndex("by_check_until", (q) => (after === null ? q : q.gt("check", after)))
-      .first();
-    if (oldest === null) break;
-    previous = oldest.check;
-    if (oldest.until > cutoff) continue;
-    const expired = await ctx.db
-      .query("sidecarFailing")
-      .withIndex("by_check_until", (q) => q.eq("check", oldest.check).lte("until", cutoff))
-      .take(budget);
-    for (const row of expired) await ctx.db.delete("sidecarFailing", row._id);
-    budget -= expired.length;
-  }
-  return budget;
-}
+/** For each swept table: is this row left over? (The heartbeats are purged by health.ts itself.) */
+export const SWEEPERS = {
+  sidecarInstances: (ctx: MutationCtx, row: Doc<"sidecarInstances">, now: number) =>
+    instanceGone(ctx, row.heartbeat, now),
+  sidecarMailbox: (ctx: MutationCtx, row: Doc<"sidecarMailbox">, now: number) =>
+    instanceGone(ctx, row.heartbeat, now),
+  sidecarResults: async (ctx: MutationCtx, row: Doc<"sidecarResults">, now: number) =>
+    instanceGone(ctx, await heartbeatOfInstance(ctx, row.instance), now),
+  sidecarFailing: async (ctx: MutationCtx, row: Doc<"sidecarFailing">, now: number) => {
+    const heartbeat = await heartbeatOfInstance(ctx, row.instance);
+    const beat = heartbeat === null ? null : await ctx.db.get("sidecarHeartbeats", heartbeat);
+    // A row counts only with its counted instance: one of an uncounted one is a leftover.
+    return beat === null || beat.liveUntil === undefined;
+  },
+  sidecarShared: async (_: MutationCtx, row: Doc<"sidecarShared">, now: number) =>
+    row.leaseUntil <= now - FLEET.STALE_PURGE_AGE_MS,
+  sidecarSharedStatus: async (_: MutationCtx, row: Doc<"sidecarSharedStatus">, now: number) =>
+    row.since <= now - FLEET.STALE_PURGE_AGE_MS,
+  sidecarNonces: async (_: MutationCtx, row: Doc<"sidecarNonces">, now: number) => row.expiresAt <= now,
+  sidecarJoins: async (_: MutationCtx, row: Doc<"sidecarJoins">, now: number) =>
+    row.minute < Math.floor(now / 60_000) - FLEET.JOINS_KEPT_MINUTES,
+  sidecarCounters: async (_: MutationCtx, row: Doc<"sidecarCounters">) => row.value === 0 && row.key !== "live",
+  sidecarCensus: async () => true, // before v3: no longer read
+} as const;
+
+export type SweptTable = keyof typeof SWEEPERS;
+export const SWEPT_TABLES = Object.keys(SWEEPERS) as SweptTable[];

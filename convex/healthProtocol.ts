@@ -42,6 +42,8 @@ export const FIELD_LIMITS = {
   VERSION: 40,
   NAME: 64, // check names and fingerprints
   HEARTBEAT: 64, // the heartbeat id a caller sends back (a Convex id: 32 characters for most tables)
+  CURSOR: 1_000, // a health:fleet page's cursor, as the previous page answered it
+  TOKEN: 64, // the token a hello answered (64 lowercase hex), as health:watch takes it
   MAX_AGE_MS: 86_400_000,
   MAX_LATENCY_MS: 3_600_000,
   MAX_REASONS: 20, // summary.reasons
@@ -302,9 +304,10 @@ export function parseDrainRequest(body: string): DrainRequest {
   };
 }
 
-/** The fleet query's body: `{}`. */
-export function parseFleetRequest(body: string): void {
-  fields(parseJson(body), "body", []);
+/** The fleet query's body: `{}`, or `{cursor}` (null: the first page) to page on. */
+export function parseFleetRequest(body: string): { cursor: string | null } {
+  const request = fields(parseJson(body), "body", [], ["cursor"]);
+  return { cursor: absent(request.cursor) ? null : text(request.cursor, "body.cursor", 1, FIELD_LIMITS.CURSOR) };
 }
 
 function parseJson(body: string): unknown {

@@ -58,16 +58,19 @@ export const healthTables = {
    */
   sidecarHeartbeats: defineTable({
     seenAt: v.number(), // server ms of the last sync
-    expiresAt: v.number(), // seenAt + ttlMs (server clock)
+    expiresAt: v.number(), // seenAt + ttlMs (server clock): the documents' retention
+    // Counted in the fleet (live count, failing counts) while present: the last sync's time + 2
+    // store periods + grace. Absent: not counted (left, never counted, or taken out once passed).
+    liveUntil: v.optional(v.number()),
     drain: v.optional(v.object(drainFields)),
     // Set by the instance's last sync before it stopped: no longer counted in the fleet (its
     // results stay, for the warm start of its next start); cleared by its next sync.
     left: v.optional(v.literal(true)),
-    // The holder's proof: the first 32 hex of SHA-256(instance + "\n" + token), the token its
+    // The holder's proof: the first 16 hex of SHA-256(instance + "\n" + token), the token its
     // hello answered; later syncs must present the token (so a heartbeat is bound to one name).
     tokenHash: v.optional(v.string()),
     lastTs: v.optional(v.number()), // the `ts` of the last accepted sync: a later one must be newer
-  }),
+  }).index("by_liveUntil", ["liveUntil"]),
 
   /** One row per (instance, check), written only when the result changes; lives as long as its instance. */
   sidecarResults: defineTable({
@@ -77,16 +80,68 @@ export const healthTables = {
     ...resultFields,
   }).index("by_instance_check", ["instance", "check"]),
 
-  /** One row per (instance, panic check) failing there, refreshed by each sync while it fails. */
+  /**
+   * One row per (instance, panic check) failing there: written when the instance's set of
+   * failing panic checks changes, counted (sidecarCounters) while its instance is.
+   */
   sidecarFailing: defineTable({
     check: v.string(),
     instance: v.string(),
-    until: v.number(), // server ms after which the row no longer counts
-  })
-    .index("by_check_until", ["check", "until"])
-    .index("by_instance_check", ["instance", "check"]),
+    until: v.number(), // server ms: when it started failing + the hold asked for (informative)
+  }).index("by_instance_check", ["instance", "check"]),
 
-  /** One row per panic check that failed somewhere lately: how many live instances, how many failing. */
+  /**
+   * Sharded counters: key "live" (counted instances) or "failing:<check>" (counted instances
+   * failing a panic check), shard = a hash of the instance's name % COUNTER_SHARDS. Changed only
+   * on join, leave, expiry and a change of an instance's failing panic checks, one shard each.
+   */
+  sidecarCounters: defineTable({
+    key: v.string(),
+    shard: v.number(),
+    value: v.number(),
+  }).index("by_key_shard", ["key", "shard"]),
+
+  /**
+   * The verdicts the fleet reads (sync answers, health:watch, health:fleet): one row per panic
+   * check counted lately. Written only by health:recount (one writer, debounced), and only when
+   * a number changes.
+   */
+  sidecarVerdicts: defineTable({
+    check: v.string(),
+    failing: v.number(),
+    live: v.number(),
+    since: v.number(), // server ms: when `failing` last changed
+    computedAt: v.number(), // server ms of the recount that wrote it
+  }).index("by_check", ["check"]),
+
+  /** One document: the live count as last recounted (every sync answer reads it). */
+  sidecarLive: defineTable({ live: v.number() }),
+
+  /** One document: whether a recount is scheduled (the first writer that finds none schedules it). */
+  sidecarRecount: defineTable({ pending: v.boolean(), at: v.number() }),
+
+  /**
+   * An instance's mailbox, for health:watch: the hash of its token (written by its hello) and
+   * the drain in force (written by drain and undrain, mirrored on the heartbeat for the sync).
+   */
+  sidecarMailbox: defineTable({
+    instance: v.string(),
+    heartbeat: v.id("sidecarHeartbeats"),
+    tokenHash: v.string(),
+    drain: v.optional(v.object(drainFields)),
+  })
+    .index("by_instance", ["instance"])
+    .index("by_heartbeat", ["heartbeat"]),
+
+  /** A shared check's status, written only when it changes (health:watch reads these, not results). */
+  sidecarSharedStatus: defineTable({
+    check: v.string(),
+    fingerprint: v.string(),
+    status,
+    since: v.number(), // server ms of the change
+  }).index("by_check_fingerprint", ["check", "fingerprint"]),
+
+  /** Before v3: one row per panic check with its count. No longer written; the purge deletes them. */
   sidecarCensus: defineTable({
     check: v.string(),
     failing: v.number(),

@@ -230,14 +230,20 @@ describe("merging the functions into an app's convex/ folder (docs/convex.md ste
       "cache",
       "messages",
       "sidecarCensus",
+      "sidecarCounters",
       "sidecarDrainLog",
       "sidecarFailing",
       "sidecarHeartbeats",
       "sidecarInstances",
       "sidecarJoins",
+      "sidecarLive",
+      "sidecarMailbox",
       "sidecarNonces",
+      "sidecarRecount",
       "sidecarResults",
       "sidecarShared",
+      "sidecarSharedStatus",
+      "sidecarVerdicts",
     ]);
     const crons = (await import(/* @vite-ignore */ pathToFileURL(join(app, "convex/crons.ts")).href)).default;
     expect(Object.keys(crons.crons).sort()).toEqual([

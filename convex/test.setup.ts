@@ -128,6 +128,11 @@ export const snapshot = (t: T) =>
     drainLog: await ctx.db.query("sidecarDrainLog").collect(),
     nonces: await ctx.db.query("sidecarNonces").collect(),
     joins: await ctx.db.query("sidecarJoins").collect(),
+    counters: await ctx.db.query("sidecarCounters").collect(),
+    verdicts: await ctx.db.query("sidecarVerdicts").collect(),
+    live: await ctx.db.query("sidecarLive").collect(),
+    mailboxes: await ctx.db.query("sidecarMailbox").collect(),
+    sharedStatus: await ctx.db.query("sidecarSharedStatus").collect(),
   }));
 
 /** A snapshot with nothing in it. */
@@ -141,6 +146,11 @@ export const EMPTY = {
   drainLog: [],
   nonces: [],
   joins: [],
+  counters: [],
+  verdicts: [],
+  live: [],
+  mailboxes: [],
+  sharedStatus: [],
 };
 
 /** The heartbeat id the registry holds for `instance` (what its last answer gave). */
@@ -152,7 +162,7 @@ export async function heartbeatOf(t: T, instance: string): Promise<string> {
 
 /** The stored form of an instance's token, by the spec (node's crypto, not the functions' code). */
 export const hashToken = (instance: string, token: string): string =>
-  createHash("sha256").update(`${instance}\n${token}`, "utf8").digest("hex").slice(0, 32);
+  createHash("sha256").update(`${instance}\n${token}`, "utf8").digest("hex").slice(0, 16);
 
 /** A new token for `instance`, kept for `signed`; returns its stored form (for a planted heartbeat). */
 export function plantToken(instance: string): string {
