@@ -121,12 +121,11 @@ def main() -> None:
         values = [r[key] for r in results if key in r]
         if values:
             print(f"  {key:13} median {statistics.median(values):5.2f}  worst {max(values):5.2f}")
-    gaps = [
-        r["ready_503"] - r["first_fail"] for r in results if {"ready_503", "first_fail"} <= r.keys()
-    ]
-    if gaps:
-        median, worst = statistics.median(gaps), max(gaps)
-        print(f"  ready_503 after first_fail: median {median:5.2f}  worst {worst:5.2f}")
+    for later, earlier in (("health_error", "first_fail"), ("ready_503", "health_error")):
+        gaps = [r[later] - r[earlier] for r in results if {later, earlier} <= r.keys()]
+        if gaps:
+            median, worst = statistics.median(gaps), max(gaps)
+            print(f"  {later} after {earlier}: median {median:5.2f}  worst {worst:5.2f}")
     print(f"logs in {tmp}")
 
 

@@ -36,10 +36,13 @@ class Outage:
 
 @dataclass(frozen=True, slots=True)
 class Drain:
-    """A central drain of this instance: why, who asked, and until when (epoch seconds)."""
+    """A central drain of this instance: why, who asked (the operator's own claim: the CLI
+    sends `user@host`, which nothing verifies), since and until when (epoch seconds; `since`
+    by the deployment's clock, `until` by this instance's)."""
 
     reason: str
     by: str
+    since: float
     until: float | None
 
 

@@ -53,7 +53,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         cmd.add_argument(
             "--timeout",
-            default="10s",
             help="how long to wait for the instances to take it, with a unit (default 10s)",
         )
         cmd.add_argument("--no-wait", action="store_true", help="return at once, without waiting")
@@ -96,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             yes=args.yes,
             reason=getattr(args, "reason", None),
             duration=getattr(args, "duration", None),
-            timeout=args.timeout,
+            timeout=fleetcli.DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
             wait=not args.no_wait,
         )
     from sidecar import daemon, logs

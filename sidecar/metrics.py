@@ -17,7 +17,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sidecar.snapshot import Snapshot
+from sidecar.snapshot import DRAIN_SOURCES, Snapshot
 from sidecar.state import STATUSES
 
 CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -171,7 +171,7 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "sidecar_live", "1 when /live answers 200.", value=float(self._source.live())
         )
-        yield GaugeMetricFamily("sidecar_draining", "1 while draining.", value=float(snap.draining))
+        yield from _drain_gauges(snap)
         yield GaugeMetricFamily(
             "sidecar_store_up",
             "1 when the last call to the Convex store succeeded.",
@@ -183,3 +183,32 @@ class SnapshotCollector(Collector):
             "change; 0 while they come by polling (the periodic sync).",
             value=float(snap.fleet.subscribed),
         )
+
+
+def _drain_gauges(snap: Snapshot) -> Iterable[GaugeMetricFamily]:
+    """Whether the daemon drains, why (each source), and the central drain's start and end:
+    what an alert needs to tell a planned drain from an outage, and a forgotten one."""
+    yield GaugeMetricFamily(
+        "sidecar_draining",
+        "1 while draining: after a signal, or drained centrally (health-sidecar drain).",
+        value=float(bool(snap.drain_sources)),
+    )
+    source = GaugeMetricFamily(
+        "sidecar_draining_source",
+        "1 for each reason the daemon drains now: signal (SIGTERM, SIGINT) or central.",
+        labels=["source"],
+    )
+    for name in DRAIN_SOURCES:
+        source.add_metric([name], float(name in snap.drain_sources))
+    yield source
+    drain = snap.central_drain
+    yield GaugeMetricFamily(
+        "sidecar_drain_started_timestamp_seconds",
+        "When the central drain in force began, by Convex's clock (0: none).",
+        value=0.0 if drain is None else drain.since,
+    )
+    yield GaugeMetricFamily(
+        "sidecar_drain_until_timestamp_seconds",
+        "When the central drain in force ends (0: none, or none set: until undrained).",
+        value=0.0 if drain is None or drain.until is None else drain.until,
+    )

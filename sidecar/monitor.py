@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from sidecar import logs
 from sidecar.checks import Check
-from sidecar.fleet import NO_FLEET, Drain, FleetView, Watched
+from sidecar.fleet import NO_FLEET, FleetView, Watched
 from sidecar.metrics import Metrics
 from sidecar.result import CheckResult
 from sidecar.snapshot import Snapshot, StoreState
@@ -161,20 +161,12 @@ class Monitor:
                 )
         for name in old.shared_outages.keys() - new.shared_outages.keys():
             self._log.info(f"shared outage over: {name}", check=name)
-        before, after = old.fleet.drained(old.built_at), new.fleet.drained(new.built_at)
-        if after is not None and not _same_drain(before, after):
-            self._log.warning(f"drained: {after.reason}", by=after.by, until=after.until)
+        before, after = old.central_drain, new.central_drain
+        # One drain is one request (its start, by the deployment's clock); its `until` moves
+        # by a few ms with each sync's round trip, so it is no reason for another line.
+        if after is not None and (before is None or before.since != after.since):
+            self._log.warning(
+                f"drained: {after.reason}", by=after.by, since=after.since, until=after.until
+            )
         elif after is None and before is not None:
             self._log.info("drain over")
-
-
-def _same_drain(before: Drain | None, after: Drain) -> bool:
-    """The same drain, as the sync and the subscription may say it: their ends differ by the
-    clocks' offset, a few ms."""
-    if before is None:
-        return False
-    ends = (before.until, after.until)
-    same_end = ends == (None, None) or (
-        None not in ends and abs((before.until or 0.0) - (after.until or 0.0)) < 1.0
-    )
-    return (before.reason, before.by) == (after.reason, after.by) and same_end

@@ -10,11 +10,15 @@ from typing import Any, Literal
 import orjson
 
 from sidecar.checks import Check
-from sidecar.fleet import DRAINED, FleetView, Outage
+from sidecar.fleet import DRAINED, Drain, FleetView, Outage
 from sidecar.state import CheckState, Status
 
 HealthStatus = Literal["ok", "degraded", "error"]
 StoreStatus = Literal["ok", "error", "unknown"]
+# Why the daemon drains: a signal (SIGTERM, SIGINT: it exits after the drain) or a central
+# drain (`health-sidecar drain`, through Convex: it stays until undrained or its end).
+DrainSource = Literal["signal", "central"]
+DRAIN_SOURCES: tuple[DrainSource, ...] = ("signal", "central")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,10 @@ def dumps(value: Any) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the daemon knows at one moment. Replaced whole, never mutated; handlers only read."""
+    """What the daemon knows at one moment. Replaced whole, never mutated; handlers only read.
+
+    `draining` is set by a signal; `drain_sources` says every reason it drains now (the
+    signal, a central drain in force), and `central_drain` is that drain."""
 
     instance: str
     version: str
@@ -56,6 +63,8 @@ class Snapshot:
     statuses: Mapping[str, Status] = field(init=False)
     shared_outages: Mapping[str, Outage] = field(init=False)
     awaiting_count: tuple[str, ...] = field(init=False)
+    central_drain: Drain | None = field(init=False)
+    drain_sources: tuple[DrainSource, ...] = field(init=False)
     ready: bool = field(init=False)
     reasons: tuple[str, ...] = field(init=False)
     health: HealthStatus = field(init=False)
@@ -86,6 +95,9 @@ class Snapshot:
         drain = self.fleet.drained(now)
         if drain is not None:
             reasons.append(f"{DRAINED}{drain.reason}")
+        sources: tuple[DrainSource, ...] = ("signal",) if self.draining else ()
+        if drain is not None:
+            sources += ("central",)
         reasons += [
             f"{s.name} is {statuses[s.name]}"
             for s in self.states
@@ -103,6 +115,8 @@ class Snapshot:
         setattr_(self, "statuses", statuses)
         setattr_(self, "shared_outages", shared)
         setattr_(self, "awaiting_count", awaiting)
+        setattr_(self, "central_drain", drain)
+        setattr_(self, "drain_sources", sources)
         setattr_(self, "ready", not reasons)
         setattr_(self, "reasons", tuple(reasons))
         setattr_(self, "health", health)
@@ -138,7 +152,8 @@ class Snapshot:
             doc["instance"] = self.instance
             doc["version"] = self.version
             doc["ready"] = self.ready
-            doc["draining"] = self.draining
+            doc["draining"] = bool(self.drain_sources)
+            doc["drain"] = self._drain_details()
             doc["checks"] = {s.name: self._details(s) for s in self.states}
             doc["store"] = {
                 "status": self.store.status,
@@ -148,19 +163,29 @@ class Snapshot:
             doc["fleet"] = self._fleet_details()
         return doc
 
+    def _drain_details(self) -> dict[str, Any] | None:
+        """Why the daemon drains, and the central drain's reason, who asked (as the caller
+        claimed: nothing verifies it), since and until when (null: until undrained)."""
+        if not self.drain_sources:
+            return None
+        drain = self.central_drain
+        return {
+            "sources": list(self.drain_sources),
+            "central": None
+            if drain is None
+            else {
+                "reason": drain.reason,
+                "claimed_by": drain.by,
+                "since": iso(drain.since),
+                "until": None if drain.until is None else iso(drain.until),
+            },
+        }
+
     def _fleet_details(self) -> dict[str, Any]:
-        drain = self.fleet.drained(self.built_at)
         return {
             "shared_outages": {
                 name: f"shared outage: {outage.describe(name)}"
                 for name, outage in self.shared_outages.items()
-            },
-            "drain": None
-            if drain is None
-            else {
-                "reason": drain.reason,
-                "by": drain.by,
-                "until": None if drain.until is None else iso(drain.until),
             },
             "awaiting_count": list(self.awaiting_count),
             "holder": sorted(self.fleet.holders),

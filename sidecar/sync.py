@@ -195,6 +195,7 @@ class Syncer:
             else Drain(
                 reason=drain.reason,
                 by=drain.by,
+                since=(answer.now_ms - drain.age_ms) / 1000,  # the deployment's clock: stable
                 until=None if drain.remaining_ms is None else now + drain.remaining_ms / 1000,
             ),
             holders=frozenset(a.check for a in answer.shared if a.holder),

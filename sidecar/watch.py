@@ -58,6 +58,7 @@ def watched_of(
         else Drain(
             reason=drain.reason,
             by=drain.by,
+            since=drain.at_ms / 1000,  # the deployment's clock, as the sync says it: stable
             until=None if drain.until_ms is None else clock.local(drain.until_ms),
         ),
         verdicts={

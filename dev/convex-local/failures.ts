@@ -7,6 +7,8 @@
  */
 import { randomBytes } from "node:crypto";
 import type { JSONValue, Value } from "convex/values";
+import { convexLimitMessage } from "./limits.js";
+import { OccFailure } from "./occ.js";
 
 /** How much a function error tells the caller: "prod" (default) or "dev" (env CONVEX_LOCAL_ERRORS). */
 export type ErrorStyle = "prod" | "dev";
@@ -18,6 +20,8 @@ export type FunctionKind = "query" | "mutation" | "action";
 export interface Failure {
   detail: string;
   data?: Value;
+  /** A system error answered as a request error (an OCC failure: 503 `{"code","message"}`), not as a function error. */
+  system?: { status: number; code: string; message: string };
 }
 
 /** A failure the stand-in itself decides (an unknown function, a mutation sent to /api/query, ...). */
@@ -30,6 +34,9 @@ export class FunctionError extends Error {}
  */
 export function describeFailure(error: unknown, started: boolean, args: JSONValue): Failure {
   if (error instanceof FunctionError) return { detail: error.message };
+  if (error instanceof OccFailure) {
+    return { detail: error.message, system: { status: 503, code: error.code, message: error.message } };
+  }
   if (!(error instanceof Error)) return { detail: `Uncaught ${String(error)}` };
   if (error.name === "ConvexError" && "data" in error) {
     return { detail: `Uncaught ConvexError: ${error.message}`, data: error.data as Value };
@@ -38,7 +45,7 @@ export function describeFailure(error: unknown, started: boolean, args: JSONValu
   if (validation !== null && !started) {
     return { detail: `ArgumentValidationError: ${validation[1]}\n\nObject: ${JSON.stringify(args)}` };
   }
-  return { detail: `Uncaught ${error.name}: ${error.message}` };
+  return { detail: `Uncaught ${error.name}: ${convexLimitMessage(error.message)}` };
 }
 
 /** `errorMessage` of a failed call, in `style`. */

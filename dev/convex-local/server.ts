@@ -37,9 +37,13 @@ import {
   type FailedCall,
   type FunctionKind,
 } from "./failures.js";
+import { indexCatalog } from "./bandwidth.js";
 import { FaultInjector } from "./faults.js";
+import { CLOUD_LIMITS } from "./limits.js";
+import { ConcurrencyModel, type ConcurrencyReport, type OccOptions } from "./occ.js";
+import type { ReadSet } from "./readsets.js";
 import { attachSync, type SyncServer } from "./sync_ws.js";
-import { installDatabaseObserver } from "./syscalls.js";
+import { installDatabaseObserver, observeAlso, withCommitHooks } from "./syscalls.js";
 import { UsageMeter, type UsageReport } from "./usage.js";
 import {
   RequestError,
@@ -76,13 +80,18 @@ export interface ConvexLocalOptions {
   name?: string;
   /** Where deployment log lines go (default: stdout). */
   log?: (line: string) => void;
+  /** Optimistic concurrency (occ.ts): on by default; `{ enabled: false }` for deterministic tests. */
+  occ?: OccOptions;
 }
+
+/** `GET /_dev/stats`: usage by function, and the concurrency counters (occ.ts). */
+export type StatsReport = UsageReport & { transactions: ConcurrencyReport };
 
 /** A stand-in: its HTTP server (with the sync protocol, sync_ws.ts) and, for in-process use, its usage stats. */
 export interface ConvexLocal {
   server: Server;
   sync: SyncServer;
-  stats(): UsageReport;
+  stats(): StatsReport;
   resetStats(): void;
 }
 
@@ -95,27 +104,42 @@ const FORMATS: Record<string, Format> = {
 
 // ------------------------------------------------------------------ the backend
 
-type CallResult = { ok: true; value: Value } | ({ ok: false } & Omit<FailedCall, "requestId">);
+/** A call's outcome, with what its transaction read (the sync protocol re-runs queries by it). */
+type CallResult = ({ ok: true; value: Value } | ({ ok: false } & Omit<FailedCall, "requestId">)) & { readSet: ReadSet };
 
 /** One convex-test deployment, running one function at a time and counting its usage. */
 class Backend {
   readonly meter: UsageMeter;
+  readonly occ: ConcurrencyModel;
   readonly #functions: FunctionModules;
   readonly #tables: ReadonlySet<string>;
   readonly #t;
   #tail: Promise<unknown> = Promise.resolve();
   #lastTs = 0n;
 
-  constructor(functions: FunctionModules, schema: Schema) {
+  constructor(functions: FunctionModules, schema: Schema, occ: OccOptions = {}) {
     const modules: Record<string, () => Promise<unknown>> = {
       "convex/_generated/server.js": () => import("../../convex/_generated/server.js"),
     };
-    for (const [path, module] of Object.entries(functions)) modules[`convex/${path}.ts`] = async () => module;
+    for (const [path, module] of Object.entries(functions)) {
+      const hooked = withCommitHooks(module);
+      modules[`convex/${path}.ts`] = async () => hooked;
+    }
     this.#functions = functions;
     this.#tables = new Set(Object.keys(schema.tables));
-    this.#t = convexTest({ schema, modules, transactionLimits: true });
+    this.#t = convexTest({ schema, modules, transactionLimits: CLOUD_LIMITS });
     installDatabaseObserver();
     this.meter = new UsageMeter(schema);
+    this.occ = new ConcurrencyModel(indexCatalog(schema), occ);
+  }
+
+  report(): StatsReport {
+    return { ...this.meter.report(), transactions: this.occ.report() };
+  }
+
+  resetStats(): void {
+    this.meter.reset();
+    this.occ.reset();
   }
 
   /** Calls the public function at `path` as `endpoint` requires; a failure is a result, not an exception. */
@@ -126,11 +150,13 @@ class Backend {
     const positional = Array.isArray(rawArgs) ? rawArgs : [rawArgs];
     const startedAt = Date.now();
     const measured = await this.meter.measure(display, () =>
-      this.#serialized(() => this.#run(endpoint, fn, display, positional)),
+      this.occ.run(display, kind ?? "unknown", (observer) =>
+        this.#serialized(() => observeAlso(observer, () => this.#run(endpoint, fn, display, positional))),
+      ),
     );
     if (measured.ok) return measured;
     const failure = describeFailure(measured.error, measured.started, positional[0] as JSONValue);
-    return { ok: false, kind, path: display, failure, startedAt };
+    return { ok: false, kind, path: display, failure, startedAt, readSet: measured.readSet };
   }
 
   /** Every document of `table` of the schema (a dev route; not counted in the stats). */
@@ -274,7 +300,7 @@ interface Context {
 /** The HTTP stand-in itself. */
 export function createConvexLocal(options: ConvexLocalOptions = {}): ConvexLocal {
   const context: Context = {
-    backend: new Backend(options.functions ?? FUNCTION_MODULES, options.schema ?? repoSchema),
+    backend: new Backend(options.functions ?? FUNCTION_MODULES, options.schema ?? repoSchema, options.occ),
     faults: new FaultInjector(),
     style: options.errors ?? "prod",
     log: options.log ?? ((line: string) => console.log(line)),
@@ -290,8 +316,8 @@ export function createConvexLocal(options: ConvexLocalOptions = {}): ConvexLocal
   });
   const sync = attachSync(server, context);
   routes = new Map([...routeTable(context, options.name ?? "convex-local"), ...sync.routes]);
-  const { meter } = context.backend;
-  return { server, sync, stats: () => meter.report(), resetStats: () => meter.reset() };
+  const { backend } = context;
+  return { server, sync, stats: () => backend.report(), resetStats: () => backend.resetStats() };
 }
 
 async function handle(context: Context, routes: ReadonlyMap<string, Route>, req: IncomingMessage, res: ServerResponse) {
@@ -334,12 +360,12 @@ function routeTable(context: Context, name: string): ReadonlyMap<string, Route> 
     ["/instance_name", text(name)],
     ["/echo", { methods: POST, handle: echo }],
     ["/api/query_ts", json(POST, () => ({ ts: encodeTs(backend.latestTimestamp()) }))],
-    ["/_dev/stats", json(GET, () => backend.meter.report())],
+    ["/_dev/stats", json(GET, () => backend.report())],
     [
       "/_dev/stats/reset",
       json(POST, () => {
-        backend.meter.reset();
-        return backend.meter.report();
+        backend.resetStats();
+        return backend.report();
       }),
     ],
     ["/_dev/faults", faultRoute(faults)],
@@ -370,6 +396,7 @@ async function callFunction(
   if (result.ok) return send(res, 200, floatJson({ status: "success", value: exportValue(result.value) }));
   log(deploymentLogLine({ ...result, requestId }));
   const { failure } = result;
+  if (failure.system !== undefined) return sendError(res, new RequestError(failure.system.status, failure.system.code, failure.system.message));
   const errorData = failure.data === undefined ? undefined : exportValue(failure.data);
   send(res, 200, floatJson({ status: "error", errorMessage: errorMessage(requestId, failure, style), errorData }));
 }
@@ -433,14 +460,17 @@ function fail(message: string): never {
 }
 
 /**
- * The options the environment gives: CONVEX_LOCAL_ERRORS (prod|dev), CONVEX_LOCAL_NAME and
- * CONVEX_LOCAL_FUNCTIONS (repo|test: test serves testFunctions.ts instead of ../../convex).
+ * The options the environment gives: CONVEX_LOCAL_ERRORS (prod|dev), CONVEX_LOCAL_NAME,
+ * CONVEX_LOCAL_OCC (on|off) and CONVEX_LOCAL_FUNCTIONS (repo|test: test serves
+ * testFunctions.ts instead of ../../convex).
  */
 async function optionsFromEnv(env: NodeJS.ProcessEnv): Promise<ConvexLocalOptions> {
   const errors = env.CONVEX_LOCAL_ERRORS || "prod";
   if (!(ERROR_STYLES as readonly string[]).includes(errors)) {
     fail(`CONVEX_LOCAL_ERRORS must be one of ${ERROR_STYLES.join(", ")}, got ${errors}`);
   }
+  const occ = env.CONVEX_LOCAL_OCC || "on";
+  if (occ !== "on" && occ !== "off") fail(`CONVEX_LOCAL_OCC must be one of on, off, got ${occ}`);
   const functions = env.CONVEX_LOCAL_FUNCTIONS || "repo";
   if (functions !== "repo" && functions !== "test") fail(`CONVEX_LOCAL_FUNCTIONS must be repo or test, got ${functions}`);
   const served: ConvexLocalOptions = {};
@@ -448,7 +478,7 @@ async function optionsFromEnv(env: NodeJS.ProcessEnv): Promise<ConvexLocalOption
     const { notes, tallies, testSchema } = await import("./testFunctions.js");
     Object.assign(served, { functions: { notes, tallies }, schema: testSchema });
   }
-  return { ...served, errors: errors as ErrorStyle, name: env.CONVEX_LOCAL_NAME || undefined };
+  return { ...served, errors: errors as ErrorStyle, name: env.CONVEX_LOCAL_NAME || undefined, occ: { enabled: occ === "on" } };
 }
 
 async function main() {

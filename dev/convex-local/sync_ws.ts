@@ -23,7 +23,8 @@ import { convexToJson, type JSONValue, type Value } from "convex/values";
 import { WebSocketServer, type RawData, type WebSocket } from "ws";
 import { deploymentLogLine, errorMessage, type ErrorStyle, type FailedCall, type FunctionKind } from "./failures.js";
 import type { FaultInjector } from "./faults.js";
-import type { CommitListener, WrittenDocument } from "./usage.js";
+import { intersects, type ReadSet, type WriteSet } from "./readsets.js";
+import type { CommitListener } from "./usage.js";
 import { MAX_API_BODY_BYTES, RequestError, encodeTs, floatJson, readJsonBody, send } from "./wire.js";
 
 /** `/api/sync` (the Rust and Python clients) and `/api/1.48.0/sync` (the JS client). */
@@ -39,8 +40,10 @@ export const MAX_CLIENT_MESSAGE_BYTES = MAX_API_BODY_BYTES;
 const MAX_BUFFERED_BYTES = 1 << 20;
 const SLOW_READER_RETRY_MS = 50;
 
-/** A function call's outcome, as the stand-in's backend returns it. */
-export type SyncCallResult = { ok: true; value: Value } | ({ ok: false } & Omit<FailedCall, "requestId">);
+/** A function call's outcome, as the stand-in's backend returns it, with what it read. */
+export type SyncCallResult = ({ ok: true; value: Value } | ({ ok: false } & Omit<FailedCall, "requestId">)) & {
+  readSet: ReadSet;
+};
 
 /** What the sync protocol needs of the stand-in's backend. */
 export interface SyncBackend {
@@ -191,12 +194,13 @@ interface Subscription {
   lastSent: string | null;
   /** Needs a run: new, or a commit wrote something it read. */
   dirty: boolean;
+  /** What its last run read (null: not run yet). */
+  readSet: ReadSet | null;
 }
 
-/** Whether a commit that wrote `writes` can change the result of `query` (decides a re-run). */
-function invalidatedBy(_query: Subscription, _writes: readonly WrittenDocument[]): boolean {
-  // TEMPORARY, until the read sets of dev/convex-local/readsets.ts: every commit re-runs.
-  return true;
+/** Whether a commit that wrote `writeSet` can change `query`'s result: it wrote into its read set. */
+function invalidatedBy(query: Subscription, writeSet: WriteSet): boolean {
+  return query.readSet === null || intersects(query.readSet, writeSet);
 }
 
 /** One sync socket: its query set, versions and the transitions it is sent, one at a time. */
@@ -236,11 +240,11 @@ class SyncSession {
     return [...this.#queries.values()].map((q) => q.udfPath);
   }
 
-  /** A commit wrote `writes`: re-run the queries it invalidates. */
-  invalidate(writes: readonly WrittenDocument[]): void {
+  /** A commit wrote `writeSet`: re-run the queries it invalidates. */
+  invalidate(writeSet: WriteSet): void {
     let any = false;
     for (const query of this.#queries.values()) {
-      if (!query.dirty && invalidatedBy(query, writes)) any = query.dirty = true;
+      if (!query.dirty && invalidatedBy(query, writeSet)) any = query.dirty = true;
     }
     if (any) this.scheduleUpdate();
   }
@@ -385,7 +389,7 @@ class SyncSession {
       } else {
         if (this.#queries.has(change.queryId)) throw new Error(`Duplicate query ID: ${change.queryId}`);
         const { udfPath, args } = change;
-        this.#queries.set(change.queryId, { udfPath, args, lastSent: null, dirty: true });
+        this.#queries.set(change.queryId, { udfPath, args, lastSent: null, dirty: true, readSet: null });
       }
     }
     if (identity !== this.#version.identity) for (const query of this.#queries.values()) query.dirty = true;
@@ -413,6 +417,7 @@ class SyncSession {
   /** Runs a subscribed query (a counted call); null when its result is what the client has. */
   async #run(queryId: number, query: Subscription): Promise<unknown> {
     const result = await this.hub.backend.call("query", query.udfPath, query.args);
+    query.readSet = result.readSet;
     const common = { queryId, logLines: [] as string[], journal: null };
     let modification: Record<string, unknown>;
     let seen: string;
@@ -503,8 +508,8 @@ class SyncHub {
     readonly style: ErrorStyle,
     readonly log: (line: string) => void,
   ) {
-    backend.meter.onCommit((writes) => {
-      for (const session of this.sessions) session.invalidate(writes);
+    backend.meter.onCommit((writeSet) => {
+      for (const session of this.sessions) session.invalidate(writeSet);
     });
   }
 

@@ -136,6 +136,12 @@ export function combineObservers(...parts: DatabaseObserver[]): DatabaseObserver
   };
 }
 
+/** Runs `fn` with `observer` told of its database syscalls too, besides the current observer. */
+export function observeAlso<T>(observer: DatabaseObserver, fn: () => T): T {
+  const current = observers.getStore();
+  return observers.run(current === undefined ? observer : combineObservers(current, observer), fn);
+}
+
 /** Wraps convex-test's `Convex` global (call after the first `convexTest()`); idempotent. */
 export function installDatabaseObserver(): void {
   const global = globalThis as { Convex?: ConvexSyscalls & { [INSTALLED]?: true } };

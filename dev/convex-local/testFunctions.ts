@@ -116,6 +116,29 @@ export const notes = {
       await ctx.db.insert("notes", { author: "tally", body: String(all.length) });
     },
   }),
+  /** Inserts `n` small notes: over 8,000 is over Convex cloud's documents written per transaction. */
+  addMany: mutationGeneric({
+    args: { n: v.number() },
+    handler: async (ctx, { n }) => {
+      for (let i = 0; i < n; i++) await ctx.db.insert("notes", { author: "many", body: "" });
+    },
+  }),
+  /** Reads every note of `author`, `times` times over (each read counts toward the limit). */
+  readMany: queryGeneric({
+    args: { author: v.string(), times: v.number() },
+    handler: async (ctx, { author, times }) => {
+      let total = 0;
+      for (let i = 0; i < times; i++) {
+        total += (
+          await ctx.db
+            .query("notes")
+            .withIndex("by_author", (q) => q.eq("author", author))
+            .collect()
+        ).length;
+      }
+      return total;
+    },
+  }),
   /** A get then a patch of the same document; returns convex-test's own transaction metrics. */
   rewriteAndMeasure: mutationGeneric({
     args: { ...byId, body: v.string() },

@@ -8,6 +8,7 @@
  * mutation) belong to their top-level one, as in Convex: their reads always count, their writes
  * only if they commit.
  */
+import { performance } from "node:perf_hooks";
 import { getConvexSize, getDocumentSize, jsonToConvex, type JSONValue } from "convex/values";
 import { isSystemTable, type IndexCatalog, type StoredDocument } from "./bandwidth.js";
 import {
@@ -32,6 +33,8 @@ export interface TransactionRecord {
   bytesRead: number;
   documentsWritten: number;
   bytesWritten: number;
+  /** From the transaction's start to now (its commit, or where it stopped), in ms. */
+  durationMs: number;
 }
 
 /** Told about each top-level transaction: before it commits (may throw to refuse it) and once it is over. */
@@ -59,6 +62,7 @@ interface Stream {
 /** One transaction in progress. */
 class Open {
   fn = "";
+  readonly startedAt = performance.now();
   readonly reads: IndexRead[] = [];
   /** Writes by document id, one map per nesting level, innermost last. */
   readonly writes: Map<string, PendingWrite>[] = [new Map()];
@@ -191,6 +195,7 @@ export class TransactionRecorder implements DatabaseObserver {
       bytesRead: open.bytesRead,
       documentsWritten: writes.size,
       bytesWritten,
+      durationMs: performance.now() - open.startedAt,
     };
   }
 

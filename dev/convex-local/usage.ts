@@ -2,7 +2,9 @@
  * Usage stats of a stand-in, by function path: calls, errors and database bandwidth counted as a
  * Convex deployment bills them (bandwidth.ts). Reads count when they happen, even in a call that
  * fails; writes count when their transaction commits, once per document (the final version), as
- * Convex's committer does.
+ * Convex's committer does. Each call also yields its read set, and each commit's write set goes
+ * to the commit listeners (readsets.ts, transactions.ts): the sync protocol re-runs subscribed
+ * queries by them (sync_ws.ts).
  */
 import type { GenericSchema, SchemaDefinition } from "convex/server";
 import {
@@ -14,7 +16,9 @@ import {
   type IndexCatalog,
   type StoredDocument,
 } from "./bandwidth.js";
-import { observeDatabase, type DatabaseObserver, type ReadSource } from "./syscalls.js";
+import type { ReadSet, WriteSet } from "./readsets.js";
+import { combineObservers, observeDatabase, type DatabaseObserver, type ReadSource } from "./syscalls.js";
+import { TransactionRecorder } from "./transactions.js";
 
 export interface FunctionStats {
   calls: number;
@@ -30,8 +34,11 @@ export interface UsageReport {
   functions: Record<string, FunctionStats>;
 }
 
-/** A function call's outcome; `started` tells whether its body ran (a transaction or a syscall began). */
-export type Measured<T> = { ok: true; value: T } | { ok: false; error: unknown; started: boolean };
+/**
+ * A function call's outcome; `started` tells whether its body ran (a transaction or a syscall
+ * began); `readSet` is what its own transaction read (nothing if none began).
+ */
+export type Measured<T> = ({ ok: true; value: T } | { ok: false; error: unknown; started: boolean }) & { readSet: ReadSet };
 
 interface PendingWrite {
   fn: string;
@@ -39,14 +46,8 @@ interface PendingWrite {
   doc: StoredDocument | null;
 }
 
-/** A document a committed transaction wrote (inserted, patched, replaced or deleted). */
-export interface WrittenDocument {
-  table: string;
-  id: string;
-}
-
-/** Told of every top-level commit that wrote at least one document of a user table. */
-export type CommitListener = (writes: readonly WrittenDocument[]) => void;
+/** Told of every top-level commit (a call's or a scheduled function's) that wrote user documents. */
+export type CommitListener = (writeSet: WriteSet) => void;
 
 const NO_USAGE: FunctionStats = {
   calls: 0,
@@ -72,12 +73,21 @@ export class UsageMeter {
   /** Runs one function call, counted under `fn` (its database usage counts under the path that does it). */
   async measure<T>(fn: string, run: () => Promise<T>): Promise<Measured<T>> {
     const call = new CallObserver(this);
+    let readSet: ReadSet | null = null;
+    const recorder = new TransactionRecorder(this.#indexes, {
+      committing: () => undefined,
+      finished: ({ readSet: reads, writeSet }, committed) => {
+        readSet ??= reads; // the call's own transaction ends first; then those it scheduled
+        if (committed && writeSet.writes.length > 0) for (const listener of this.#commitListeners) listener(writeSet);
+      },
+    });
     this.#add(fn, { calls: 1 });
     try {
-      return { ok: true, value: await observeDatabase(call, run) };
+      const value = await observeDatabase(combineObservers(call, recorder), run);
+      return { ok: true, value, readSet: readSet ?? { reads: [] } };
     } catch (error) {
       this.#add(fn, { errors: 1 });
-      return { ok: false, error, started: call.started };
+      return { ok: false, error, started: call.started, readSet: readSet ?? { reads: [] } };
     }
   }
 
@@ -107,7 +117,6 @@ export class UsageMeter {
       if (parent !== undefined) parent.set(id, write);
       else this.#commit(write);
     }
-    if (parent === undefined) this.#notify([...writes].map(([id, { table }]) => ({ table, id })));
   }
 
   transactionRolledBack(): void {
@@ -123,15 +132,8 @@ export class UsageMeter {
   documentWritten(fn: string, table: string, id: string, doc: StoredDocument | null): void {
     if (isSystemTable(table)) return;
     const transaction = this.#transactions.at(-1);
-    if (transaction === undefined) {
-      this.#commit({ fn, table, doc });
-      this.#notify([{ table, id }]);
-    } else transaction.set(id, { fn, table, doc });
-  }
-
-  #notify(writes: WrittenDocument[]): void {
-    if (writes.length === 0) return;
-    for (const listener of this.#commitListeners) listener(writes);
+    if (transaction === undefined) this.#commit({ fn, table, doc });
+    else transaction.set(id, { fn, table, doc });
   }
 
   #commit({ fn, table, doc }: PendingWrite): void {

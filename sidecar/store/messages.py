@@ -68,11 +68,12 @@ class SharedAnswer:
 @dataclass(frozen=True, slots=True)
 class DrainAnswer:
     """A drain of this instance in force: its reason, who the caller said it was (`by`, a
-    claim recorded as sent), for how much longer, and which key signed it (`key`: "operator";
-    None for a drain recorded before the operator key existed)."""
+    claim recorded as sent), how long ago it began, for how much longer, and which key signed
+    it (`key`: "operator"; None for a drain recorded before the operator key existed)."""
 
     reason: str
     by: str
+    age_ms: float
     remaining_ms: float | None
     key: str | None = None
 
@@ -336,6 +337,7 @@ def _drain(value: Any) -> DrainAnswer:
     return DrainAnswer(
         reason=as_string(drain, "reason"),
         by=as_string(drain, "by"),
+        age_ms=as_number(drain, "ageMs"),
         remaining_ms=None if remaining is None else as_number(drain, "remainingMs"),
         key=_optional_string(drain, "key"),
     )

@@ -160,6 +160,9 @@ class Subscription:
         """The fallback: the owner's polling carries the facts; try the socket again later."""
         self._set_state(State.POLLING, reason)
         self._failures = 0
+        # The next try starts afresh: a server that lost its history (restored, replaced) must
+        # not refuse it for a timestamp it never issued.
+        self._max_ts = None
         await asyncio.sleep(self._timing.polling_retry)
         self._set_state(State.CONNECTING, "retrying the subscription")
 

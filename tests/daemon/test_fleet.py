@@ -20,7 +20,7 @@ import pytest
 
 from tests.support import convex, faults, procs
 from tests.support.daemon import cli as daemon_cli
-from tests.support.daemon import get, log_lines, metrics_text, start_daemon, wait_for
+from tests.support.daemon import get, log_lines, metric, metrics_text, start_daemon, wait_for
 from tests.support.procs import OPERATOR_SECRET, SECRET
 from tests.support.switch import SwitchServer, switch_server
 
@@ -299,6 +299,69 @@ async def test_drain_undrain_and_fleet_commands(
         ("fd-b", "undrain", None),
     ]
     assert all("@" in r["by"] for r in audit)
+
+
+DRAIN_SERIES = (
+    "sidecar_draining",
+    'sidecar_draining_source{source="signal"}',
+    'sidecar_draining_source{source="central"}',
+    "sidecar_ready",
+)
+
+
+async def drain_metrics(url: str) -> tuple[tuple[float, ...], float, float]:
+    """The drain series of DRAIN_SERIES, and the central drain's start and end."""
+    page = await metrics_text(url)
+    return (
+        tuple(metric(page, name) for name in DRAIN_SERIES),
+        metric(page, "sidecar_drain_started_timestamp_seconds"),
+        metric(page, "sidecar_drain_until_timestamp_seconds"),
+    )
+
+
+async def test_a_central_drain_shows_as_a_drain(
+    fleet_convex: procs.Proc, mastra_local: procs.Proc, tmp_path: Path
+) -> None:
+    """`health-sidecar drain` through dev/convex-local: the daemon's sidecar_draining is 1
+    with the source `central` (so SidecarNotReady stays silent), the drain's start and end are
+    on /metrics, ?verbose says draining, the reason and who claimed it; several syncs later
+    it logged the drain once; undrained, every drain series is 0 again."""
+    async with fleet_of(["fm-a"], fleet_convex, mastra_local, tmp_path) as members:
+        url = members[0].daemon.url
+        before = await drain_metrics(url)
+        asked = time.time()
+        drained = cli(
+            fleet_convex.url, "drain", "--instance", "fm-a", "--reason", "disk swap", "--for", "1h"
+        )
+        answered = time.time()
+        await wait_for(url + "/ready", 503, within=5)
+        during = await drain_metrics(url)
+        _, details = await get(url + "/health?verbose")
+        await asyncio.sleep(3)  # three more syncs answer the same drain
+        undrained = cli(fleet_convex.url, "undrain", "--instance", "fm-a")
+        await wait_for(url + "/ready", 200, within=5)
+        after = await drain_metrics(url)
+        _, details_after = await get(url + "/health?verbose")
+        messages = [line["message"] for line in log_lines(members[0].daemon)]
+    assert drained.returncode == 0, drained.stderr
+    assert undrained.returncode == 0, undrained.stderr
+    assert before == ((0.0, 0.0, 0.0, 1.0), 0.0, 0.0)
+    series, started, until = during
+    assert series == (1.0, 0.0, 1.0, 0.0), during
+    assert asked - 1 <= started <= answered + 1, (asked, started, answered)
+    assert asked + 3600 - 2 <= until <= answered + 3600 + 2, (asked, until, answered)
+    assert details["ready"] is False
+    assert details["draining"] is True
+    drain = details["drain"]
+    assert drain["sources"] == ["central"]
+    assert drain["central"]["reason"] == "disk swap"
+    assert "@" in drain["central"]["claimed_by"]  # the CLI's user@host
+    assert drain["central"]["since"].endswith("Z")
+    assert drain["central"]["until"].endswith("Z")
+    assert messages.count("drained: disk swap") == 1, messages
+    assert messages.count("drain over") == 1, messages
+    assert after == before
+    assert (details_after["draining"], details_after["drain"]) == (False, None)
 
 
 @pytest.mark.parametrize(

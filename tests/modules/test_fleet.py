@@ -1,6 +1,7 @@
 """The fleet's facts in the Snapshot, pure: a shared outage keeps the instance ready, a local
 fault does not, a panic check that just failed waits (briefly) for Convex's count, stale
-counts and a silent store count for nothing, and a central drain takes the instance out."""
+counts and a silent store count for nothing, and a central drain takes the instance out and
+shows as a drain (metrics, ?verbose, one log line)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sidecar.fleet import NO_FLEET, REACTION, Drain, FleetView, Outage, Verdict,
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult
-from sidecar.snapshot import Snapshot, StoreState
+from sidecar.snapshot import Snapshot, StoreState, iso
 from sidecar.state import CheckState
 
 T0 = 1_800_000_000.0
@@ -134,7 +135,7 @@ def test_non_panic_checks_are_never_excused() -> None:
 def test_a_drain_takes_the_instance_out_until_it_expires() -> None:
     """A central drain: /ready 503 with its reason, everything else served; gone at its end."""
     clock = [T0]
-    drain = Drain(reason="kernel upgrade", by="ops@bastion", until=T0 + 10)
+    drain = Drain(reason="kernel upgrade", by="ops@bastion", since=T0 - 5, until=T0 + 10)
     m = monitor(clock, fleet(at=T0, drain=drain))
     m.record("mastra", result("pass", T0))
     m.record("app", result("pass", T0))
@@ -143,6 +144,118 @@ def test_a_drain_takes_the_instance_out_until_it_expires() -> None:
     clock[0] = T0 + 11
     m.heartbeat()
     assert m.snapshot.ready
+
+
+def drain_samples(metrics: Metrics) -> dict[str, float | None]:
+    """The drain gauges of a registry, by series."""
+    get = metrics.registry.get_sample_value
+    return {
+        "draining": get("sidecar_draining"),
+        "signal": get("sidecar_draining_source", {"source": "signal"}),
+        "central": get("sidecar_draining_source", {"source": "central"}),
+        "started": get("sidecar_drain_started_timestamp_seconds"),
+        "until": get("sidecar_drain_until_timestamp_seconds"),
+    }
+
+
+def passing(clock: list[float], view: FleetView, metrics: Metrics) -> Monitor:
+    m = monitor(clock, view, metrics=metrics)
+    m.record("mastra", result("pass", clock[0]))
+    m.record("app", result("pass", clock[0]))
+    return m
+
+
+def test_a_central_drain_is_a_drain_with_its_source() -> None:
+    """Drained centrally (no end): sidecar_draining 1 with source `central`, its start on a
+    gauge (the alert on forgotten drains reads it), and ?verbose says draining, why, who
+    claimed it and since when; a signal on top adds the source `signal`."""
+    clock = [T0]
+    metrics = Metrics(checks=["mastra", "app"], version="0")
+    drain = Drain(reason="kernel upgrade", by="ops@bastion", since=T0 - 30, until=None)
+    m = passing(clock, fleet(at=T0, drain=drain), metrics)
+    assert drain_samples(metrics) == {
+        "draining": 1.0,
+        "signal": 0.0,
+        "central": 1.0,
+        "started": T0 - 30,
+        "until": 0.0,
+    }
+    assert metrics.registry.get_sample_value("sidecar_ready") == 0.0
+    details = m.snapshot.health_document(details=True)
+    assert details["draining"] is True
+    assert details["drain"] == {
+        "sources": ["central"],
+        "central": {
+            "reason": "kernel upgrade",
+            "claimed_by": "ops@bastion",
+            "since": iso(T0 - 30),
+            "until": None,
+        },
+    }
+    assert "drain" not in details["fleet"]
+    m.drain()
+    assert drain_samples(metrics)["signal"] == 1.0
+    assert drain_samples(metrics)["central"] == 1.0
+    assert m.snapshot.health_document(details=True)["drain"]["sources"] == ["signal", "central"]
+
+
+def test_a_signal_drain_has_no_central_details() -> None:
+    """SIGTERM alone: sidecar_draining 1 with source `signal`, no central drain's times."""
+    clock = [T0]
+    metrics = Metrics(checks=["mastra", "app"], version="0")
+    m = passing(clock, fleet(at=T0), metrics)
+    m.drain()
+    assert drain_samples(metrics) == {
+        "draining": 1.0,
+        "signal": 1.0,
+        "central": 0.0,
+        "started": 0.0,
+        "until": 0.0,
+    }
+    details = m.snapshot.health_document(details=True)
+    assert details["draining"] is True
+    assert details["drain"] == {"sources": ["signal"], "central": None}
+
+
+def test_a_timed_drain_shows_its_end_and_is_gone_after_it() -> None:
+    """`--for`: its end on a gauge and in ?verbose; past it every drain gauge is 0 again and
+    ?verbose says not draining."""
+    clock = [T0]
+    metrics = Metrics(checks=["mastra", "app"], version="0")
+    drain = Drain(reason="upgrade", by="ops", since=T0 - 5, until=T0 + 60)
+    m = passing(clock, fleet(at=T0, drain=drain), metrics)
+    assert drain_samples(metrics)["until"] == T0 + 60
+    assert m.snapshot.health_document(details=True)["drain"]["central"]["until"] == iso(T0 + 60)
+    clock[0] = T0 + 61
+    m.record("mastra", result("pass", clock[0]))
+    m.record("app", result("pass", clock[0]))
+    assert drain_samples(metrics) == {
+        "draining": 0.0,
+        "signal": 0.0,
+        "central": 0.0,
+        "started": 0.0,
+        "until": 0.0,
+    }
+    details = m.snapshot.health_document(details=True)
+    assert (details["draining"], details["drain"]) == (False, None)
+    assert metrics.registry.get_sample_value("sidecar_ready") == 1.0
+
+
+def test_one_log_line_per_drain_though_its_end_moves_with_each_sync(capsys: object) -> None:
+    """Each sync answer dates the end by this instance's clock, a few ms apart each time: one
+    `drained` line per drain all the same; a new drain (a new start) is a new line."""
+    clock = [T0]
+    metrics = Metrics(checks=["mastra", "app"], version="0")
+    m = passing(clock, fleet(), metrics)
+    for i in range(5):
+        clock[0] = T0 + i
+        drain = Drain(reason="upgrade", by="ops", since=T0 - 5, until=T0 + 600 + i * 0.003)
+        m.apply_fleet(fleet(at=clock[0], drain=drain))
+    clock[0] = T0 + 6
+    m.apply_fleet(fleet(at=clock[0], drain=Drain("again", "ops", since=T0 + 6, until=None)))
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert out.count("drained: upgrade ") == 1, out
+    assert out.count("drained: again ") == 1, out
 
 
 def test_shared_checks_are_probed_by_the_holder_or_without_convex() -> None:
@@ -257,7 +370,7 @@ def test_the_pending_window_can_be_shortened_never_lengthened() -> None:
 
 def test_drained_until_its_end() -> None:
     """A drain counts until `until`; one without an end counts until removed."""
-    drain = Drain(reason="maintenance", by="ops", until=T0 + 60)
+    drain = Drain(reason="maintenance", by="ops", since=T0, until=T0 + 60)
     view = FleetView(threshold=0.5, grace=3.0, drain=drain)
     assert view.drained(T0 + 59) == drain
     assert view.drained(T0 + 60) is None
@@ -286,7 +399,7 @@ def test_a_subscribed_watch_replaces_the_last_syncs_facts() -> None:
     the times: a drain heard before the last sync's answer (which may have been read before
     the drain) still counts, and a verdict of 3 of 5 excuses a failure the sync counted 1 of
     5 - for as long as the subscription lasts (no staleness)."""
-    drain = Drain(reason="deploy", by="ops", until=None)
+    drain = Drain(reason="deploy", by="ops", since=T0 - 5, until=None)
     heard = watched(T0 - 1, drain=drain, verdicts={"mastra": Verdict(3, 5, since=T0 - 1)})
     view = replace(SYNCED, watched=heard)
     assert view.subscribed
@@ -308,7 +421,7 @@ def test_unsubscribed_the_newer_of_sync_and_watch_counts() -> None:
     assert newer.shared_outage(failing(), T0 + 2) == Outage(3, 5)
     assert newer.shared_outage(failing(), T0 + 1 + 2 * 10 + 3.1) is None
     assert older.shared_outage(failing(), T0 + 2) is None
-    drain = Drain(reason="deploy", by="ops", until=None)
+    drain = Drain(reason="deploy", by="ops", since=T0 - 5, until=None)
     undrained = replace(SYNCED, drain=drain, watched=watched(T0 + 1, subscribed=False))
     assert undrained.drained(T0 + 2) is None
     assert replace(undrained, at=T0 + 2).drained(T0 + 3) == drain
@@ -324,7 +437,7 @@ def test_the_monitor_keeps_the_watch_across_syncs_and_the_drain_acts_at_once() -
     m.record("mastra", result("pass", T0))
     m.record("app", result("pass", T0))
     assert m.snapshot.ready
-    drain = Drain(reason="deploy", by="ops", until=None)
+    drain = Drain(reason="deploy", by="ops", since=T0 - 5, until=None)
     m.apply_watch(watched(T0, drain=drain))
     assert not m.snapshot.ready
     assert m.snapshot.reasons == ("drained: deploy",)

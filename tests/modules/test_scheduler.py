@@ -214,7 +214,7 @@ async def test_a_check_in_transition_is_probed_at_its_fast_interval() -> None:
     times = [t for _, t in starts]
     assert settled == 3  # three failures: the third turns it fail
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(0.15 <= gap < 0.5 for gap in gaps), gaps  # the fast interval, not 10 s
+    assert all(0.15 <= gap < 1.0 for gap in gaps), gaps  # the fast interval, not 10 s
     assert len(starts) == settled  # settled: back to its 10 s interval
 
 

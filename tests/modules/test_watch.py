@@ -49,7 +49,7 @@ def test_a_value_becomes_fleet_facts_by_this_instances_clock() -> None:
     assert facts == Watched(
         at=T0,
         subscribed=True,
-        drain=Drain(reason="deploy", by="ops", until=6000.0),
+        drain=Drain(reason="deploy", by="ops", since=1000.0, until=6000.0),
         verdicts={"mastra": Verdict(failing=3, live=5, since=1000.0)},
     )
     none = watch_answer({"drain": None, "verdicts": [], "shared": []})

@@ -159,17 +159,16 @@ def start_convex_local(
     port: int | None = None,
     root: Path = ROOT,
     functions: str = "repo",
+    *,
+    operator_secret: str | None = OPERATOR_SECRET,
 ) -> Proc:
-    """Start dev/convex-local (of the checkout at `root`) holding `secret` on 127.0.0.1 (a
-    free port unless given), serving the repo's functions or (`functions="test"`) the
-    test-only ones of dev/convex-local/testFunctions.ts."""
+    """Start dev/convex-local (of the checkout at `root`) holding `secret` (and the
+    operator's key, unless None) on 127.0.0.1 (a free port unless given), serving the repo's
+    functions or (`functions="test"`) the test-only ones of dev/convex-local/testFunctions.ts."""
     port = port or free_port()
-    env = {
-        "PORT": str(port),
-        "HEALTH_SIDECAR_SECRET": secret,
-        "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
-        "CONVEX_LOCAL_FUNCTIONS": functions,
-    }
+    env = {"PORT": str(port), "HEALTH_SIDECAR_SECRET": secret, "CONVEX_LOCAL_FUNCTIONS": functions}
+    if operator_secret is not None:
+        env["HEALTH_SIDECAR_OPERATOR_SECRET"] = operator_secret
     return start(convex_local_argv(root), port=port, ready_path="/version", log=log, env=env)
 
 

@@ -100,12 +100,25 @@ def test_every_alert_has_cases_that_fire_and_that_do_not() -> None:
             "expr: sidecar_store_up == 0\n        for: 30s",
         ),
         ('absent(up{job="health-sidecar"})', 'absent(up{job="sidecar"})'),
+        (
+            "sidecar_drain_started_timestamp_seconds > 86400",
+            "sidecar_drain_started_timestamp_seconds > 8640",
+        ),
+        ("(sidecar_drain_until_timestamp_seconds == 0 and ", "("),
     ],
-    ids=["shorter-for", "draining-not-excluded", "store-blip-fires", "wrong-job"],
+    ids=[
+        "shorter-for",
+        "draining-not-excluded",
+        "store-blip-fires",
+        "wrong-job",
+        "drain-limit-2h",
+        "drain-limit-ignores-for",
+    ],
 )
 def test_unit_tests_catch_a_broken_rule(tmp_path: Path, old: str, new: str) -> None:
     """A plausible mistake in alerts.yml (a shorter `for`, draining counted as not ready, a
-    store alert that fires on a blip, a wrong job name) makes `promtool test rules` fail: the unit
+    store alert that fires on a blip, a wrong job name, a forgotten-drain limit that is not a
+    day or that also counts drains given an end) makes `promtool test rules` fail: the unit
     tests pin the rules' behaviour, not only their syntax."""
     text = ALERTS.read_text()
     assert text.count(old) == 1, old

@@ -22,6 +22,8 @@ RUN_FIXTURES = [
     "config-file-missing.env",
     "not-toml.toml",
     "check-bad-regex.toml",
+    "fast-interval-exceeds-interval.toml",
+    "fast-interval-below-minimum.env",
     "duplicate-check-names.toml",
     "store-ttl-too-short.toml",
     "port-not-an-integer.toml",
