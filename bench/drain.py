@@ -118,10 +118,9 @@ async def run(rounds: int, no_websocket: bool, logs: Path) -> list[Round]:
                     # Polling, a drain comes with the next sync: within a store period (60 s).
                     within = 75.0 if no_websocket else 15.0
                     results.append(await timed(convex.url, daemon.url, 503, *drain, within=within))
+                    undrain = ("undrain", "--instance", "bench-drain")
                     results.append(
-                        await timed(
-                            convex.url, daemon.url, 200, "undrain", "--instance", "bench-drain"
-                        )
+                        await timed(convex.url, daemon.url, 200, *undrain, within=within)
                     )
                 return results
             finally:
