@@ -270,18 +270,23 @@ async function admitName(ctx: MutationCtx, instance: string, now: number): Promi
     .query("sidecarJoins")
     .withIndex("by_minute_shard", (q) => q.eq("minute", minute).eq("shard", shard))
     .unique();
-  if (bucket !== null && bucket.count >= JOINS_PER_SHARD) {
+  const perMinute = joinsPerMinute();
+  if (bucket !== null && bucket.count >= Math.ceil(perMinute / LIMITS.JOIN_SHARDS)) {
     const wait = Math.ceil(((minute + 1) * 60_000 - now) / 1000);
     refuse(
       "rate_limited",
-      `too many new instance names this minute (about ${LIMITS.JOINS_PER_MINUTE} a minute): try again in ${wait} s`,
+      `too many new instance names this minute (about ${perMinute} a minute): try again in ${wait} s`,
     );
   }
   if (bucket === null) await ctx.db.insert("sidecarJoins", { minute, shard, count: 1 });
   else await ctx.db.patch("sidecarJoins", bucket._id, { count: bucket.count + 1 });
 }
 
-const JOINS_PER_SHARD = Math.ceil(LIMITS.JOINS_PER_MINUTE / LIMITS.JOIN_SHARDS);
+/** JOINS_PER_MINUTE, or the deployment's HEALTH_SIDECAR_JOINS_PER_MINUTE (a positive integer). */
+function joinsPerMinute(): number {
+  const set = Number(process.env.HEALTH_SIDECAR_JOINS_PER_MINUTE);
+  return Number.isSafeInteger(set) && set > 0 ? set : LIMITS.JOINS_PER_MINUTE;
+}
 
 /** Patches a heartbeat's seenAt, expiresAt and lastTs; a drain that ended leaves the mailbox in the same patch. */
 async function renew(ctx: MutationCtx, beat: Heartbeat, renewed: Renewal): Promise<Id<"sidecarHeartbeats">> {
@@ -539,7 +544,8 @@ export const purgeExpired = internalMutation({
  * itself. Stops where `budget` (documents still to delete) runs out and returns what is left.
  */
 async function purgeHeartbeat(ctx: MutationCtx, beat: Heartbeat, budget: number): Promise<number> {
-  await uncount(ctx, beat);
+  budget -= await uncount(ctx, beat);
+  if (budget <= 0) return 0; // the next run goes on: it is out of the counts now
   const registries = await ctx.db
     .query("sidecarInstances")
     .withIndex("by_heartbeat", (q) => q.eq("heartbeat", beat._id))

@@ -29,7 +29,7 @@ export const COUNTS = {
   RECOUNT_DELAY_MS: 500, // a recount runs this long after the first change that asks for one
   RECOUNT_STALE_MS: 10_000, // a pending mark older than this was lost (the recount failed): ask again
   LIVENESS_GRACE_MS: 2_000, // liveUntil = the sync's time + 2 store periods + this
-  UNCOUNT_PER_RECOUNT: 100, // dead instances a recount takes out, at most
+  UNCOUNT_PER_RECOUNT: 10, // dead instances a recount takes out, at most (each up to 2 x 200 writes)
   MAX_COUNTER_DOCS: 8_000, // counter documents a recount reads, at most (16 per key)
   MAX_VERDICTS: 500, // verdict rows a recount or health:fleet reads, at most
 } as const;
@@ -125,7 +125,7 @@ export async function instanceOf(ctx: Reader, heartbeat: Id<"sidecarHeartbeats">
 
 /**
  * Takes a counted instance out of the counts: its liveUntil goes, its failing rows are deleted
- * and their counters decremented. Returns the documents deleted or patched.
+ * and their counters decremented. Returns the documents it wrote (deleted or patched).
  */
 export async function uncount(ctx: MutationCtx, beat: Heartbeat, recount = true): Promise<number> {
   if (beat.liveUntil === undefined) return 0;
@@ -137,7 +137,7 @@ export async function uncount(ctx: MutationCtx, beat: Heartbeat, recount = true)
   await bump(ctx, "live", instance, -1);
   for (const row of rows) await bump(ctx, failingKey(row.check), instance, -1);
   if (recount) await requestRecount(ctx);
-  return 1 + rows.length;
+  return 1 + 2 * rows.length + 1; // the heartbeat, the rows, their counters and the live one
 }
 
 /** The first counted heartbeat whose liveUntil passed (dead without a last sync), or null. */

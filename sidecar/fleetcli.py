@@ -16,6 +16,7 @@ import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -30,6 +31,7 @@ from sidecar.store.messages import DrainAnswer, FleetReport, Member
 
 T = TypeVar("T")
 EXIT_OK, EXIT_NOT_READY, EXIT_USAGE, EXIT_CLOCK_SKEW = 0, 1, 2, 3
+MAX_PAGES = 50  # pages of `fleet` (100 instances each) one command reads, at most
 OPERATOR_ENV = "HEALTH_SIDECAR_OPERATOR_SECRET"
 CALLER = "health-sidecar-cli"  # the `instance` a CLI call is signed as
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -84,15 +86,31 @@ def caller() -> str:
 
 def fleet(settings: Settings, *, as_json: bool) -> int:
     """Print every live instance; exit 0 when each is ready, 1 otherwise (or none is live)."""
-    report = _run(settings, lambda store: store.fleet())
+    report = _run(settings, all_pages)
     if isinstance(report, int):
         return report
+    if report.cursor is not None:
+        print(f"health-sidecar: fleet: stopped after {MAX_PAGES} pages", file=sys.stderr)
     if as_json:
         print(json.dumps(fleet_document(report, settings.panic_threshold), indent=2))
     else:
         print(fleet_table(report, settings.panic_threshold))
     ready = [m.ready for m in report.members]
-    return EXIT_OK if ready and all(ready) else EXIT_NOT_READY
+    complete = report.cursor is None
+    return EXIT_OK if complete and ready and all(ready) else EXIT_NOT_READY
+
+
+async def all_pages(store: HealthStore) -> FleetReport:
+    """`health:fleet` page after page (at most MAX_PAGES): the instances of every page, the
+    counts of the first. A report whose `cursor` is set was cut short."""
+    first = report = await store.fleet()
+    members = list(first.members)
+    for _ in range(MAX_PAGES - 1):
+        if report.cursor is None:
+            break
+        report = await store.fleet(report.cursor)
+        members.extend(report.members)
+    return replace(first, members=tuple(members), cursor=report.cursor)
 
 
 def drain(
@@ -159,8 +177,9 @@ def acknowledged(member: Member, reason: str | None) -> bool:
 async def _await_acks(
     store: HealthStore, names: Sequence[str], *, reason: str | None, within: float
 ) -> tuple[str, ...]:
-    """Poll `health:fleet` every ACK_POLL seconds, at most `within` seconds in all, until each named
-    instance has acknowledged; print each as it does. The names that did not, sorted."""
+    """Read `health:fleet` (every page) every ACK_POLL seconds, at most `within` seconds in
+    all, until each named instance has acknowledged; print each as it does. The names that
+    did not, sorted."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     waiting = set(names)
@@ -170,7 +189,7 @@ async def _await_acks(
             break
         try:
             async with asyncio.timeout(left):
-                report = await store.fleet()
+                report = await all_pages(store)
         except (StoreError, TimeoutError):
             report = None  # a missed poll: the next one may answer
         for member in () if report is None else report.members:
@@ -203,6 +222,8 @@ def fleet_table(report: FleetReport, threshold: float) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     if not report.members:
         lines.append("(no live instance)")
+    if report.live is not None:
+        lines.append(f"live instances (as last counted): {report.live}")
     if report.joins_last_hour is not None:
         lines.append(f"new instance names in the last hour: {report.joins_last_hour}")
     return "\n".join(line.rstrip() for line in lines)
@@ -222,7 +243,9 @@ def fleet_document(report: FleetReport, threshold: float) -> dict[str, Any]:
             for check, (failing, live) in report.outages.items()
         },
         "ready": bool(report.members) and all(m.ready for m in report.members),
+        "live": report.live,
         "joins_last_hour": report.joins_last_hour,
+        "complete": report.cursor is None,
     }
 
 

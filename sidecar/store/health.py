@@ -92,9 +92,11 @@ class HealthStore:
             self._token = answer.token
         return answer
 
-    async def fleet(self) -> FleetReport:
-        """Every live instance of the deployment, for `health-sidecar fleet` (operator key)."""
-        return fleet_report(await self._signed("query", FLEET, {}, self._operator()))
+    async def fleet(self, cursor: str | None = None) -> FleetReport:
+        """One page of the live instances of the deployment, for `health-sidecar fleet`
+        (operator key): from the start, or from the `cursor` the previous page gave."""
+        payload = {} if cursor is None else {"cursor": cursor}
+        return fleet_report(await self._signed("query", FLEET, payload, self._operator()))
 
     async def drain(
         self,

@@ -119,6 +119,8 @@ class FleetReport:
     members: tuple[Member, ...]
     outages: Mapping[str, tuple[int, int]]
     joins_last_hour: int | None = None  # new instance names registered (None: not reported)
+    live: int | None = None  # counted instances, as last recounted (None: not reported)
+    cursor: str | None = None  # where the next page starts; None: this was the last page
 
 
 def _wire(record: Record) -> dict[str, Any]:
@@ -188,6 +190,8 @@ def fleet_report(value: Any) -> FleetReport:
         members=tuple(_member(item) for item in as_list(report, "instances")),
         outages=_outages(report),
         joins_last_hour=_optional_count(report, "joinsLastHour"),
+        live=_optional_count(report, "live"),
+        cursor=None if report.get("isDone", True) is True else as_string(report, "continueCursor"),
     )
 
 

@@ -166,7 +166,13 @@ def start_convex_local(
     operator's key, unless None) on 127.0.0.1 (a free port unless given), serving the repo's
     functions or (`functions="test"`) the test-only ones of dev/convex-local/testFunctions.ts."""
     port = port or free_port()
-    env = {"PORT": str(port), "HEALTH_SIDECAR_SECRET": secret, "CONVEX_LOCAL_FUNCTIONS": functions}
+    env = {
+        "PORT": str(port),
+        "HEALTH_SIDECAR_SECRET": secret,
+        "CONVEX_LOCAL_FUNCTIONS": functions,
+        # The test session registers many new names a minute (the limit: convex/fleet.test.ts).
+        "HEALTH_SIDECAR_JOINS_PER_MINUTE": "100000",
+    }
     if operator_secret is not None:
         env["HEALTH_SIDECAR_OPERATOR_SECRET"] = operator_secret
     return start(convex_local_argv(root), port=port, ready_path="/version", log=log, env=env)

@@ -11,6 +11,7 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
+from sidecar.fleetcli import all_pages
 from sidecar.state import Record
 from sidecar.store import (
     ClockSkew,
@@ -284,3 +285,22 @@ async def test_the_stand_ins_overload_answers_are_typed(
         await s.sync(SyncRequest(hello=HELLO))
     assert said in str(caught.value)
     assert (await s.sync(SyncRequest(hello=HELLO))).resend is False
+
+
+async def test_fleet_pages_through_every_instance(
+    convex_local: Proc, session: aiohttp.ClientSession
+) -> None:
+    """`health:fleet` answers at most 100 instances a call with a cursor to go on from; the
+    CLI's loop (`all_pages`) lists every one, once, and says the report is complete."""
+    names = [f"hs-page-{i:03d}" for i in range(120)]
+    for name in names:
+        await store(session, convex_local, name).sync(SyncRequest(hello=HELLO))
+    operator = store(session, convex_local, "cli", operator_secret=OPERATOR_SECRET)
+    first = await operator.fleet()
+    assert len(first.members) <= 100
+    assert first.cursor is not None
+    report = await all_pages(operator)
+    listed = [m.instance for m in report.members if m.instance.startswith("hs-page-")]
+    assert listed == names
+    assert report.cursor is None
+    assert report.live is not None
