@@ -5,9 +5,9 @@
  *
  * None is called `cache`, so they sit beside the scaling guide's own table.
  *
- * Liveness is kept apart from the registry so that a steady-state sync touches one tiny document
- * with no index of its own: Convex bills every write of a document for each of its user-defined
- * index entries (76 bytes plus the indexed values), and every read through an index for its key.
+ * Liveness is kept apart from the registry so that a steady-state sync touches one small document
+ * with one index: Convex bills every write of a document for each of its user-defined index
+ * entries (76 bytes plus the indexed values), and every read through an index for its key.
  */
 import { defineTable } from "convex/server";
 import { v } from "convex/values";
@@ -52,9 +52,10 @@ export const healthTables = {
 
   /**
    * Liveness: one document per instance, read and patched by every sync (by id: the caller sends
-   * the id its previous answer gave). No user-defined index, on purpose: a write then costs only
-   * the document itself (98 bytes). It is also the instance's drain mailbox: the steady-state
-   * read delivers a drain request for free, and a sync's patch (a merge) leaves it in place.
+   * the id and token its hello gave). One index, by_liveUntil, so that dead instances are found
+   * without a scan: a write costs the document (161 bytes) and that entry (85). It also carries
+   * the drain in force (mirrored from the mailbox): the steady-state read delivers it for free,
+   * and a sync's patch (a merge) leaves it in place.
    */
   sidecarHeartbeats: defineTable({
     seenAt: v.number(), // server ms of the last sync

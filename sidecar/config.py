@@ -54,11 +54,14 @@ from sidecar.config_errors import (
     problem,
 )
 from sidecar.config_sources import CONFIG_ENV, EnvSource, TomlSource
-from sidecar.limits import MAX_CHECKS, MAX_TTL_MS, MIN_TTL_MS
+from sidecar.limits import MAX_CHECKS, MAX_PERIOD_MS, MIN_TTL_MS, TTL_CLAMP_MS
 from sidecar.peers import Network, parse_networks
 
 MIN_STORE_TTL = MIN_TTL_MS / 1000
-MAX_STORE_TTL = MAX_TTL_MS / 1000
+# The deployment keeps an instance's documents at most TTL_CLAMP_MS after its last sync and
+# counts it live for at most two periods of MAX_PERIOD_MS: longer settings would not hold.
+MAX_STORE_TTL = TTL_CLAMP_MS / 1000
+MAX_STORE_INTERVAL = MAX_PERIOD_MS / 1000
 RESERVED_NAMES = {"store": "/health reports the Convex store's status as services.store"}
 
 
@@ -131,7 +134,7 @@ class Settings(BaseSettings):
         validation_alias=_env("SIDECAR_FAST_INTERVAL"),
     )
     store_interval: float = Field(
-        60.0, ge=1, le=3600, validation_alias=_env("SIDECAR_STORE_INTERVAL")
+        60.0, ge=1, le=MAX_STORE_INTERVAL, validation_alias=_env("SIDECAR_STORE_INTERVAL")
     )
     store_ttl: float | None = Field(
         None, ge=MIN_STORE_TTL, le=MAX_STORE_TTL, validation_alias=_env("SIDECAR_STORE_TTL")
@@ -289,8 +292,8 @@ class Settings(BaseSettings):
 
     @property
     def ttl(self) -> float:
-        """Seconds an instance stays in the fleet after its last sync: by default five store
-        periods (at least two plus the store timeout, and 10 s), at most a day."""
+        """Seconds an instance's documents stay in Convex after its last sync: by default five
+        store periods (at least two plus the store timeout, and 10 s), at most 15 minutes."""
         if self.store_ttl is not None:
             return self.store_ttl
         shortest = max(2 * self.store_interval + self.store_timeout, MIN_STORE_TTL)

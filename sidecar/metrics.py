@@ -25,6 +25,7 @@ STORE_OPS = ("sync",)
 STORE_RESULTS = (
     "ok",
     "unauthorized",
+    "clock_skew",
     "function_error",
     "request_rejected",
     "unavailable",

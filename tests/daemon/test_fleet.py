@@ -20,7 +20,15 @@ import pytest
 
 from tests.support import convex, faults, procs
 from tests.support.daemon import cli as daemon_cli
-from tests.support.daemon import get, log_lines, metric, metrics_text, start_daemon, wait_for
+from tests.support.daemon import (
+    cli_async,
+    get,
+    log_lines,
+    metric,
+    metrics_text,
+    start_daemon,
+    wait_for,
+)
 from tests.support.procs import OPERATOR_SECRET, SECRET
 from tests.support.switch import SwitchServer, switch_server
 
@@ -407,6 +415,36 @@ def test_without_the_operator_key_the_cli_says_so_and_exits_2(
     assert proc.returncode == 2, proc
     assert "HEALTH_SIDECAR_OPERATOR_SECRET is not set" in proc.stderr
     assert SECRET not in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+CLOCK_SKEW = json.dumps(
+    {
+        "status": "error",
+        "errorMessage": "[Request ID: 0123456789abcdef] Server Error",
+        "errorData": {
+            "code": "clock_skew",
+            "message": "timestamp 95 s from the deployment's clock (at most 30 s): "
+            "check the sidecar's clock",
+        },
+    }
+).encode()
+
+
+@pytest.mark.parametrize("args", [["fleet"], ["undrain", "--instance", "x"]])
+async def test_a_clock_skew_is_exit_3_not_not_ready(args: list[str]) -> None:
+    """A deployment that refuses the call's timestamp (as Convex answers it: a ConvexError
+    with code clock_skew; a fault server, since this host's clock cannot be moved): the CLI
+    says so and exits 3, not 1 ("not ready")."""
+    async with faults.fault_server(faults.respond(200, CLOCK_SKEW)) as deployment:
+        env = {
+            "CONVEX_URL": deployment.url,
+            "HEALTH_SIDECAR_SECRET": SECRET,
+            "HEALTH_SIDECAR_OPERATOR_SECRET": OPERATOR_SECRET,
+        }
+        proc = await cli_async(*args, env=env)
+    assert proc.returncode == 3, proc
+    assert "clock_skew: timestamp 95 s from the deployment's clock" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -5,13 +5,17 @@ a status change in Convex within about a second; never more than one call a seco
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from sidecar.store import ConvexClient, HealthStore
+from sidecar.store.messages import SyncRequest
 from tests.support import convex, faults, procs
 from tests.support.daemon import get, start_daemon, wait_for
 from tests.support.procs import SECRET
@@ -141,4 +145,49 @@ async def test_a_flapping_check_costs_at_most_one_call_a_second(
     assert app.requests >= 20  # it really flapped
     assert calls <= elapsed + 1, (calls, elapsed)
     assert calls >= 3, calls  # and the changes did reach Convex
+    assert details["store"]["status"] == "ok", details["store"]
+
+
+async def test_a_refused_token_makes_the_daemon_say_hello_again(
+    convex_local: procs.Proc, app: faults.FaultServer, tmp_path: Path
+) -> None:
+    """Another process says hello under the daemon's name (the name taken over: a new token):
+    the daemon's next sync is refused `unauthorized`, its following one is a hello that gets
+    its own token back, and its syncs are accepted again (its store status back to ok)."""
+    daemon = await asyncio.to_thread(
+        start_daemon,
+        env(convex_local, app, "sync-token", SIDECAR_STORE_INTERVAL="1"),
+        tmp_path / "daemon.log",
+    )
+    try:
+        await wait_for(daemon.url + "/ready", 200, within=5)
+        await asyncio.sleep(1.5)
+        async with aiohttp.ClientSession() as session:
+            client = ConvexClient(session, url=convex_local.url, timeout=2.0)
+            usurper = HealthStore(
+                client, secret=SECRET, instance="sync-token", version="9.9.9", ttl_seconds=60
+            )
+            taken = (await usurper.sync(SyncRequest(hello={}))).token
+        await convex.reset_stats(convex_local.url)
+        refused = accepted = 0.0
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and not (refused and accepted >= 2):
+            await asyncio.sleep(0.2)
+            counted = (await convex.stats(convex_local.url)).get("health:sync", {})
+            refused = counted.get("errors", 0.0)
+            accepted = counted.get("calls", 0.0) - refused
+        mailbox = [
+            m
+            for m in await convex.documents(convex_local.url, "sidecarMailbox")
+            if m["instance"] == "sync-token"
+        ]
+        _, details = await get(daemon.url + "/health?verbose")
+    finally:
+        await asyncio.to_thread(daemon.stop)
+    assert refused >= 1, (refused, accepted)
+    assert accepted >= 2, (refused, accepted)
+    assert taken is not None
+    assert (
+        mailbox[0]["tokenHash"] != hashlib.sha256(f"sync-token\n{taken}".encode()).hexdigest()[:16]
+    )
     assert details["store"]["status"] == "ok", details["store"]

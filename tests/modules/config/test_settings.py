@@ -370,17 +370,18 @@ def test_a_relative_check_timeout_counts_against_the_default_interval(
 
 
 def test_store_defaults_and_ttl_follows_the_store_interval(clean_env: pytest.MonkeyPatch) -> None:
-    """One sync a minute by default; an instance lives five store periods after its last
-    sync unless SIDECAR_STORE_TTL says otherwise, and never more than a day."""
+    """One sync a minute by default; an instance's documents live five store periods after its
+    last sync unless SIDECAR_STORE_TTL says otherwise, and never more than 15 minutes (the
+    deployment's clamp)."""
     seed_env(clean_env)
     settings = load_settings()
     assert (settings.store_interval, settings.ttl) == (60.0, 300.0)
+    clean_env.setenv("SIDECAR_STORE_INTERVAL", "120")
+    assert load_settings().ttl == 600.0
     clean_env.setenv("SIDECAR_STORE_INTERVAL", "300")
-    assert load_settings().ttl == 1500.0
-    clean_env.setenv("SIDECAR_STORE_INTERVAL", "3600")
-    assert load_settings().ttl == 18000.0
-    clean_env.setenv("SIDECAR_STORE_TTL", "86400")
-    assert load_settings().ttl == 86400.0
+    assert load_settings().ttl == 900.0
+    clean_env.setenv("SIDECAR_STORE_TTL", "900")
+    assert load_settings().ttl == 900.0
 
 
 def test_config_prints_the_value_in_effect_of_every_setting(
@@ -398,10 +399,10 @@ def test_config_prints_the_value_in_effect_of_every_setting(
         "config_file",
         "details_token",
     }
-    clean_env.setenv("SIDECAR_STORE_INTERVAL", "300")
-    assert effective(load_settings())["store_ttl"] == 1500.0
-    clean_env.setenv("SIDECAR_STORE_TTL", "7200")
-    assert effective(load_settings())["store_ttl"] == 7200.0
+    clean_env.setenv("SIDECAR_STORE_INTERVAL", "120")
+    assert effective(load_settings())["store_ttl"] == 600.0
+    clean_env.setenv("SIDECAR_STORE_TTL", "800")
+    assert effective(load_settings())["store_ttl"] == 800.0
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ convex/ run by convex-test behind Convex's HTTP wire format. Python signs, TypeS
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -304,3 +305,33 @@ async def test_fleet_pages_through_every_instance(
     assert listed == names
     assert report.cursor is None
     assert report.live is not None
+
+
+async def test_the_recount_runs_in_the_stand_in_and_answers_come_from_it(
+    convex_local: Proc, session: aiohttp.ClientSession
+) -> None:
+    """Two instances fail a panic check: about half a second later the recount (scheduled by
+    the first change) has written the verdict; the next failing sync answers it, with `live`,
+    and `health:fleet` lists it as an outage. One leaves: the recount drops it."""
+    a, b = (store(session, convex_local, f"hs-count-{x}") for x in "ab")
+    check = "hs-count-check"
+    for s in (a, b):
+        await s.sync(SyncRequest(hello=HELLO))
+        await s.sync(SyncRequest(panic=(check,), hold_ms=30_000))
+    operator = store(session, convex_local, "cli", operator_secret=OPERATOR_SECRET)
+    deadline = time.monotonic() + 5
+    outages: dict[str, tuple[int, int]] = {}
+    while time.monotonic() < deadline and outages.get(check, (0, 0))[0] < 2:
+        await asyncio.sleep(0.1)
+        outages = dict((await operator.fleet()).outages)
+    assert outages[check][0] == 2
+    answer = await a.sync(SyncRequest(panic=(check,), hold_ms=30_000))
+    assert answer.outages[check] == outages[check]
+    assert answer.live is not None
+    assert answer.live >= 2
+    await b.sync(SyncRequest(leaving=True))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and outages.get(check, (0, 0))[0] != 1:
+        await asyncio.sleep(0.1)
+        outages = dict((await operator.fleet()).outages)
+    assert outages[check][0] == 1
