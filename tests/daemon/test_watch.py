@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import faults, procs
+from tests.support import convex, faults, procs
 from tests.support.daemon import cli as daemon_cli
 from tests.support.daemon import get, log_lines, metrics_text, start_daemon, wait_for
 from tests.support.procs import OPERATOR_SECRET, SECRET
@@ -218,3 +218,36 @@ async def test_a_panic_check_failing_elsewhere_is_probed_here_at_once(
     assert fast_health[1]["services"]["mastra"] == "error"
     assert rose is not None, "w-late never probed mastra again"
     assert rose < 15, rose
+
+
+async def test_a_message_it_does_not_understand_means_polling_never_a_stop(
+    watch_convex: procs.Proc, mastra_local: procs.Proc, tmp_path: Path
+) -> None:
+    """Subscribed, the server sends a message of a type the client does not know: the client
+    logs it once, falls back to polling (`sidecar_store_subscribed 0`, one line why), and the
+    daemon goes on probing and serving; a drain then acts at the next sync (1 s here)."""
+    extra = {"SIDECAR_STORE_INTERVAL": "1"}
+    async with daemon(
+        watch_convex.url, "w-odd", mastra_local.url, tmp_path / "o.log", **extra
+    ) as proc:
+        await until_metric(proc.url, SUBSCRIBED, 1.0, within=10)
+        runs = series(await metrics_text(proc.url), "sidecar_check_runs_total")
+        await convex.sync_fault(watch_convex.url, "send", {"message": {"type": "NoSuchMessage"}})
+        await until_metric(proc.url, SUBSCRIBED, 0.0, within=5)
+        await asyncio.sleep(2.5)
+        text = await metrics_text(proc.url)
+        ready = (await get(proc.url + "/ready"))[0]
+        args = ("drain", "--instance", "w-odd", "--reason", "odd", "--timeout", "8s")
+        drained = await asyncio.to_thread(cli, watch_convex.url, *args)
+        took = await wait_for(proc.url + "/ready", 503, within=5)
+        logs = log_lines(proc)
+    assert ready == 200
+    assert series(text, "sidecar_check_runs_total") > runs
+    assert f"{SUBSCRIBED} 0.0" in text
+    odd = [line for line in logs if line["message"].startswith("subscription message not")]
+    assert len(odd) == 1, odd
+    assert "NoSuchMessage" in odd[0]["what"]
+    polling = [line for line in logs if line["message"] == "subscription unavailable: polling"]
+    assert len(polling) == 1, polling
+    assert drained.returncode == 0, drained
+    assert took < 5
