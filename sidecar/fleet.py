@@ -12,10 +12,10 @@ from sidecar.state import STALE_INTERVALS, CheckState
 # How a drain reads in /ready's reasons (and so in what the fleet sees of an instance).
 DRAINED = "drained: "
 
-# How long, besides the check's own pace, the fleet takes to hear of a failure and answer it
-# while subscribed: a sync (coalescing and the gap between calls), Convex's debounced recount
-# (about 1 s) and the subscription's delivery, with a margin.
-REACTION = 3.0
+# How long a failure takes to reach the fleet's verdict while subscribed, besides the probes: a
+# sync (0.2 s of coalescing and the call), Convex's debounced recount (0.5 s) and the
+# subscription's delivery, with a margin for a busy machine.
+REACTION = 2.0
 
 # A failure seen by one instance alone is never a shared outage, whatever the fleet's size: a
 # fleet of one (or two, at a threshold of 0.5) cannot tell its own fault from everyone's.
@@ -156,10 +156,10 @@ class FleetView:
         Polling: after `pending_window`. Subscribed, sooner: once Convex's verdict counts this
         instance's failure (its `since` at or after the failure), the others hear of it at once,
         re-probe within their fast interval and report; if the count is still not a shared
-        outage by then, the fault is local. So the wait ends `reaction(check)` after the
-        verdict that counted this failure, or `reaction` twice after the failure while no
-        verdict has counted it yet (the sync and the recount take that long); never later than
-        `pending_window`.
+        outage by then, the fault is local. So the wait ends `reaction(state)` after the
+        verdict that counted this failure, or REACTION + `reaction` after the failure while no
+        verdict has counted it yet (this instance's count reaches the others first); never
+        later than `pending_window`.
         """
         since = state.since if state.since is not None else 0.0
         until = since + self.pending_window(state)
@@ -170,16 +170,19 @@ class FleetView:
         verdict = watched.verdicts.get(state.name)
         if verdict is not None and verdict.failing >= 1 and verdict.since >= since - 1.0:
             return min(until, verdict.since + reaction)
-        return min(until, since + 2 * reaction)
+        return min(until, since + REACTION + reaction)
 
     @staticmethod
     def reaction(state: CheckState) -> float:
         """How long the others take to confirm a failure they have just heard of: a hurried
-        probe (within the jitter of a fast interval), the failures it takes to turn fail at
-        the fast pace, their sync, the recount and its delivery."""
+        probe (within the jitter of a fast interval), then `failures_before_fail - 1` more at
+        the fast pace, each taking about as long as this instance's failing probe took (a
+        hung dependency: up to the timeout), then their sync, the recount and its delivery."""
         check = state.check
         fast = min(check.fast_interval, check.interval)
-        return fast * (check.jitter + check.failures_before_fail) + REACTION
+        failures = check.failures_before_fail
+        took = 0.0 if state.result is None else min(state.result.latency, check.timeout)
+        return fast * (check.jitter + failures - 1) + failures * took + REACTION
 
     def alone(self, state: CheckState, now: float) -> bool:
         """True when a recent answer said that fewer than MIN_SHARED_FAILING instances are

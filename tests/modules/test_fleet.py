@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from prometheus_client import generate_latest
 
 from sidecar.checks import Check, HttpCheck, MastraCheck
@@ -458,24 +459,30 @@ def metrics_text(metrics: Metrics) -> str:
 
 def test_subscribed_the_pending_window_ends_when_the_fleet_could_have_answered() -> None:
     """Subscribed: once a verdict counts this failure (its `since` at or after the failure),
-    the wait ends `reaction` after it (the others' hurried probes at the fast pace, their
-    sync, the recount); with no verdict yet, twice `reaction` after the failure; never
-    later than one interval plus the grace. Not subscribed: the interval plus the grace."""
-    state = failing()  # fast_interval 1 s, jitter 0.1, 2 failures: reaction 2.1 + REACTION
-    reaction = 1.0 * (0.1 + 2) + REACTION
-    assert FleetView.reaction(state) == reaction
+    the wait ends `reaction` after it (the others' hurried probe, one more failure at the fast
+    pace, each as slow as this instance's failing probe, their sync, the recount); with no
+    verdict yet, REACTION more; never later than one interval plus the grace. Not
+    subscribed: the interval plus the grace."""
+    state = failing()  # fast_interval 1 s, jitter 0.1, 2 failures, its probe took 0.01 s
+    reaction = 1.0 * (0.1 + 2 - 1) + 2 * 0.01 + REACTION
+    assert FleetView.reaction(state) == pytest.approx(reaction)
     counted = watched(T0 + 1.5, verdicts={"mastra": Verdict(1, 5, since=T0 + 1.5)})
     view = FleetView(threshold=0.5, grace=3.0, watched=counted)
-    assert view.pending_until(state) == T0 + 1.5 + reaction
-    assert view.pending(state, T0 + 1.5 + reaction)
-    assert not view.pending(state, T0 + 1.6 + reaction)
+    assert view.pending_until(state) == pytest.approx(T0 + 1.5 + reaction)
+    assert view.pending(state, T0 + 1.49 + reaction)
+    assert not view.pending(state, T0 + 1.51 + reaction)
     # An older verdict (another instance's failure before this one's): not this failure's.
     old = watched(T0, verdicts={"mastra": Verdict(1, 5, since=T0 - 5)})
-    assert replace(view, watched=old).pending_until(state) == T0 + 2 * reaction
+    assert replace(view, watched=old).pending_until(state) == pytest.approx(
+        T0 + REACTION + reaction
+    )
     silent = replace(view, watched=watched(T0))
-    assert silent.pending_until(state) == T0 + 2 * reaction
+    assert silent.pending_until(state) == pytest.approx(T0 + REACTION + reaction)
     polling = replace(view, watched=replace(counted, subscribed=False))
     assert polling.pending_until(state) == T0 + 13.0
+    # A hung dependency: the others' probes take the timeout too.
+    hung = replace(state, result=replace(state.result, latency=2.0))  # type: ignore[type-var]
+    assert FleetView.reaction(hung) == pytest.approx(1.1 + 2 * 2.0 + REACTION)
     slow = MastraCheck(name="mastra", target="http://m:4111", interval=3, timeout=2, panic=True)
     capped = replace(view, watched=watched(T0, verdicts={"mastra": Verdict(1, 5, since=T0 + 5)}))
     assert capped.pending_until(failing(slow)) == T0 + 3 + 3.0
