@@ -120,11 +120,14 @@ def daemon(
     cpu: str | None = None,
     wait: harness.Wait = "live",
     timeout: float = 30,
+    stdout: int | None = None,
 ) -> Iterator[procs.Proc]:
     """The real daemon on a free loopback port (on `cpu` if given), live or ready, for a
-    block."""
+    block; its stdout to `log`, or to `stdout` (a file descriptor) if given."""
     command = pinned([sys.executable, *harness.RUN], cpu)
-    with harness.running_daemon(env, log, command=command, wait=wait, timeout=timeout) as proc:
+    with harness.running_daemon(
+        env, log, command=command, wait=wait, timeout=timeout, stdout=stdout
+    ) as proc:
         yield proc
 
 

@@ -40,6 +40,7 @@ import {
   shardOf,
   uncount,
 } from "./healthCounts";
+import { PEER_REFRESH_MS, forgetPeer, peerAnswer, peersFor, rememberPeer, type PeerAnswer } from "./healthPeers";
 import {
   SWEEPERS,
   SWEPT_TABLES,
@@ -101,6 +102,7 @@ const syncAnswer = v.object({
   shared: v.array(sharedAnswer),
   drain: drainAnswer,
   live: v.number(), // counted instances as last recounted (this one included once recounted)
+  peers: v.optional(v.array(peerAnswer)), // up to 5 others, rotating (healthPeers.ts); absent: keep the last
 });
 type SyncAnswer = Infer<typeof syncAnswer>;
 type Synced = Pick<SyncAnswer, "heartbeat" | "token" | "resend" | "warm" | "drain"> & { before: Heartbeat | null };
@@ -143,8 +145,40 @@ async function applySync(ctx: MutationCtx, call: SignedCall, payload: SyncPayloa
   const live = isCounted ? Math.max(await liveCount(ctx), 1) : await liveCount(ctx);
   const outages = payload.panic === null || payload.leaving ? [] : await outagesOf(ctx, failing, live);
   const shared = await applyShared(ctx, instance, payload.shared, now);
+  const peers = await applyPeers(ctx, instance, payload, synced, now);
   const { before: _, failingBefore: __, ...answer } = synced;
-  return { now, expiresAt, written: payload.results.length, ...answer, outages, shared, live };
+  return { now, expiresAt, written: payload.results.length, ...answer, outages, shared, live, ...peers };
+}
+
+/**
+ * A hello's `advertise` into the peers' ring, a last sync out of it. The others' handful is read
+ * on a hello, on a sync that asks (`wantPeers`: the instance knows none yet) and once per
+ * PEER_REFRESH_MS window of the server's clock (the first sync of the instance in a new window),
+ * not on every sync: a steady-state sync reads its heartbeat only.
+ * Answered only when read and not empty; absent, the instance keeps the handful it has.
+ */
+async function applyPeers(
+  ctx: MutationCtx,
+  instance: string,
+  payload: SyncPayload,
+  synced: Synced,
+  now: number,
+): Promise<{ peers?: PeerAnswer[] }> {
+  if (payload.leaving) {
+    await forgetPeer(ctx, instance);
+    return {};
+  }
+  if (payload.hello !== null && payload.advertise !== null) {
+    await rememberPeer(ctx, instance, payload.advertise, synced.heartbeat);
+  }
+  const before = synced.before?.seenAt;
+  const due =
+    payload.hello !== null ||
+    payload.wantPeers ||
+    before === undefined ||
+    Math.floor(before / PEER_REFRESH_MS) !== Math.floor(now / PEER_REFRESH_MS);
+  const peers = due ? await peersFor(ctx, instance, now) : [];
+  return peers.length > 0 ? { peers } : {};
 }
 
 /**

@@ -401,6 +401,7 @@ export const SWEEPERS = {
     row.minute < Math.floor(now / 60_000) - FLEET.JOINS_KEPT_MINUTES,
   sidecarCounters: async (_: MutationCtx, row: Doc<"sidecarCounters">) => row.value === 0 && row.key !== "live",
   sidecarCensus: async () => true, // before v3: no longer read
+  sidecarPeers: (ctx: MutationCtx, row: Doc<"sidecarPeers">, now: number) => instanceGone(ctx, row.heartbeat, now),
 } as const;
 
 export type SweptTable = keyof typeof SWEEPERS;

@@ -44,6 +44,7 @@ export const FIELD_LIMITS = {
   HEARTBEAT: 64, // the heartbeat id a caller sends back (a Convex id: 32 characters for most tables)
   CURSOR: 1_000, // a health:fleet page's cursor, as the previous page answered it
   TOKEN: 64, // the token a hello answered (64 lowercase hex), as health:watch takes it
+  PEER_URL: 500, // a hello's `advertise`: where the peers reach the instance's sidecar
   MAX_AGE_MS: 86_400_000,
   MAX_LATENCY_MS: 3_600_000,
   MAX_REASONS: 20, // summary.reasons
@@ -225,6 +226,8 @@ export interface SyncPayload {
   panic: Panic | null;
   shared: SharedCheck[];
   leaving: boolean; // the instance's last sync before it stops: it leaves the fleet's counts
+  advertise: string | null; // with hello: where the peers reach this instance's sidecar (healthPeers.ts)
+  wantPeers: boolean; // the instance knows no peer yet: read the ring now (healthPeers.ts)
 }
 
 /** A drain needs a reason and may end by itself (forMs; null: until undrained); an undrain has neither. */
@@ -256,10 +259,38 @@ export function parseSyncPayload(body: string): SyncPayload {
       ? []
       : list(payload.shared, "body.shared", 0, LIMITS.MAX_CHECKS, parseShared, (s) => s.check),
     leaving: absent(payload.leaving) ? false : flag(payload.leaving, "body.leaving"),
+    advertise: absent(payload.advertise) ? null : peerUrl(payload.advertise, "body.advertise"),
+    wantPeers: absent(payload.wantPeers) ? false : flag(payload.wantPeers, "body.wantPeers"),
   };
 }
 
-const OPTIONAL_SYNC_KEYS = ["hello", "heartbeat", "token", "periodMs", "summary", "panic", "shared", "leaving"];
+const OPTIONAL_SYNC_KEYS = [
+  "hello",
+  "heartbeat",
+  "token",
+  "periodMs",
+  "summary",
+  "panic",
+  "shared",
+  "leaving",
+  "advertise",
+  "wantPeers",
+];
+
+/** A peer's URL: http(s) with a host, printable ASCII, no credentials, query or fragment, bounded. */
+function peerUrl(value: unknown, field: string): string {
+  const url = text(value, field, 1, FIELD_LIMITS.PEER_URL);
+  let host = "";
+  try {
+    host = new URL(url).hostname;
+  } catch {
+    host = "";
+  }
+  if (!/^https?:\/\/[\x21-\x7e]+$/.test(url) || /[@?#]/.test(url) || host === "") {
+    invalid(`${field} must be an http:// or https:// URL with a host, without credentials, query or fragment`);
+  }
+  return url;
+}
 
 function clamp(value: number, min: number, max: number): number {
   return Math.min(Math.max(value, min), max);

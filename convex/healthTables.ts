@@ -107,6 +107,17 @@ export const healthTables = {
    * check counted lately. Written only by health:recount (one writer, debounced), and only when
    * a number changes.
    */
+  /**
+   * The peers' ring (healthPeers.ts): a hello's `advertise` at the slot its name hashes to (64
+   * slots); written by hellos and leaves only, read a few slots at a time by every sync answer.
+   */
+  sidecarPeers: defineTable({
+    slot: v.number(),
+    instance: v.string(),
+    url: v.string(), // where the peers reach the instance's sidecar
+    heartbeat: v.id("sidecarHeartbeats"), // for the sweep: gone with its instance
+  }).index("by_slot", ["slot"]),
+
   sidecarVerdicts: defineTable({
     check: v.string(),
     failing: v.number(),

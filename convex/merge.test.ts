@@ -239,6 +239,7 @@ describe("merging the functions into an app's convex/ folder (docs/convex.md ste
       "sidecarLive",
       "sidecarMailbox",
       "sidecarNonces",
+      "sidecarPeers",
       "sidecarRecount",
       "sidecarResults",
       "sidecarShared",

@@ -23,6 +23,8 @@ from sidecar.store.signing import fingerprint
 from sidecar.sync import Syncer, SyncTiming
 from sidecar.warmstart import WarmStart
 from sidecar.watch import Watch
+from sidecar.witness import Desk, Door
+from sidecar.witnesses import Witnesses
 
 # Set by a second signal: exit at once, without the last sync.
 FORCED = web.AppKey("forced", asyncio.Event)
@@ -32,7 +34,9 @@ def build_app(settings: Settings) -> web.Application:
     """The aiohttp app; its cleanup context runs the scheduler and the store sync."""
     checks = settings.resolved_checks
     timing = SyncTiming(period=settings.store_interval, timeout=settings.store_timeout)
-    metrics = Metrics(checks=[c.name for c in checks], version=__version__)
+    metrics = Metrics(
+        checks=[c.name for c in checks], version=__version__, dropped_lines=logs.dropped
+    )
     monitor = Monitor(
         instance=settings.instance,
         version=__version__,
@@ -41,14 +45,16 @@ def build_app(settings: Settings) -> web.Application:
         fleet=FleetView(threshold=settings.panic_threshold, grace=timing.grace),
     )
     token = settings.details_token.get_secret_value() if settings.details_token else ""
+    secret = settings.secret.get_secret_value()
+    desk = Desk(Door(secret))
     app = create_app(
         monitor,
         registry=metrics.registry,
         details_token=token,
         trusted_proxies=settings.trusted_proxies,
+        witness_desk=desk,
     )
     app[FORCED] = asyncio.Event()
-    secret = settings.secret.get_secret_value()
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         probe_session = aiohttp.ClientSession(
@@ -57,6 +63,10 @@ def build_app(settings: Settings) -> web.Application:
             headers={"User-Agent": f"health-sidecar/{__version__}", "Accept-Encoding": "identity"},
         )
         store_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True, limit=10),
+            headers={"User-Agent": f"health-sidecar/{__version__}"},
+        )
+        witness_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True, limit=10),
             headers={"User-Agent": f"health-sidecar/{__version__}"},
         )
@@ -98,11 +108,17 @@ def build_app(settings: Settings) -> web.Application:
             threshold=settings.panic_threshold,
             warm_start=WarmStart(monitor=monitor, fingerprints=fingerprints),
             on_answer=watch.answered,
+            advertise=settings.advertise,
+        )
+        desk.hurry = scheduler.hurry  # a peer's question: probe the check soon (fast interval)
+        witnesses = Witnesses(
+            monitor=monitor, session=witness_session, secret=secret, instance=settings.instance
         )
         tasks = [
             _task(scheduler.run(), "scheduler"),
             _task(syncer.run(), "sync"),
             _task(watch.run(), "watch"),
+            _task(witnesses.run(), "witnesses"),
         ]
         yield
         for task in tasks:
@@ -114,6 +130,7 @@ def build_app(settings: Settings) -> web.Application:
             await syncer.sync_once(leaving=True)
         await probe_session.close()
         await store_session.close()
+        await witness_session.close()
 
     app.cleanup_ctx.append(background)
     return app

@@ -55,7 +55,7 @@ from sidecar.config_errors import (
 )
 from sidecar.config_sources import CONFIG_ENV, EnvSource, TomlSource
 from sidecar.limits import MAX_CHECKS, MAX_PERIOD_MS, MIN_TTL_MS, TTL_CLAMP_MS
-from sidecar.peers import Network, parse_networks
+from sidecar.peers import MAX_PEER_URL, Network, parse_networks, peer_url
 
 MIN_STORE_TTL = MIN_TTL_MS / 1000
 # The deployment keeps an instance's documents at most TTL_CLAMP_MS after its last sync and
@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     app_url: str | None = Field(None, validation_alias=_env("SIDECAR_APP_URL"))
     host: str = Field("0.0.0.0", min_length=1, validation_alias=_env("SIDECAR_HOST"))
     port: int = Field(8099, ge=1, le=65535, validation_alias=_env("SIDECAR_PORT"))
+    # Where the other instances reach this sidecar (its witness endpoint); see `advertise`.
+    advertise_url: str | None = Field(
+        None, max_length=MAX_PEER_URL, validation_alias=_env("SIDECAR_ADVERTISE_URL")
+    )
     instance: str = Field(
         default_factory=_default_instance,
         min_length=1,
@@ -152,6 +156,16 @@ class Settings(BaseSettings):
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return http_url(value) if value else None
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _advertise_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        url = http_url(value)
+        if not peer_url(url):
+            raise ValueError("must not have a ?query, spaces or characters outside ASCII")
+        return url
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -300,6 +314,22 @@ class Settings(BaseSettings):
         return min(max(5 * self.store_interval, shortest), MAX_STORE_TTL)
 
     @property
+    def advertise(self) -> str:
+        """Where peers reach this sidecar: SIDECAR_ADVERTISE_URL, else `http://` SIDECAR_HOST
+        (the container's hostname when it binds every address, 0.0.0.0 or ::) `:` SIDECAR_PORT.
+        The default is wrong when peers cannot reach that name or address: SIDECAR_HOST=
+        127.0.0.1 with peers on other hosts, `network_mode: service:app` in Compose (the
+        hostname is the app's container), or a port published under another number."""
+        if self.advertise_url:
+            return self.advertise_url
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):  # a wildcard bind: the name of this host
+            host = socket.gethostname() or "localhost"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
     def resolved_checks(self) -> tuple[Check, ...]:
         """The checks to run, resolved once when the settings were validated: the built-ins,
         then the file's (a file check with a built-in's name replaces it), each with its
@@ -391,6 +421,7 @@ def effective(settings: Settings) -> dict[str, Any]:
     and every secret masked (secrets, the values of URL queries and check headers)."""
     doc = settings.model_dump(mode="json", exclude={"checks"})
     doc["store_ttl"] = settings.ttl
+    doc["advertise_url"] = settings.advertise
     for key in ("secret", "details_token"):
         if doc[key] is not None:
             doc[key] = MASK

@@ -70,17 +70,19 @@ async def serve(settings: Settings, *, early_signals: Sequence[int] = ()) -> int
     stop, force = asyncio.Event(), app[FORCED]
 
     def on_signal(signum: int) -> None:
+        # The flags first: nothing after them (a log line, the Monitor) can keep the drain
+        # or the exit from happening.
         if stop.is_set():
-            log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
             force.set()
+            log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
             return
+        stop.set()
         app[MONITOR].drain()
         log.info(
             "draining",
             signal=signal.Signals(signum).name,
             drain_seconds=settings.drain_seconds,
         )
-        stop.set()
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

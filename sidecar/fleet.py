@@ -1,12 +1,15 @@
 """What the fleet says through Convex: shared outages, a central drain, the shared checks this
-instance holds. The store sync builds a FleetView from each answer, the subscription to
-`health:watch` adds what it hears between syncs (`Watched`); the Snapshot reads it."""
+instance holds, a handful of live peers. The store sync builds a FleetView from each answer;
+the subscription to `health:watch` adds what it hears between syncs (`Watched`); while Convex
+cannot be reached, the peers' witness (sidecar/witnesses.py) adds what they see; the Snapshot
+reads it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sidecar.peers import Peer
 from sidecar.state import STALE_INTERVALS, CheckState
 
 # How a drain reads in /ready's reasons (and so in what the fleet sees of an instance).
@@ -28,10 +31,30 @@ class Outage:
 
     failing: int
     live: int
+    witnesses: tuple[str, ...] = ()  # the peers that saw it, when Convex could not count
 
     def describe(self, check: str) -> str:
-        """`mastra failing on 4 of 5 instances`."""
+        """`mastra failing on 4 of 5 instances`, or, from peers' witness, `convex failing on
+        3 of 3 instances that answered (witnessed by peers b, c; Convex unreachable)`."""
+        if self.witnesses:
+            return (
+                f"{check} failing on {self.failing} of {self.live} instances that answered "
+                f"(witnessed by peers {', '.join(self.witnesses)}; Convex unreachable)"
+            )
         return f"{check} failing on {self.failing} of {self.live} instances"
+
+
+@dataclass(frozen=True, slots=True)
+class Witnessed:
+    """What the peers said of one check while Convex could not be reached, asked at `at`
+    (epoch seconds): instances that answered and instances that see it fail (this one
+    counted in both), and the names of the peers that see it fail."""
+
+    failing: int
+    answered: int
+    peers: tuple[str, ...]
+    at: float
+    possible: int = 0  # instances that might yet see it: this one and the peers cut off too
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +118,8 @@ class FleetView:
     holders: frozenset[str] = frozenset()
     live: int | None = None
     pending_limit: float | None = None
+    peers: tuple[Peer, ...] = ()
+    witnessed: Mapping[str, Witnessed] = field(default_factory=dict)
     watched: Watched | None = None
 
     @property
@@ -126,13 +151,42 @@ class FleetView:
     def shared_outage(self, state: CheckState, now: float) -> Outage | None:
         """The outage that excuses this failing check: counted by Convex recently (or heard
         through the subscription, current while it is subscribed), on at least the threshold of
-        the live instances, and on more than this one."""
+        the live instances, and on more than this one (or, while Convex cannot be reached,
+        witnessed so by the peers)."""
+        witnessed = self.witnessed_outage(state, now)
+        if witnessed is not None:
+            return witnessed
         outage, known = self.outage(state.name)
         if outage is None or known is None or outage.failing < MIN_SHARED_FAILING:
             return None
         if now - known > STALE_INTERVALS * state.check.interval + self.grace:
             return None
         return outage if outage.failing / outage.live >= self.threshold else None
+
+    def witnessed_outage(self, state: CheckState, now: float) -> Outage | None:
+        """The peers' witness of this check, while it counts (two of its intervals): at least
+        MIN_SHARED_FAILING instances, and at least the threshold of those that answered, see
+        it fail. The next sync answer's view has none: Convex's count takes over."""
+        seen = self.witnessed.get(state.name)
+        if seen is None or now - seen.at > STALE_INTERVALS * state.check.interval:
+            return None
+        if seen.failing < MIN_SHARED_FAILING or seen.failing / seen.answered < self.threshold:
+            return None
+        return Outage(failing=seen.failing, live=seen.answered, witnesses=seen.peers)
+
+    def awaiting_witness(self, state: CheckState) -> bool:
+        """While Convex cannot be reached: whether the peers may yet call this failure shared
+        (peers are known, and they were not asked since it failed, or too few of them reach
+        Convex for the failure to be surely this instance's own). No answer at all, or enough
+        peers that reach Convex: a local fault at once."""
+        if not self.peers:
+            return False
+        seen = self.witnessed.get(state.name)
+        if seen is None or state.since is None or seen.at < state.since:
+            return True
+        return seen.possible >= MIN_SHARED_FAILING and (
+            seen.possible / seen.answered >= self.threshold
+        )
 
     def pending(self, state: CheckState, now: float) -> bool:
         """True for a check that was passing and failed less than one of its intervals plus

@@ -16,6 +16,39 @@ EXIT_CONFIG = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the chosen command; returns the exit status. A closed
+    stdout (`health-sidecar config | head -1`) ends any command quietly with 0."""
+    standard_descriptors()
+    try:
+        try:
+            return command(argv)
+        finally:
+            # Written out here, inside the `try`, not at exit where the error is only printed.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's recipe: whatever is still buffered goes to /dev/null at exit, unprinted.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def standard_descriptors() -> None:
+    """Open /dev/null on any of descriptors 0, 1 and 2 the process started without (`>&-`):
+    otherwise the first socket takes that number, and uvloop aborts the process when it closes
+    it. Python has already made sys.stdout None for a closed stdout: logs then count every line
+    as dropped."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def command(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status."""
     parser = argparse.ArgumentParser(prog="health-sidecar", description=__doc__)
     parser.add_argument("--version", action="version", version=f"health-sidecar {__version__}")
@@ -101,7 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sidecar import daemon, logs
 
     logs.configure(level=settings.log_level, instance=settings.instance)
-    return daemon.run(settings, early_signals=early)
+    try:
+        return daemon.run(settings, early_signals=early)
+    finally:
+        # Bounded: a writer stuck on a stdout nobody reads is left behind, not waited for.
+        logs.shutdown()
 
 
 def check_command(*, ready: bool, port: int | None, timeout: float) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from prometheus_client import (
@@ -14,7 +14,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar.snapshot import DRAIN_SOURCES, Snapshot
@@ -52,7 +52,13 @@ class Metrics:
     Built where the app is wired and handed to whoever updates it; the gauges read the
     Snapshot of the source given to `watch` (the Monitor, which does so when it is built)."""
 
-    def __init__(self, *, checks: Sequence[str], version: str) -> None:
+    def __init__(
+        self,
+        *,
+        checks: Sequence[str],
+        version: str,
+        dropped_lines: Callable[[], int] | None = None,
+    ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
@@ -93,6 +99,7 @@ class Metrics:
         )
         build = Gauge("sidecar_build_info", "Build information.", ["version"], registry=reg)
         build.labels(version=version).set(1)
+        reg.register(LogDropsCollector(dropped_lines or (lambda: 0)))
         for name in checks:
             self.check_duration.labels(check=name)
             self.check_crashes.labels(check=name)
@@ -111,6 +118,22 @@ class Metrics:
         self.registry.register(SnapshotCollector(source))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+
+
+class LogDropsCollector(Collector):
+    """Log lines dropped (a closed or full stdout), read at scrape time from `count` (the
+    logs module's, handed over where the app is wired)."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        """Yield `sidecar_log_lines_dropped_total`."""
+        yield CounterMetricFamily(
+            "sidecar_log_lines_dropped",
+            "Log lines dropped: stdout closed, not read (the queue full) or failing.",
+            value=self._count(),
+        )
 
 
 class SnapshotCollector(Collector):

@@ -1,14 +1,41 @@
 """Who is asking: the address `/health?verbose`'s loopback rule judges. A request that carries
 forwarding headers came through a proxy, so the connection's peer says nothing about the
-client; only a proxy the user named as trusted is believed about who the client is."""
+client; only a proxy the user named as trusted is believed about who the client is. And who
+the other instances are: a Peer, as a sync answer names it, and the URLs one may have."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 FORWARDING = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+MAX_PEER_URL = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Another live instance, and the base URL where its sidecar answers witness questions."""
+
+    instance: str
+    url: str
+
+
+def peer_url(url: str) -> bool:
+    """True for a URL a peer may be reached at: http(s) with a host, no credentials, query or
+    fragment, printable ASCII, at most MAX_PEER_URL characters."""
+    if not 0 < len(url) <= MAX_PEER_URL or not url.isascii() or not url.isprintable():
+        return False
+    if any(c in url for c in "@?# "):
+        return False
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def client_address(

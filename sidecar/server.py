@@ -16,12 +16,16 @@ from prometheus_client.registry import CollectorRegistry
 from sidecar.monitor import Monitor
 from sidecar.peers import Network, client_address
 from sidecar.snapshot import dumps
+from sidecar.witness import HEADER, MAX_BODY, Desk, Refused, answer
+from sidecar.witness import PATH as WITNESS_PATH
 
 MONITOR = web.AppKey("monitor", Monitor)
 TOKEN = web.AppKey("details_token", str)
 PROXIES: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies")
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 RENDER = web.AppKey("metrics_render", ThreadPoolExecutor)
+WITNESS = web.AppKey("witness", Desk)
+WITNESS_READ_TIMEOUT = 2.0  # seconds a question's body may take to arrive
 JSON = "application/json"
 HEALTH_JSON = "application/health+json"
 NO_STORE = "no-store"
@@ -132,6 +136,57 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
+async def witness(request: web.Request) -> web.Response:
+    """A peer's signed question while Convex is down (docs/endpoints.md): refused before any
+    work unless admitted; answered at once from the Snapshot, statuses only; each check asked
+    is hurried (probed soon) here."""
+    desk = request.app[WITNESS]
+    try:
+        desk.door.within_rate(request.remote)
+        if (request.content_length or 0) > MAX_BODY:
+            raise Refused(413, f"a question is at most {MAX_BODY} bytes")
+        try:
+            async with asyncio.timeout(WITNESS_READ_TIMEOUT):
+                body = await _read_bounded(request, MAX_BODY)
+        except TimeoutError:
+            raise Refused(408, "the question's body came too slowly") from None
+        if body is None:
+            raise Refused(413, f"a question is at most {MAX_BODY} bytes")
+        asked = desk.door.verify(signed=request.headers.get(HEADER), body=body)
+    except Refused as refused:
+        if refused.status == 429 and desk.held < desk.max_held:
+            desk.held += 1
+            try:
+                await asyncio.sleep(desk.tarpit)
+            finally:
+                desk.held -= 1
+        return _refusal(refused.status, refused.reason)
+    snap = request.app[MONITOR].snapshot
+    for name in asked.checks:
+        if name in snap.statuses:
+            desk.hurry(name)
+    return _json(dumps(answer(snap, asked)), True)
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None when it is longer than `limit` (read no further)."""
+    body = b""
+    while len(body) <= limit:
+        chunk = await request.content.read(limit + 1 - len(body))
+        if not chunk:
+            return body
+        body += chunk
+    return None
+
+
+def _refusal(status: int, reason: str) -> web.Response:
+    return web.Response(body=dumps({"error": reason}), status=status, headers=_HEADERS[JSON])
+
+
+async def _post_only(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMethodNotAllowed(request.method, ("POST",), headers=NO_STORE_HEADERS)
+
+
 async def _start_render(app: web.Application) -> None:
     app[RENDER].submit(lambda: None).result()  # its thread exists from the start, not mid-life
 
@@ -154,9 +209,10 @@ def create_app(
     registry: CollectorRegistry,
     details_token: str = "",
     trusted_proxies: tuple[Network, ...] = (),
+    witness_desk: Desk | None = None,
 ) -> web.Application:
     """The endpoints of DESIGN.md with their aliases, `/metrics` serving `registry`; GET and
-    HEAD only (405 otherwise)."""
+    HEAD only (405 otherwise); with a `witness_desk`, POST /_sidecar/witness too."""
     app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
     app[MONITOR] = monitor
     app[TOKEN] = details_token
@@ -177,6 +233,11 @@ def create_app(
             resource.add_route("GET", handler)
             resource.add_route("HEAD", handler)
             resource.add_route("*", _method_not_allowed)
+    if witness_desk is not None:
+        app[WITNESS] = witness_desk
+        resource = app.router.add_resource(WITNESS_PATH)
+        resource.add_route("POST", witness)
+        resource.add_route("*", _post_only)
     # Unknown paths: aiohttp's own 404, with the header every answer carries.
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app

@@ -81,14 +81,15 @@ class Snapshot:
             and statuses[s.name] == "fail"
             and (outage := self.fleet.shared_outage(s, now)) is not None
         }
-        # A panic check that just failed, waiting for Convex's count (the store answering).
+        # A panic check that just failed, waiting for Convex's count (the store answering) or,
+        # while the store fails, for the last known peers' witness.
         awaiting = tuple(
             s.name
             for s in self.states
             if s.check.panic
             and statuses[s.name] == "fail"
             and s.name not in shared
-            and self.store.status != "error"
+            and (self.store.status != "error" or self.fleet.awaiting_witness(s))
             and self.fleet.pending(s, now)
         )
         reasons = ["draining"] if self.draining else []
@@ -190,6 +191,7 @@ class Snapshot:
             "awaiting_count": list(self.awaiting_count),
             "holder": sorted(self.fleet.holders),
             "synced_at": None if self.fleet.at is None else iso(self.fleet.at),
+            "peers": [p.instance for p in self.fleet.peers],
         }
 
     def health_json_document(self, *, details: bool) -> dict[str, Any]:

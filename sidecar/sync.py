@@ -29,7 +29,7 @@ from sidecar.store import (
     Unauthorized,
 )
 from sidecar.store.evidence import RuntimeEvidence
-from sidecar.store.messages import SharedAsk, Summary, SyncAnswer, SyncRequest, Warm
+from sidecar.store.messages import MAX_PEERS, SharedAsk, Summary, SyncAnswer, SyncRequest, Warm
 
 T = TypeVar("T")
 MIN_GAP = 1.0  # seconds between the starts of two calls, at least
@@ -69,6 +69,7 @@ class Syncer:
         threshold: float,
         warm_start: Callable[[Warm], None],
         on_answer: Callable[[SyncAnswer, float, float], None] | None = None,
+        advertise: str | None = None,
     ) -> None:
         self._monitor = monitor
         self._warm_start = warm_start
@@ -80,6 +81,8 @@ class Syncer:
         self._timing = timing
         self._threshold = threshold
         self._log = logs.get("store")
+        self._advertise = advertise  # sent with hello: where the peers reach this sidecar
+        self._live: int | None = None  # live instances, as the last answer counted them
         # What Convex holds, as far as its answers said: each check's Record.essence, this
         # instance's summary and its failing panic checks.
         self._acked: dict[str, tuple[str, str, int, str]] = {}
@@ -124,6 +127,7 @@ class Syncer:
                     self._warm_start(answer.warm)
             self._warmed = True
         self._monitor.apply_fleet(self._fleet_view(answer))
+        self._live = answer.live
         self._adopt(answer)
         self._published.update(
             (ask.check, now - ask.result.age_ms / 1000)
@@ -158,7 +162,17 @@ class Syncer:
             panic=panic if panic or self._acked_panic else None,
             hold_ms=_lease_ms(2 * _longest(snap, panic) + self._timing.grace),
             shared=[self._ask(snap, s.check, now) for s in snap.states if s.check.shared],
+            advertise=self._advertise if self._hello else None,
+            want_peers=self._wants_peers(snap),
         )
+
+    def _wants_peers(self, snap: Snapshot) -> bool:
+        """Whether to ask Convex for peers now: it knows fewer than the fleet has (at most
+        MAX_PEERS; at least one while the count is unknown or says it is alone)."""
+        if self._advertise is None:
+            return False
+        others = MAX_PEERS if self._live is None else min(MAX_PEERS, self._live - 1)
+        return len(snap.fleet.peers) < max(others, 1)
 
     def _ask(self, snap: Snapshot, check: Check, now: float) -> SharedAsk:
         """The lease request of a shared check, with this holder's newest own result."""
@@ -199,6 +213,7 @@ class Syncer:
                 until=None if drain.remaining_ms is None else now + drain.remaining_ms / 1000,
             ),
             holders=frozenset(a.check for a in answer.shared if a.holder),
+            peers=self._monitor.snapshot.fleet.peers if answer.peers is None else answer.peers,
         )
 
     def _adopt(self, answer: SyncAnswer) -> None:

@@ -7,8 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from sidecar.peers import MAX_PEER_URL, Peer, peer_url
 from sidecar.state import STATUSES, Record, Status
 from sidecar.store.errors import BadResponse
+
+# The peers a sync answer may name (issue 17): a bounded handful, each a name and a URL.
+MAX_PEERS = 5
+MAX_PEER_NAME = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,8 @@ class SyncRequest:
     hold_ms: float = 0.0
     shared: Sequence[SharedAsk] = ()
     leaving: bool = False  # the last sync before the process stops
+    advertise: str | None = None  # with hello: where peers reach this sidecar (witnesses)
+    want_peers: bool = False  # this instance knows no peer yet: Convex names some at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,7 @@ class SyncAnswer:
     drain: DrainAnswer | None
     token: str | None = None  # a hello's answer: what every later sync presents
     live: int | None = None  # live instances as last counted (None: an older deployment)
+    peers: tuple[Peer, ...] | None = None  # a rotating handful of peers (None: keep the last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +178,10 @@ def sync_payload(
         payload["panic"] = {"failing": list(request.panic), "holdMs": request.hold_ms}
     if request.leaving:
         payload["leaving"] = True
+    if request.hello is not None and request.advertise is not None:
+        payload["advertise"] = request.advertise
+    if request.want_peers:
+        payload["wantPeers"] = True
     if request.shared:
         payload["shared"] = [
             {
@@ -235,6 +247,7 @@ def sync_answer(value: Any) -> SyncAnswer:
         drain=None if drain is None else _drain(drain),
         token=_optional_string(answer, "token"),
         live=_optional_count(answer, "live"),
+        peers=_peers(answer),
     )
 
 
@@ -296,6 +309,32 @@ def _watched_drain(value: Any) -> WatchedDrain:
         at_ms=as_number(drain, "at"),
         until_ms=None if until is None else as_number(drain, "until"),
     )
+
+
+def _peers(answer: Mapping[str, Any]) -> tuple[Peer, ...] | None:
+    """The answer's `peers` (None: the key is absent, Convex did not read them this time),
+    each checked: a bounded name and an http(s) URL with a host; more than MAX_PEERS is not
+    an answer of these functions."""
+    if answer.get("peers") is None:
+        return None
+    items = as_list(answer, "peers")
+    if len(items) > MAX_PEERS:
+        raise BadResponse(f"'peers' holds {len(items)} entries; at most {MAX_PEERS}")
+    return tuple(_peer(item) for item in items)
+
+
+def _peer(value: Any) -> Peer:
+    item = as_object(value, "peer")
+    instance = as_string(item, "instance")
+    url = as_string(item, "url")
+    if not 0 < len(instance) <= MAX_PEER_NAME:
+        raise BadResponse(f"a peer's 'instance' must be 1 to {MAX_PEER_NAME} characters")
+    if not peer_url(url):
+        raise BadResponse(
+            f"a peer's 'url' must be an http:// or https:// URL with a host, "
+            f"at most {MAX_PEER_URL} characters, without credentials"
+        )
+    return Peer(instance=instance, url=url)
 
 
 def _shared(value: Any) -> SharedAnswer:

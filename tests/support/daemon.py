@@ -48,13 +48,15 @@ def spawn_daemon(
     port: int | None = None,
     command: Sequence[str] | None = None,
     cwd: Path = procs.ROOT,
+    stdout: int | None = None,
 ) -> procs.Proc:
     """Start the daemon listening on host:port (a free port unless given) and return at once.
-    `command` replaces `python -m sidecar run` (an image's CMD, `-X importtime`, `taskset`)."""
+    `command` replaces `python -m sidecar run` (an image's CMD, `-X importtime`, `taskset`);
+    `stdout` (a file descriptor) takes its stdout, and `log` then gets only stderr."""
     port = port or procs.free_port(host)
     full = {**clean_env(env), "SIDECAR_HOST": host, "SIDECAR_PORT": str(port)}
     argv = list(command) if command is not None else [sys.executable, *RUN]
-    popen = procs.spawn(argv, log=log, env=full, cwd=cwd)
+    popen = procs.spawn(argv, log=log, env=full, cwd=cwd, stdout=stdout)
     return procs.Proc(popen=popen, url=f"http://{host}:{port}", log=log)
 
 
@@ -82,9 +84,10 @@ def start_daemon(
     port: int | None = None,
     command: Sequence[str] | None = None,
     cwd: Path = procs.ROOT,
+    stdout: int | None = None,
 ) -> procs.Proc:
     """`spawn_daemon`, then `wait_up`."""
-    proc = spawn_daemon(env, log, host=host, port=port, command=command, cwd=cwd)
+    proc = spawn_daemon(env, log, host=host, port=port, command=command, cwd=cwd, stdout=stdout)
     return wait_up(proc, wait, timeout=timeout)
 
 
@@ -114,14 +117,16 @@ def stop_at_once(proc: procs.Proc, timeout: float = 10.0) -> int:
 
 
 def cli(
-    *args: str, env: Mapping[str, str], timeout: float = 30.0
+    *args: str, env: Mapping[str, str], timeout: float = 30.0, stdout: int | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m sidecar ARGS` to completion in a clean environment (PATH, HOME and `env`)."""
+    """`python -m sidecar ARGS` to completion in a clean environment (PATH, HOME and `env`);
+    its stdout is captured, or goes to `stdout` (a file descriptor) if given."""
     return subprocess.run(
         [sys.executable, "-m", "sidecar", *args],
         cwd=procs.ROOT,
         env=clean_env(env),
-        capture_output=True,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
         check=False,

@@ -93,18 +93,24 @@ def wait_http(
 
 
 def spawn(
-    argv: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path = ROOT
+    argv: Sequence[str],
+    *,
+    log: Path,
+    env: Mapping[str, str],
+    cwd: Path = ROOT,
+    stdout: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in its own session (so it is stopped with its children by its PID) with
-    exactly `env`, its output to `log`; return at once."""
+    exactly `env`, its output to `log`; return at once. `stdout` (a file descriptor, such as
+    a pipe's end) takes stdout instead, and `log` gets only stderr."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         return subprocess.Popen(
             list(argv),
             cwd=cwd,
             env=dict(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            stdout=out if stdout is None else stdout,
+            stderr=subprocess.STDOUT if stdout is None else out,
             start_new_session=True,
         )
 
@@ -160,21 +166,20 @@ def start_convex_local(
     root: Path = ROOT,
     functions: str = "repo",
     *,
-    operator_secret: str | None = OPERATOR_SECRET,
+    operator_secret: str = OPERATOR_SECRET,
 ) -> Proc:
     """Start dev/convex-local (of the checkout at `root`) holding `secret` (and the
-    operator's key, unless None) on 127.0.0.1 (a free port unless given), serving the repo's
+    operator's key, when given) on 127.0.0.1 (a free port unless given), serving the repo's
     functions or (`functions="test"`) the test-only ones of dev/convex-local/testFunctions.ts."""
     port = port or free_port()
     env = {
         "PORT": str(port),
         "HEALTH_SIDECAR_SECRET": secret,
-        "CONVEX_LOCAL_FUNCTIONS": functions,
+        "HEALTH_SIDECAR_OPERATOR_SECRET": operator_secret,
         # The test session registers many new names a minute (the limit: convex/fleet.test.ts).
         "HEALTH_SIDECAR_JOINS_PER_MINUTE": "100000",
+        "CONVEX_LOCAL_FUNCTIONS": functions,
     }
-    if operator_secret is not None:
-        env["HEALTH_SIDECAR_OPERATOR_SECRET"] = operator_secret
     return start(convex_local_argv(root), port=port, ready_path="/version", log=log, env=env)
 
 

@@ -24,7 +24,7 @@ import aiohttp
 from tests.support import faults
 
 Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
-_HOP_HEADERS = ("content-type", "accept")
+_HOP_HEADERS = ("content-type", "accept", "x-health-sidecar-signature")
 
 
 @dataclass(frozen=True)

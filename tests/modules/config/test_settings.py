@@ -399,8 +399,10 @@ def test_config_prints_the_value_in_effect_of_every_setting(
         "config_file",
         "details_token",
     }
-    clean_env.setenv("SIDECAR_STORE_INTERVAL", "120")
-    assert effective(load_settings())["store_ttl"] == 600.0
+    clean_env.setenv("SIDECAR_STORE_INTERVAL", "100")
+    assert effective(load_settings())["store_ttl"] == 500.0
+    clean_env.setenv("SIDECAR_STORE_INTERVAL", "300")
+    assert effective(load_settings())["store_ttl"] == 900.0  # the deployment's clamp
     clean_env.setenv("SIDECAR_STORE_TTL", "800")
     assert effective(load_settings())["store_ttl"] == 800.0
 
