@@ -4,7 +4,8 @@ hour and database bandwidth per month, counted by dev/convex-local (its `/_dev/s
     .venv/bin/python bench/convex_budget.py [--minutes 10] [--before REF] [--instance NAME]
 
 One daemon with the seed's configuration (CONVEX_URL, MASTRA_URL and the secret: the
-`convex` and `mastra` checks every 10 s, one sync a minute) runs against dev/convex-local
+`convex` and `mastra` checks every 10 s, one sync a minute, the subscription to health:watch
+open) runs against dev/convex-local
 and the real Mastra of dev/mastra. After a warm-up (its first syncs), the stand-in's counters
 are reset and read again `--minutes` later: steady state. `--before REF` measures the same
 for the daemon and functions of git revision REF (e.g. the commit before the signed sync),
@@ -53,6 +54,8 @@ class Budget:
     bytes_written: float
     documents_read: float
     documents_written: float
+    by_function: dict[str, float]
+    subscribed: float | None  # the daemon's sidecar_store_subscribed at the end (None: absent)
 
     @property
     def calls_per_hour(self) -> float:
@@ -73,8 +76,23 @@ class Budget:
             f"{self.calls_per_hour:.1f} calls/hour ({self.calls_per_hour * 720:,.0f}/month); "
             f"{self.bytes_read:,.0f} B read + {self.bytes_written:,.0f} B written "
             f"({self.documents_read:.0f} + {self.documents_written:.0f} documents) = "
-            f"{self.bytes_per_call:,.0f} B per call, {self.mb_per_month:.1f} MB/month"
+            f"{self.bytes_per_call:,.0f} B per call, {self.mb_per_month:.1f} MB/month; "
+            f"calls by function: {_calls(self.by_function)}; "
+            f"sidecar_store_subscribed {self.subscribed}"
         )
+
+
+def _calls(by_function: dict[str, float]) -> str:
+    return ", ".join(f"{name} {calls:.0f}" for name, calls in sorted(by_function.items())) or "-"
+
+
+def subscribed(url: str) -> float | None:
+    """The daemon's `sidecar_store_subscribed` (None when its version has no such gauge)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("sidecar_store_subscribed "):
+                return float(line.rpartition(" ")[2])
+    return None
 
 
 def table(per_call: float) -> str:
@@ -140,13 +158,14 @@ def measure(label: str, root: Path, *, minutes: float, instance: str, logs: Path
             "SIDECAR_LOG_LEVEL": "warning",
         }
         log = logs / f"{label}-daemon.log"
-        with harness.running_daemon(env, log, cwd=root, wait="ready", timeout=30):
+        with harness.running_daemon(env, log, cwd=root, wait="ready", timeout=30) as proc:
             time.sleep(WARMUP)
             reset(convex.url)
             started = time.monotonic()
             time.sleep(minutes * 60)
             counted = stats(convex.url)
             elapsed = time.monotonic() - started
+            gauge = subscribed(proc.url)
     total = {k: sum(f.get(k, 0.0) for f in counted.values()) for k in next(iter(counted.values()))}
     return Budget(
         label=label,
@@ -156,6 +175,9 @@ def measure(label: str, root: Path, *, minutes: float, instance: str, logs: Path
         bytes_written=total["bytesWritten"],
         documents_read=total["documentsRead"],
         documents_written=total["documentsWritten"],
+        # A subscription's re-runs count as calls of its query (health:watch), as Convex bills.
+        by_function={name: f.get("calls", 0.0) for name, f in counted.items()},
+        subscribed=gauge,
     )
 
 

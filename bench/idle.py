@@ -5,13 +5,15 @@
 The daemon's Convex is dev/convex-local; Mastra and the eight extra checks (six http, two tcp)
 probe the 20 ms dependency stand-in (bench/servers.py dep). After a settle period the daemon's
 user + system CPU time is read from /proc/<pid>/stat at the start and end of the window; RSS
-from /proc/<pid>/status.
+from /proc/<pid>/status. The line says whether the daemon's subscription to health:watch was open
+(`sidecar_store_subscribed`).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +30,24 @@ class Idle:
     seconds: float
     cpu_percent: float
     rss_mb: float
+    subscribed: str  # the daemon's sidecar_store_subscribed at the end ("absent": none)
 
     def line(self) -> str:
         """One line for the results."""
         return (
             f"idle, 10 checks at 10 s, over {self.seconds:.0f} s: CPU {self.cpu_percent:.2f}% "
-            f"of a core, RSS {self.rss_mb:.1f} MB"
+            f"of a core, RSS {self.rss_mb:.1f} MB (sidecar_store_subscribed {self.subscribed})"
         )
+
+
+def subscribed(url: str) -> str:
+    """The daemon's `sidecar_store_subscribed`: 1 while its subscription is open."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        text: str = resp.read().decode()
+        for line in text.splitlines():
+            if line.startswith("sidecar_store_subscribed "):
+                return line.rpartition(" ")[2]
+    return "absent"
 
 
 def ten_checks(dep: str) -> str:
@@ -62,7 +75,10 @@ def measure(*, seconds: float, tmp: Path | None = None) -> Idle:
             time.sleep(seconds)
             cpu1, t1 = cpu_seconds(pid), time.monotonic()
             rss = rss_kb(pid) / 1024
-    return Idle(seconds=t1 - t0, cpu_percent=100 * (cpu1 - cpu0) / (t1 - t0), rss_mb=rss)
+            gauge = subscribed(proc.url)
+    return Idle(
+        seconds=t1 - t0, cpu_percent=100 * (cpu1 - cpu0) / (t1 - t0), rss_mb=rss, subscribed=gauge
+    )
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from sidecar.store.evidence import RuntimeEvidence
 from sidecar.store.signing import fingerprint
 from sidecar.sync import Syncer, SyncTiming
 from sidecar.warmstart import WarmStart
+from sidecar.watch import Watch
 from sidecar.witness import Desk, Door
 from sidecar.witnesses import Witnesses
 
@@ -82,6 +83,21 @@ def build_app(settings: Settings) -> web.Application:
             window=2 * settings.store_interval + settings.store_timeout,
         )
         fingerprints = {c.name: fingerprint(secret, c.definition()) for c in checks}
+        scheduler = Scheduler(
+            monitor=monitor,
+            metrics=metrics,
+            session=probe_session,
+            checks=checks,
+            probe=runner(evidence),
+        )
+        # The fleet's facts as they change (polling by the sync when the socket is not there).
+        watch = Watch(
+            monitor=monitor,
+            session=store_session,
+            url=settings.convex_url,
+            instance=settings.instance,
+            hurry=scheduler.hurry,
+        )
         syncer = Syncer(
             monitor=monitor,
             store=store,
@@ -91,14 +107,8 @@ def build_app(settings: Settings) -> web.Application:
             timing=timing,
             threshold=settings.panic_threshold,
             warm_start=WarmStart(monitor=monitor, fingerprints=fingerprints),
+            on_answer=watch.answered,
             advertise=settings.advertise,
-        )
-        scheduler = Scheduler(
-            monitor=monitor,
-            metrics=metrics,
-            session=probe_session,
-            checks=checks,
-            probe=runner(evidence),
         )
         desk.hurry = scheduler.hurry  # a peer's question: probe the check soon (fast interval)
         witnesses = Witnesses(
@@ -107,6 +117,7 @@ def build_app(settings: Settings) -> web.Application:
         tasks = [
             _task(scheduler.run(), "scheduler"),
             _task(syncer.run(), "sync"),
+            _task(watch.run(), "watch"),
             _task(witnesses.run(), "witnesses"),
         ]
         yield

@@ -1,7 +1,8 @@
 """What the fleet says through Convex: shared outages, a central drain, the shared checks this
 instance holds, a handful of live peers. The store sync builds a FleetView from each answer;
-while Convex cannot be reached, the peers' witness (sidecar/witnesses.py) adds what they see;
-the Snapshot reads it."""
+the subscription to `health:watch` adds what it hears between syncs (`Watched`); while Convex
+cannot be reached, the peers' witness (sidecar/witnesses.py) adds what they see; the Snapshot
+reads it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from dataclasses import dataclass, field
 
 from sidecar.peers import Peer
 from sidecar.state import STALE_INTERVALS, CheckState
+
+# How a drain reads in /ready's reasons (and so in what the fleet sees of an instance).
+DRAINED = "drained: "
+
+# How long a failure takes to reach the fleet's verdict while subscribed, besides the probes: a
+# sync (0.2 s of coalescing and the call), Convex's debounced recount (0.5 s) and the
+# subscription's delivery, with a margin for a busy machine.
+REACTION = 2.0
 
 # A failure seen by one instance alone is never a shared outage, whatever the fleet's size: a
 # fleet of one (or two, at a threshold of 0.5) cannot tell its own fault from everyone's.
@@ -61,6 +70,31 @@ class Drain:
 
 
 @dataclass(frozen=True, slots=True)
+class Verdict:
+    """Convex's count for one panic check as the subscription last heard it; `since` is when
+    the count last changed (epoch seconds, by this instance's clock)."""
+
+    failing: int
+    live: int
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """What the subscription to `health:watch` last said, received at `at` (epoch seconds).
+
+    `subscribed` is True while values arrive as they change: its facts are then the newest
+    there are and replace the last sync's; otherwise they count only when newer than the last
+    sync's answer. `drain` and `verdicts` are always the whole of the watched documents.
+    """
+
+    at: float
+    subscribed: bool
+    drain: Drain | None = None
+    verdicts: Mapping[str, Verdict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class FleetView:
     """The fleet facts of the last sync answer, `at` (epoch seconds), by this instance's clock.
 
@@ -86,18 +120,46 @@ class FleetView:
     pending_limit: float | None = None
     peers: tuple[Peer, ...] = ()
     witnessed: Mapping[str, Witnessed] = field(default_factory=dict)
+    watched: Watched | None = None
+
+    @property
+    def subscribed(self) -> bool:
+        """True while the subscription delivers the fleet's facts as they change."""
+        return self.watched is not None and self.watched.subscribed
+
+    def _watch(self) -> Watched | None:
+        """The subscription's facts when they are the newest: subscribed, or heard after the
+        last sync's answer."""
+        watched = self.watched
+        if watched is None:
+            return None
+        if watched.subscribed or self.at is None or watched.at >= self.at:
+            return watched
+        return None
+
+    def outage(self, name: str) -> tuple[Outage | None, float | None]:
+        """Check `name`'s count and when it was known current (None: never heard): the
+        subscription's verdict while it is the newest (current now while subscribed), else
+        the last sync's."""
+        watched = self._watch()
+        if watched is None:
+            return self.outages.get(name), self.at
+        verdict = watched.verdicts.get(name)
+        outage = None if verdict is None else Outage(failing=verdict.failing, live=verdict.live)
+        return outage, float("inf") if watched.subscribed else watched.at
 
     def shared_outage(self, state: CheckState, now: float) -> Outage | None:
-        """The outage that excuses this failing check: counted by Convex recently, on at least
-        the threshold of the live instances, and on more than this one (or, while Convex
-        cannot be reached, witnessed so by the peers)."""
+        """The outage that excuses this failing check: counted by Convex recently (or heard
+        through the subscription, current while it is subscribed), on at least the threshold of
+        the live instances, and on more than this one (or, while Convex cannot be reached,
+        witnessed so by the peers)."""
         witnessed = self.witnessed_outage(state, now)
         if witnessed is not None:
             return witnessed
-        outage = self.outages.get(state.name)
-        if outage is None or self.at is None or outage.failing < MIN_SHARED_FAILING:
+        outage, known = self.outage(state.name)
+        if outage is None or known is None or outage.failing < MIN_SHARED_FAILING:
             return None
-        if now - self.at > STALE_INTERVALS * state.check.interval + self.grace:
+        if now - known > STALE_INTERVALS * state.check.interval + self.grace:
             return None
         return outage if outage.failing / outage.live >= self.threshold else None
 
@@ -134,13 +196,47 @@ class FleetView:
         since = state.since
         if since is None or state.previous not in ("pass", "warn") or self.alone(state, now):
             return False
-        return now - since <= self.pending_window(state)
+        return now <= self.pending_until(state)
 
     def pending_window(self, state: CheckState) -> float:
         """How long a panic check that just failed waits for the fleet's count: one of its
         intervals plus the grace, or `pending_limit` when that is shorter."""
         window = state.check.interval + self.grace
         return window if self.pending_limit is None else min(window, self.pending_limit)
+
+    def pending_until(self, state: CheckState) -> float:
+        """When the wait of a panic check that failed at `state.since` ends (epoch seconds).
+
+        Polling: after `pending_window`. Subscribed, sooner: once Convex's verdict counts this
+        instance's failure (its `since` at or after the failure), the others hear of it at once,
+        re-probe within their fast interval and report; if the count is still not a shared
+        outage by then, the fault is local. So the wait ends `reaction(state)` after the
+        verdict that counted this failure, or REACTION + `reaction` after the failure while no
+        verdict has counted it yet (this instance's count reaches the others first); never
+        later than `pending_window`.
+        """
+        since = state.since if state.since is not None else 0.0
+        until = since + self.pending_window(state)
+        watched = self.watched
+        if watched is None or not watched.subscribed:
+            return until
+        reaction = self.reaction(state)
+        verdict = watched.verdicts.get(state.name)
+        if verdict is not None and verdict.failing >= 1 and verdict.since >= since - 1.0:
+            return min(until, verdict.since + reaction)
+        return min(until, since + REACTION + reaction)
+
+    @staticmethod
+    def reaction(state: CheckState) -> float:
+        """How long the others take to confirm a failure they have just heard of: a hurried
+        probe (within the jitter of a fast interval), then `failures_before_fail - 1` more at
+        the fast pace, each taking about as long as this instance's failing probe took (a
+        hung dependency: up to the timeout), then their sync, the recount and its delivery."""
+        check = state.check
+        fast = min(check.fast_interval, check.interval)
+        failures = check.failures_before_fail
+        took = 0.0 if state.result is None else min(state.result.latency, check.timeout)
+        return fast * (check.jitter + failures - 1) + failures * took + REACTION
 
     def alone(self, state: CheckState, now: float) -> bool:
         """True when a recent answer said that fewer than MIN_SHARED_FAILING instances are
@@ -152,8 +248,9 @@ class FleetView:
         return self.live < MIN_SHARED_FAILING
 
     def drained(self, now: float) -> Drain | None:
-        """The drain in force, if any."""
-        drain = self.drain
+        """The drain in force, if any (the subscription's while its facts are the newest)."""
+        watched = self._watch()
+        drain = self.drain if watched is None else watched.drain
         if drain is None or (drain.until is not None and drain.until <= now):
             return None
         return drain

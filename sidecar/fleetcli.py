@@ -23,8 +23,9 @@ import aiohttp
 
 from sidecar import __version__
 from sidecar.config import Settings
-from sidecar.fleet import MIN_SHARED_FAILING
+from sidecar.fleet import DRAINED, MIN_SHARED_FAILING
 from sidecar.limits import INSTANCE, MAX_DRAIN_MS, MIN_DRAIN_MS, REASON
+from sidecar.result import clip
 from sidecar.store import ClockSkew, ConvexClient, FunctionError, HealthStore, StoreError
 from sidecar.store.messages import DrainAnswer, FleetReport, Member
 
@@ -38,6 +39,7 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 # How long `drain` and `undrain` wait for the instances to take the change (--timeout).
 DEFAULT_TIMEOUT = "10s"
 MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 3600.0
+ACK_POLL = 0.3  # seconds between two reads of health:fleet while waiting for acknowledgements
 
 
 class UsageError(Exception):
@@ -123,15 +125,14 @@ def drain(
     timeout: str = DEFAULT_TIMEOUT,
     wait: bool = True,
 ) -> int:
-    """Drain (or undrain) the named instances, or every live one with `--all --yes`.
-
-    `timeout` (how long to wait for each instance to take the change) is validated; waiting
-    itself needs the instances' acknowledgements through Convex, not there yet: with or without
-    `wait`, the command returns once Convex has recorded the change."""
+    """Drain (or undrain) the named instances, or every live one with `--all --yes`; then,
+    unless `wait` is False, wait at most `timeout` for each to take the change (its `/ready`
+    reasons, as it reports them to Convex, name the drain; or no longer do), printing each as
+    it acknowledges. Exit 1 naming those that did not."""
     try:
         targets = _targets(instances, every=every, yes=yes)
         for_ms = None if duration is None else 1000 * parse_duration(duration)
-        parse_duration(timeout, option="--timeout", low=MIN_TIMEOUT, high=MAX_TIMEOUT)
+        limit = parse_duration(timeout, option="--timeout", low=MIN_TIMEOUT, high=MAX_TIMEOUT)
         if not undo and not reason:
             raise UsageError("--reason: required to drain (it shows in /ready and the audit)")
         if undo and (reason is not None or duration is not None):
@@ -140,16 +141,64 @@ def drain(
             raise UsageError(f"--reason: 1 to {REASON} characters")
     except UsageError as exc:
         return _usage(exc)
-    done = _run(
-        settings,
-        lambda store: store.drain(
+    verb = "undrained" if undo else "drained"
+
+    async def apply(store: HealthStore) -> tuple[str, ...]:
+        done = await store.drain(
             drain=not undo, instances=targets, reason=reason, by=caller(), for_ms=for_ms
-        ),
-    )
-    if isinstance(done, int):
-        return done
-    print(f"{'undrained' if undo else 'drained'}: {', '.join(done) or '(none live)'}")
+        )
+        print(f"{verb}: {', '.join(done) or '(none live)'}", flush=True)
+        if not wait:
+            return ()
+        return await _await_acks(store, done, reason=None if undo else reason, within=limit)
+
+    missing = _run(settings, apply)
+    if isinstance(missing, int):
+        return missing
+    if missing:
+        print(
+            f"health-sidecar: not acknowledged within {timeout}: {', '.join(missing)} "
+            f"(Convex recorded the change; each takes it at its next sync or subscription "
+            f"update: `health-sidecar fleet` shows where they are)",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_READY
     return EXIT_OK
+
+
+def acknowledged(member: Member, reason: str | None) -> bool:
+    """True when `member` reports having taken the change: for a drain (`reason` given), its
+    `/ready` reasons name it as the daemon words it; for an undrain, no reason names a drain."""
+    if reason is None:
+        return not any(r.startswith(DRAINED) for r in member.reasons)
+    return clip(f"{DRAINED}{reason}", REASON) in member.reasons
+
+
+async def _await_acks(
+    store: HealthStore, names: Sequence[str], *, reason: str | None, within: float
+) -> tuple[str, ...]:
+    """Read `health:fleet` (every page) every ACK_POLL seconds, at most `within` seconds in
+    all, until each named instance has acknowledged; print each as it does. The names that
+    did not, sorted."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    waiting = set(names)
+    while waiting:
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        try:
+            async with asyncio.timeout(left):
+                report = await all_pages(store)
+        except (StoreError, TimeoutError):
+            report = None  # a missed poll: the next one may answer
+        for member in () if report is None else report.members:
+            if member.instance in waiting and acknowledged(member, reason):
+                waiting.discard(member.instance)
+                print(f"acknowledged: {member.instance}", flush=True)
+        if waiting:
+            await asyncio.sleep(min(ACK_POLL, max(0.0, deadline - loop.time())))
+    return tuple(sorted(waiting))
 
 
 def fleet_table(report: FleetReport, threshold: float) -> str:

@@ -201,6 +201,12 @@ class SnapshotCollector(Collector):
             "1 when the last call to the Convex store succeeded.",
             value=float(snap.store.status == "ok"),
         )
+        yield GaugeMetricFamily(
+            "sidecar_store_subscribed",
+            "1 while the subscription to health:watch delivers the fleet's facts as they "
+            "change; 0 while they come by polling (the periodic sync).",
+            value=float(snap.fleet.subscribed),
+        )
 
 
 def _drain_gauges(snap: Snapshot) -> Iterable[GaugeMetricFamily]:

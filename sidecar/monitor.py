@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from sidecar import logs
 from sidecar.checks import Check
-from sidecar.fleet import NO_FLEET, FleetView
+from sidecar.fleet import NO_FLEET, FleetView, Watched
 from sidecar.metrics import Metrics
 from sidecar.result import CheckResult
 from sidecar.snapshot import Snapshot, StoreState
@@ -76,7 +76,15 @@ class Monitor:
         self._publish(replace(self.snapshot, states=states, built_at=self._clock()))
 
     def apply_fleet(self, fleet: FleetView) -> None:
-        """Take the fleet facts of a sync answer (the one door they come in by)."""
+        """Take the fleet facts of a sync answer (the door they come in by; what the
+        subscription last said stays beside them, `FleetView` decides which is newer)."""
+        fleet = replace(fleet, watched=self.snapshot.fleet.watched)
+        self._publish(replace(self.snapshot, fleet=fleet, built_at=self._clock()))
+
+    def apply_watch(self, watched: Watched) -> None:
+        """Take what the subscription to `health:watch` says (or that it stopped saying it:
+        `watched.subscribed` False), between syncs."""
+        fleet = replace(self.snapshot.fleet, watched=watched)
         self._publish(replace(self.snapshot, fleet=fleet, built_at=self._clock()))
 
     def restore(self, states: Iterable[CheckState]) -> None:

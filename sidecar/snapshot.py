@@ -10,7 +10,7 @@ from typing import Any, Literal
 import orjson
 
 from sidecar.checks import Check
-from sidecar.fleet import Drain, FleetView, Outage
+from sidecar.fleet import DRAINED, Drain, FleetView, Outage
 from sidecar.state import CheckState, Status
 
 HealthStatus = Literal["ok", "degraded", "error"]
@@ -95,7 +95,7 @@ class Snapshot:
         reasons = ["draining"] if self.draining else []
         drain = self.fleet.drained(now)
         if drain is not None:
-            reasons.append(f"drained: {drain.reason}")
+            reasons.append(f"{DRAINED}{drain.reason}")
         sources: tuple[DrainSource, ...] = ("signal",) if self.draining else ()
         if drain is not None:
             sources += ("central",)

@@ -68,10 +68,12 @@ class Syncer:
         timing: SyncTiming,
         threshold: float,
         warm_start: Callable[[Warm], None],
+        on_answer: Callable[[SyncAnswer, float, float], None] | None = None,
         advertise: str | None = None,
     ) -> None:
         self._monitor = monitor
         self._warm_start = warm_start
+        self._on_answer = on_answer  # (answer, sent, received): the subscription's token, clock
         self._store = store
         self._metrics = metrics
         self._evidence = evidence
@@ -114,6 +116,8 @@ class Syncer:
         answer = await self._call(self._store.sync(request))
         if answer is None:
             return
+        if self._on_answer is not None:
+            self._on_answer(answer, now, time.time())
         if request.hello is not None:
             self._hello = False
             self._acked = {}

@@ -251,6 +251,66 @@ def sync_answer(value: Any) -> SyncAnswer:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WatchedDrain:
+    """The drain in this instance's mailbox: server times in ms (`until` None: no end)."""
+
+    reason: str
+    by: str
+    at_ms: float
+    until_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedVerdict:
+    """Convex's last count of one panic check; `since_ms` (server time) when it changed."""
+
+    check: str
+    failing: int
+    live: int
+    since_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class WatchAnswer:
+    """A value of the `health:watch` subscription (server times in ms)."""
+
+    drain: WatchedDrain | None
+    verdicts: tuple[WatchedVerdict, ...]
+
+
+def watch_answer(value: Any) -> WatchAnswer:
+    """A value of `health:watch`; BadResponse for anything else."""
+    answer = as_object(value, "watch")
+    drain = answer.get("drain")
+    verdicts = []
+    for item in as_list(answer, "verdicts"):
+        row = as_object(item, "verdict")
+        verdicts.append(
+            WatchedVerdict(
+                check=as_string(row, "check"),
+                failing=int(as_number(row, "failing")),
+                live=int(as_number(row, "live")),
+                since_ms=as_number(row, "since"),
+            )
+        )
+    return WatchAnswer(
+        drain=None if drain is None else _watched_drain(drain),
+        verdicts=tuple(verdicts),
+    )
+
+
+def _watched_drain(value: Any) -> WatchedDrain:
+    drain = as_object(value, "drain")
+    until = drain.get("until")
+    return WatchedDrain(
+        reason=as_string(drain, "reason"),
+        by=as_string(drain, "by"),
+        at_ms=as_number(drain, "at"),
+        until_ms=None if until is None else as_number(drain, "until"),
+    )
+
+
 def _peers(answer: Mapping[str, Any]) -> tuple[Peer, ...] | None:
     """The answer's `peers` (None: the key is absent, Convex did not read them this time),
     each checked: a bounded name and an http(s) URL with a host; more than MAX_PEERS is not

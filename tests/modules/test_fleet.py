@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+from prometheus_client import generate_latest
+
 from sidecar.checks import Check, HttpCheck, MastraCheck
-from sidecar.fleet import NO_FLEET, Drain, FleetView, Outage
+from sidecar.fleet import NO_FLEET, REACTION, Drain, FleetView, Outage, Verdict, Watched
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult
@@ -375,3 +378,111 @@ def test_drained_until_its_end() -> None:
     forever = replace(view, drain=replace(drain, until=None))
     assert forever.drained(T0 + 10**6) is not None
     assert Outage(4, 5).describe("mastra") == "mastra failing on 4 of 5 instances"
+
+
+# What the subscription to health:watch adds ------------------------------------------------
+
+SYNCED = FleetView(
+    threshold=0.5,
+    grace=3.0,
+    at=T0,
+    outages={"mastra": Outage(1, 5)},
+    drain=None,
+)
+
+
+def watched(at: float, *, subscribed: bool = True, **changes: object) -> Watched:
+    return replace(Watched(at=at, subscribed=subscribed), **changes)  # type: ignore[arg-type]
+
+
+def test_a_subscribed_watch_replaces_the_last_syncs_facts() -> None:
+    """Subscribed, the subscription's drain and verdicts are the newest there are, whatever
+    the times: a drain heard before the last sync's answer (which may have been read before
+    the drain) still counts, and a verdict of 3 of 5 excuses a failure the sync counted 1 of
+    5 - for as long as the subscription lasts (no staleness)."""
+    drain = Drain(reason="deploy", by="ops", since=T0 - 5, until=None)
+    heard = watched(T0 - 1, drain=drain, verdicts={"mastra": Verdict(3, 5, since=T0 - 1)})
+    view = replace(SYNCED, watched=heard)
+    assert view.subscribed
+    assert view.drained(T0) == drain
+    assert SYNCED.drained(T0) is None
+    assert view.shared_outage(failing(), T0 + 1) == Outage(3, 5)
+    assert view.shared_outage(failing(), T0 + 3600) == Outage(3, 5)
+    assert SYNCED.shared_outage(failing(), T0 + 1) is None
+
+
+def test_unsubscribed_the_newer_of_sync_and_watch_counts() -> None:
+    """Not subscribed (the socket dropped), the last heard facts count only while newer
+    than the last sync's answer, and go stale like a sync's count; an undrain heard later
+    than the sync's drain ends it."""
+    verdicts = {"mastra": Verdict(3, 5, since=T0)}
+    newer = replace(SYNCED, watched=watched(T0 + 1, subscribed=False, verdicts=verdicts))
+    older = replace(SYNCED, watched=watched(T0 - 1, subscribed=False, verdicts=verdicts))
+    assert not newer.subscribed
+    assert newer.shared_outage(failing(), T0 + 2) == Outage(3, 5)
+    assert newer.shared_outage(failing(), T0 + 1 + 2 * 10 + 3.1) is None
+    assert older.shared_outage(failing(), T0 + 2) is None
+    drain = Drain(reason="deploy", by="ops", since=T0 - 5, until=None)
+    undrained = replace(SYNCED, drain=drain, watched=watched(T0 + 1, subscribed=False))
+    assert undrained.drained(T0 + 2) is None
+    assert replace(undrained, at=T0 + 2).drained(T0 + 3) == drain
+
+
+def test_the_monitor_keeps_the_watch_across_syncs_and_the_drain_acts_at_once() -> None:
+    """`apply_watch` takes a drain at once (/ready 503); a later sync's FleetView (built
+    without the watch) does not undo it while subscribed; `sidecar_store_subscribed`
+    follows the subscription."""
+    now = [T0]
+    metrics = Metrics(checks=["mastra", "app"], version="0")
+    m = monitor(now, fleet(at=T0), metrics=metrics)
+    m.record("mastra", result("pass", T0))
+    m.record("app", result("pass", T0))
+    assert m.snapshot.ready
+    drain = Drain(reason="deploy", by="ops", since=T0 - 5, until=None)
+    m.apply_watch(watched(T0, drain=drain))
+    assert not m.snapshot.ready
+    assert m.snapshot.reasons == ("drained: deploy",)
+    now[0] = T0 + 1
+    m.apply_fleet(fleet(at=T0 + 1))
+    assert m.snapshot.reasons == ("drained: deploy",)
+    text = metrics_text(metrics)
+    assert "sidecar_store_subscribed 1.0" in text
+    m.apply_watch(watched(T0, subscribed=False, drain=drain))
+    assert "sidecar_store_subscribed 0.0" in metrics_text(metrics)
+    m.apply_fleet(fleet(at=T0 + 2))  # polling: the newer sync says no drain
+    assert m.snapshot.ready
+
+
+def metrics_text(metrics: Metrics) -> str:
+    return generate_latest(metrics.registry).decode()
+
+
+def test_subscribed_the_pending_window_ends_when_the_fleet_could_have_answered() -> None:
+    """Subscribed: once a verdict counts this failure (its `since` at or after the failure),
+    the wait ends `reaction` after it (the others' hurried probe, one more failure at the fast
+    pace, each as slow as this instance's failing probe, their sync, the recount); with no
+    verdict yet, REACTION more; never later than one interval plus the grace. Not
+    subscribed: the interval plus the grace."""
+    state = failing()  # fast_interval 1 s, jitter 0.1, 2 failures, its probe took 0.01 s
+    reaction = 1.0 * (0.1 + 2 - 1) + 2 * 0.01 + REACTION
+    assert FleetView.reaction(state) == pytest.approx(reaction)
+    counted = watched(T0 + 1.5, verdicts={"mastra": Verdict(1, 5, since=T0 + 1.5)})
+    view = FleetView(threshold=0.5, grace=3.0, watched=counted)
+    assert view.pending_until(state) == pytest.approx(T0 + 1.5 + reaction)
+    assert view.pending(state, T0 + 1.49 + reaction)
+    assert not view.pending(state, T0 + 1.51 + reaction)
+    # An older verdict (another instance's failure before this one's): not this failure's.
+    old = watched(T0, verdicts={"mastra": Verdict(1, 5, since=T0 - 5)})
+    assert replace(view, watched=old).pending_until(state) == pytest.approx(
+        T0 + REACTION + reaction
+    )
+    silent = replace(view, watched=watched(T0))
+    assert silent.pending_until(state) == pytest.approx(T0 + REACTION + reaction)
+    polling = replace(view, watched=replace(counted, subscribed=False))
+    assert polling.pending_until(state) == T0 + 13.0
+    # A hung dependency: the others' probes take the timeout too.
+    hung = replace(state, result=replace(state.result, latency=2.0))  # type: ignore[type-var]
+    assert FleetView.reaction(hung) == pytest.approx(1.1 + 2 * 2.0 + REACTION)
+    slow = MastraCheck(name="mastra", target="http://m:4111", interval=3, timeout=2, panic=True)
+    capped = replace(view, watched=watched(T0, verdicts={"mastra": Verdict(1, 5, since=T0 + 5)}))
+    assert capped.pending_until(failing(slow)) == T0 + 3 + 3.0

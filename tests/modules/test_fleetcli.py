@@ -1,12 +1,15 @@
-"""The fleet commands' parsing, pure: durations need a unit and stay in bounds, and `--help`
-shows the required options as required."""
+"""The fleet commands' parsing, pure: durations need a unit and stay in bounds, `--help`
+shows the required options as required, and what counts as an instance's acknowledgement."""
 
 from __future__ import annotations
 
 import pytest
 
-from sidecar.fleetcli import MAX_TIMEOUT, MIN_TIMEOUT, UsageError, parse_duration
+from sidecar.fleetcli import MAX_TIMEOUT, MIN_TIMEOUT, UsageError, acknowledged, parse_duration
+from sidecar.limits import REASON
 from sidecar.main import main
+from sidecar.result import clip
+from sidecar.store.messages import DrainAnswer, Member
 
 
 @pytest.mark.parametrize(
@@ -73,3 +76,30 @@ def test_help_shows_the_required_options_as_required(
     assert ("--reason" in required) == (command == "drain")
     assert "[--timeout TIMEOUT]" in usage
     assert "[--no-wait]" in usage
+
+
+def member(*reasons: str, drain: DrainAnswer | None = None) -> Member:
+    return Member(
+        instance="web-2",
+        version="0",
+        ready=not reasons,
+        reasons=reasons,
+        failing=(),
+        seen_age_ms=0.0,
+        drain=drain,
+    )
+
+
+def test_an_instance_acknowledges_by_its_own_ready_reasons() -> None:
+    """A drain is taken when the instance's reasons name it as the daemon words (and clips)
+    it - Convex's record of the drain on the member is not an acknowledgement; an undrain
+    when no reason names a drain any more."""
+    recorded = DrainAnswer(reason="kernel upgrade", by="ops", age_ms=0.0, remaining_ms=None)
+    assert not acknowledged(member(drain=recorded), "kernel upgrade")
+    assert acknowledged(member("drained: kernel upgrade", "mastra is fail"), "kernel upgrade")
+    assert not acknowledged(member("drained: other"), "kernel upgrade")
+    long = "x" * REASON
+    assert acknowledged(member(clip(f"drained: {long}", REASON)), long)
+    assert acknowledged(member(), None)
+    assert acknowledged(member("mastra is fail"), None)
+    assert not acknowledged(member("drained: kernel upgrade"), None)

@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config", "snapshot"),
     ("metrics",),
     ("monitor", "probes", "witness"),
-    ("scheduler", "server", "sync", "warmstart", "witnesses"),
+    ("scheduler", "server", "sync", "warmstart", "watch", "witnesses"),
     ("app", "fleetcli"),
     ("daemon",),
     ("main",),
