@@ -4,7 +4,7 @@
  * what they leave behind, and what they cost.
  */
 import { convexTest } from "convex-test";
-import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
+import { describe, expect, test, vi } from "vitest";
 import { api, internal } from "./_generated/api";
 import type { Id } from "./_generated/dataModel";
 import { COUNTS } from "./healthCounts";
@@ -12,6 +12,7 @@ import { FLEET } from "./healthFleet";
 import { FIELD_LIMITS, LIMITS } from "./healthProtocol";
 import schema from "./schema";
 import {
+  atNow,
   HOUR,
   MINUTE,
   NOW,
@@ -35,15 +36,7 @@ import {
   type T,
 } from "./test.setup";
 
-beforeEach(() => {
-  vi.useFakeTimers();
-  vi.setSystemTime(NOW);
-  vi.stubEnv("HEALTH_SIDECAR_SECRET", SECRET);
-});
-afterEach(() => {
-  vi.useRealTimers();
-  vi.unstubAllEnvs();
-});
+atNow();
 
 const DAY = 24 * HOUR;
 const HOLD = 25 * SECOND;

@@ -1,6 +1,6 @@
 import { convexTest } from "convex-test";
 import { getDocumentSize } from "convex/values";
-import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
+import { describe, expect, test, vi } from "vitest";
 import { api, internal } from "./_generated/api";
 import type { Id } from "./_generated/dataModel";
 import crons from "./crons";
@@ -8,6 +8,7 @@ import { purgeExpired } from "./health";
 import { LIMITS } from "./healthProtocol";
 import schema from "./schema";
 import {
+  atNow,
   EMPTY,
   HOUR,
   MINUTE,
@@ -32,15 +33,7 @@ import {
   type T,
 } from "./test.setup";
 
-beforeEach(() => {
-  vi.useFakeTimers();
-  vi.setSystemTime(NOW);
-  vi.stubEnv("HEALTH_SIDECAR_SECRET", SECRET);
-});
-afterEach(() => {
-  vi.useRealTimers();
-  vi.unstubAllEnvs();
-});
+atNow();
 
 const rowsOf = async (t: T, instance: string) => (await snapshot(t)).results.filter((r) => r.instance === instance);
 
