@@ -3,14 +3,12 @@
  * counts (panic), shared checks, drains and their audit trail, the fleet listing, the purge of
  * what they leave behind, and what they cost.
  */
-import { convexTest } from "convex-test";
 import { describe, expect, test, vi } from "vitest";
 import { api, internal } from "./_generated/api";
 import type { Id } from "./_generated/dataModel";
 import { COUNTS } from "./healthCounts";
 import { FLEET } from "./healthFleet";
 import { FIELD_LIMITS, LIMITS } from "./healthProtocol";
-import schema from "./schema";
 import {
   atNow,
   HOUR,
@@ -23,7 +21,6 @@ import {
   plantToken,
   storedRow,
   hello,
-  modules,
   payload,
   refusal,
   result,
@@ -89,7 +86,7 @@ describe("summary", () => {
 
   test("is written only when it changed: the same summary costs no registry write", async () => {
     // One document written per transaction at most: the heartbeat's patch.
-    const tight = convexTest({ schema, modules, transactionLimits: { documentsWritten: 1 } });
+    const tight = setup({ documentsWritten: 1 });
     const heartbeat = await tight.run((ctx) =>
       ctx.db.insert("sidecarHeartbeats", {
         seenAt: NOW,
@@ -260,16 +257,12 @@ describe("counting: failing rows, sharded counters, the recount, liveness", () =
   });
 
   test("panic with nothing failing and no rows reads one empty index range and writes nothing more", async () => {
-    const tight = convexTest({
-      schema,
-      modules,
-      transactionLimits: {
-        documentsRead: 2,
-        databaseQueries: 4,
-        documentsWritten: 1,
-        bytesRead: 2 * 161,
-        bytesWritten: 161,
-      },
+    const tight = setup({
+      documentsRead: 2,
+      databaseQueries: 4,
+      documentsWritten: 1,
+      bytesRead: 2 * 161,
+      bytesWritten: 161,
     });
     const id = await tight.run((ctx) =>
       ctx.db.insert("sidecarHeartbeats", {
@@ -517,7 +510,7 @@ describe("drain and undrain", () => {
 
   test("the mailbox costs a drained instance's steady sync no extra read", async () => {
     // The queries: the get, the (empty) range of dead heartbeats, the live count.
-    const tight = convexTest({ schema, modules, transactionLimits: { documentsRead: 2, databaseQueries: 3 } });
+    const tight = setup({ documentsRead: 2, databaseQueries: 3 });
     const heartbeat = await tight.run((ctx) =>
       ctx.db.insert("sidecarHeartbeats", {
         seenAt: NOW,

@@ -1,4 +1,3 @@
-import { convexTest } from "convex-test";
 import { getDocumentSize } from "convex/values";
 import { describe, expect, test, vi } from "vitest";
 import { api, internal } from "./_generated/api";
@@ -6,7 +5,6 @@ import type { Id } from "./_generated/dataModel";
 import crons from "./crons";
 import { purgeExpired } from "./health";
 import { LIMITS } from "./healthProtocol";
-import schema from "./schema";
 import {
   atNow,
   EMPTY,
@@ -19,7 +17,6 @@ import {
   hashToken,
   heartbeatOf,
   hello,
-  modules,
   payload,
   refusal,
   setup,
@@ -233,7 +230,7 @@ describe("sync", () => {
 
   test("a hello of a counted instance that changes neither version nor heartbeat writes the heartbeat and mailbox only", async () => {
     // Two documents written per transaction at most: the heartbeat and the mailbox's new token.
-    const tight = convexTest({ schema, modules, transactionLimits: { documentsWritten: 2 } });
+    const tight = setup({ documentsWritten: 2 });
     const heartbeat = await tight.run((ctx) =>
       ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + MINUTE, liveUntil: NOW + MINUTE }),
     );
@@ -430,7 +427,7 @@ describe("sync", () => {
       bytesWritten: size,
       documentsWritten: 1,
     };
-    const tight = convexTest({ schema, modules, transactionLimits: limits });
+    const tight = setup(limits);
     const name = "a-kubernetes-pod-name-of-the-longest-kind-0123456789abcdef012345";
     const token = "7".repeat(64);
     const { _id, _creationTime, ...fields } = beat;
@@ -882,7 +879,7 @@ describe("purgeExpired", () => {
 
 describe("ping and limits", () => {
   test("ping takes no arguments, reads nothing and returns null, even without the secret", async () => {
-    const t = convexTest({ schema, modules, transactionLimits: { documentsRead: 0, databaseQueries: 0 } });
+    const t = setup({ documentsRead: 0, databaseQueries: 0 });
     await t.run((ctx) => ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW }));
     vi.stubEnv("HEALTH_SIDECAR_SECRET", undefined);
     expect(await t.query(api.health.ping, {})).toBeNull();

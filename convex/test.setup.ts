@@ -44,7 +44,9 @@ export function atNow(): void {
 }
 
 export type T = ReturnType<typeof setup>;
-export const setup = () => convexTest({ schema, modules, transactionLimits: true });
+/** convex-test with this schema and these functions, under Convex's transaction limits (or tighter ones). */
+export const setup = (transactionLimits: Parameters<typeof convexTest>[0]["transactionLimits"] = true) =>
+  convexTest({ schema, modules, transactionLimits });
 
 // ---------------------------------------------------------------------------------------------
 // Calls, signed as the sidecar (and its CLI) signs them.
