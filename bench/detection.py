@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import procs
-from tests.support.daemon import get, start_daemon, wait_for
+from tests.support.daemon import get, running_daemon_async, wait_for
 from tests.support.procs import SECRET
 from tests.support.switch import SwitchServer, switch_server
 
@@ -75,11 +75,8 @@ async def sidecar(
         "SIDECAR_TIMEOUT": str(min(2.0, args.interval)),  # the default, at most the interval
         "SIDECAR_DRAIN_SECONDS": "0",
     }
-    proc = await asyncio.to_thread(start_daemon, env, log, wait="ready", timeout=60)
-    try:
+    async with running_daemon_async(env, log, wait="ready", timeout=60) as proc:
         yield proc
-    finally:
-        await asyncio.to_thread(proc.stop)
 
 
 async def measure(convex: str, mastra: str, tmp: Path, args: argparse.Namespace) -> list[Any]:

@@ -4,7 +4,8 @@ another command of the CLI) as a subprocess in a clean environment, stopped by i
 - `spawn_daemon` starts it on host:port and returns at once;
 - `start_daemon` also waits, for `/live` to answer (`wait="live"`, the default: listening) or
   for `/ready` to answer 200 (`wait="ready"`: the first round passed);
-- `running_daemon` is `start_daemon` for the duration of a block;
+- `running_daemon` is `start_daemon` for the duration of a block (`running_daemon_async`
+  from async code);
 - `stop_at_once` stops it without its drain; `Proc.stop` lets it drain;
 - `cli` runs one CLI command (`config`, `fleet`, `drain`, ...) to completion.
 
@@ -22,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,6 +100,19 @@ def running_daemon(env: Mapping[str, str], log: Path, **options: Any) -> Iterato
         yield proc
     finally:
         proc.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_daemon_async(
+    env: Mapping[str, str], log: Path, **options: Any
+) -> AsyncIterator[procs.Proc]:
+    """`running_daemon` from async code: started and stopped in a thread, so that servers in
+    the caller's event loop (the proxies in front of its Convex or Mastra) keep answering."""
+    proc = await asyncio.to_thread(start_daemon, env, log, **options)
+    try:
+        yield proc
+    finally:
+        await asyncio.to_thread(proc.stop)
 
 
 def stop_at_once(proc: procs.Proc, timeout: float = 10.0) -> int:
