@@ -35,6 +35,7 @@ from bench.common import (
     daemon,
     daemon_env,
     fetch,
+    median_run,
     stand_ins,
     stop_on_sigterm,
     workdir,
@@ -182,7 +183,7 @@ def measure(
     finally:
         for fd in sorted(open_fds):
             close(fd)
-    return [_median(rows) for rows in runs.values()]
+    return [median_run(rows, lambda r: r.result.rps) for rows in runs.values()]
 
 
 def once(proc: procs.Proc, mode: str, *, seconds: float, per_second: float) -> Row:
@@ -194,12 +195,6 @@ def once(proc: procs.Proc, mode: str, *, seconds: float, per_second: float) -> R
             proc.url + "/ready", connections=50, threads=1, seconds=seconds, cpu=LOAD_CPU
         )
     return Row(mode, result, lines.sent, dropped(proc.url) - before)
-
-
-def _median(rows: list[Row]) -> Row:
-    """The run with the median throughput (the lower middle one for an even count)."""
-    ordered = sorted(rows, key=lambda r: r.result.rps)
-    return ordered[(len(ordered) - 1) // 2]
 
 
 def table(rows: list[Row]) -> str:
