@@ -3,9 +3,10 @@
  * counts (panic), shared checks, drains and their audit trail, the fleet listing, the purge of
  * what they leave behind, and what they cost.
  */
+import type { WithoutSystemFields } from "convex/server";
 import { describe, expect, test, vi } from "vitest";
 import { api, internal } from "./_generated/api";
-import type { Id } from "./_generated/dataModel";
+import type { Doc, Id } from "./_generated/dataModel";
 import { COUNTS } from "./healthCounts";
 import { FLEET } from "./healthFleet";
 import { FIELD_LIMITS, LIMITS } from "./healthProtocol";
@@ -37,6 +38,18 @@ atNow();
 
 const DAY = 24 * HOUR;
 const HOLD = 25 * SECOND;
+
+/** A heartbeat of `instance` live for the next hour, as a hello at NOW leaves it (its token kept for `signed`). */
+const liveHeartbeat = (t: T, instance: string, extra: Partial<WithoutSystemFields<Doc<"sidecarHeartbeats">>> = {}) =>
+  t.run((ctx) =>
+    ctx.db.insert("sidecarHeartbeats", {
+      seenAt: NOW,
+      expiresAt: NOW + HOUR,
+      liveUntil: NOW + HOUR,
+      tokenHash: plantToken(instance),
+      ...extra,
+    }),
+  );
 
 /** Registers each instance with a hello at the current time; returns their heartbeat ids. */
 async function register(t: T, instances: string[], ttlMs = 5 * MINUTE): Promise<Record<string, string>> {
@@ -87,14 +100,7 @@ describe("summary", () => {
   test("is written only when it changed: the same summary costs no registry write", async () => {
     // One document written per transaction at most: the heartbeat's patch.
     const tight = setup({ documentsWritten: 1 });
-    const heartbeat = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", {
-        seenAt: NOW,
-        expiresAt: NOW + HOUR,
-        liveUntil: NOW + HOUR,
-        tokenHash: plantToken("i1"),
-      }),
-    );
+    const heartbeat = await liveHeartbeat(tight, "i1");
     await tight.run((ctx) =>
       ctx.db.insert("sidecarInstances", { instance: "i1", version: "0.2.0", heartbeat, ...summary }),
     );
@@ -264,14 +270,7 @@ describe("counting: failing rows, sharded counters, the recount, liveness", () =
       bytesRead: 2 * 161,
       bytesWritten: 161,
     });
-    const id = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", {
-        seenAt: NOW,
-        expiresAt: NOW + HOUR,
-        liveUntil: NOW + HOUR,
-        tokenHash: plantToken("i1"),
-      }),
-    );
+    const id = await liveHeartbeat(tight, "i1");
     const answer = await panic(tight, { i1: id }, "i1", []);
     expect(answer).toMatchObject({ resend: false, outages: [], shared: [], drain: null });
   });
@@ -511,15 +510,9 @@ describe("drain and undrain", () => {
   test("the mailbox costs a drained instance's steady sync no extra read", async () => {
     // The queries: the get, the (empty) range of dead heartbeats, the live count.
     const tight = setup({ documentsRead: 2, databaseQueries: 3 });
-    const heartbeat = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", {
-        seenAt: NOW,
-        expiresAt: NOW + HOUR,
-        liveUntil: NOW + HOUR,
-        tokenHash: plantToken("i1"),
-        drain: { reason: "r", by: "b", key: "operator", at: NOW, until: null },
-      }),
-    );
+    const heartbeat = await liveHeartbeat(tight, "i1", {
+      drain: { reason: "r", by: "b", key: "operator", at: NOW, until: null },
+    });
     expect((await steady(tight, { i1: heartbeat }, "i1")).drain).toEqual({
       reason: "r",
       by: "b",
