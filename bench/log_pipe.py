@@ -17,12 +17,9 @@ CPU 0 and wrk on CPU 1.
 from __future__ import annotations
 
 import argparse
-import array
 import contextlib
-import fcntl
 import os
 import socket
-import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +39,7 @@ from bench.common import (
 )
 from bench.run_all import busy_cores
 from tests.support import procs
+from tests.support.daemon import unread
 from tests.support.measure import WrkResult, run_wrk
 
 DROPPED = "sidecar_log_lines_dropped_total"
@@ -101,13 +99,6 @@ def dropped(url: str) -> float:
         if line.startswith(DROPPED + " "):
             return float(line.split()[1])
     raise RuntimeError(f"{DROPPED} is not on {url}/metrics")
-
-
-def unread(fd: int) -> int:
-    """Bytes waiting in the pipe whose read end is `fd`."""
-    size = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, size)
-    return size[0]
 
 
 def fill(url: str, port: int, read_end: int) -> None:

@@ -15,13 +15,16 @@ nothing leaks in from the shell that runs the tests.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -150,6 +153,13 @@ def cli(
 async def cli_async(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     """`cli` without blocking the event loop (fault servers in the test's loop keep serving)."""
     return await asyncio.to_thread(cli, *args, env=env)
+
+
+def unread(fd: int) -> int:
+    """Bytes waiting in the pipe whose read end is `fd` (a daemon's stdout, given as `stdout`)."""
+    size = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, size)
+    return size[0]
 
 
 async def get(url: str, within: float = 5.0) -> tuple[int, Any]:
