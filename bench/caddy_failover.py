@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.common import median_and_worst, repeated
 from tests.support import procs
 from tests.support.caddyfleet import Fleet, Hit, running_fleet, steady_traffic, until
 from tests.support.daemon import wait_for
@@ -85,12 +85,7 @@ async def with_fleet(
 
 async def measure(fleet: Fleet, runs: int, settle: float) -> list[dict[str, float]]:
     await fleet.wait_served_by({"app-1", "app-2"}, within=30)
-    results = []
-    for n in range(runs):
-        result = await one_run(fleet, settle)
-        results.append(result)
-        print(f"run {n + 1}: " + ", ".join(f"{k} {v:g}" for k, v in result.items()))
-    return results
+    return await repeated(runs, lambda: one_run(fleet, settle))
 
 
 def main() -> None:
@@ -112,7 +107,7 @@ def main() -> None:
     )
     for key in ("ready_503", "caddy_down", "last_routed", "back"):
         values = [r[key] for r in results]
-        print(f"  {key:12} median {statistics.median(values):5.2f}  worst {max(values):5.2f}")
+        print(f"  {key:12} {median_and_worst(values)}")
     print(
         f"  failed requests: {sum(int(r['failed']) for r in results)} of "
         f"{sum(int(r['requests']) for r in results)}"

@@ -19,14 +19,15 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.support import daemon as harness
 from tests.support import procs
@@ -38,6 +39,8 @@ READY_PATHS = {"dep": "/health", "bare": "/ready", "probe": "/ready", "recorder"
 PINNING = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 SERVER_CPU = "0" if PINNING else None
 LOAD_CPU = "1" if PINNING else None
+
+T = TypeVar("T")
 
 
 def pinned(argv: Sequence[str], cpu: str | None) -> list[str]:
@@ -138,3 +141,26 @@ def fetch(url: str, timeout: float = 5) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def median_run(runs: Sequence[T], rps: Callable[[T], float]) -> T:
+    """The run with the median throughput `rps` (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=rps)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+async def repeated(
+    count: int, one_run: Callable[[], Awaitable[dict[str, float]]]
+) -> list[dict[str, float]]:
+    """The figures of `count` runs of `one_run`, one after the other, each printed as it ends."""
+    results = []
+    for n in range(count):
+        result = await one_run()
+        results.append(result)
+        print(f"run {n + 1}: " + ", ".join(f"{k} {v:g}" for k, v in result.items()))
+    return results
+
+
+def median_and_worst(values: Sequence[float]) -> str:
+    """`median M  worst W` of some seconds, as the failover benchmarks print them."""
+    return f"median {statistics.median(values):5.2f}  worst {max(values):5.2f}"

@@ -23,15 +23,15 @@ import argparse
 import asyncio
 import contextlib
 import random
-import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from bench.common import median_and_worst, repeated
 from tests.support import procs
-from tests.support.daemon import get, start_daemon, wait_for
+from tests.support.daemon import get, running_daemon_async, wait_for
 from tests.support.procs import SECRET
 from tests.support.switch import SwitchServer, switch_server
 
@@ -75,11 +75,8 @@ async def sidecar(
         "SIDECAR_TIMEOUT": str(min(2.0, args.interval)),  # the default, at most the interval
         "SIDECAR_DRAIN_SECONDS": "0",
     }
-    proc = await asyncio.to_thread(start_daemon, env, log, wait="ready", timeout=60)
-    try:
+    async with running_daemon_async(env, log, wait="ready", timeout=60) as proc:
         yield proc
-    finally:
-        await asyncio.to_thread(proc.stop)
 
 
 async def measure(convex: str, mastra: str, tmp: Path, args: argparse.Namespace) -> list[Any]:
@@ -92,12 +89,7 @@ async def measure(convex: str, mastra: str, tmp: Path, args: argparse.Namespace)
         proc = await stack.enter_async_context(
             sidecar(convex, switch.url, "measured", tmp / "measured.log", args)
         )
-        results = []
-        for n in range(args.runs):
-            result = await one_run(proc.url, switch, args.interval)
-            results.append(result)
-            print(f"run {n + 1}: " + ", ".join(f"{k} {v:g}" for k, v in result.items()))
-        return results
+        return await repeated(args.runs, lambda: one_run(proc.url, switch, args.interval))
 
 
 def main() -> None:
@@ -120,12 +112,11 @@ def main() -> None:
     for key in ("first_fail", "health_error", "ready_503"):
         values = [r[key] for r in results if key in r]
         if values:
-            print(f"  {key:13} median {statistics.median(values):5.2f}  worst {max(values):5.2f}")
+            print(f"  {key:13} {median_and_worst(values)}")
     for later, earlier in (("health_error", "first_fail"), ("ready_503", "health_error")):
         gaps = [r[later] - r[earlier] for r in results if {later, earlier} <= r.keys()]
         if gaps:
-            median, worst = statistics.median(gaps), max(gaps)
-            print(f"  {later} after {earlier}: median {median:5.2f}  worst {worst:5.2f}")
+            print(f"  {later} after {earlier}: {median_and_worst(gaps)}")
     print(f"logs in {tmp}")
 
 

@@ -17,12 +17,9 @@ CPU 0 and wrk on CPU 1.
 from __future__ import annotations
 
 import argparse
-import array
 import contextlib
-import fcntl
 import os
 import socket
-import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -35,12 +32,14 @@ from bench.common import (
     daemon,
     daemon_env,
     fetch,
+    median_run,
     stand_ins,
     stop_on_sigterm,
     workdir,
 )
 from bench.run_all import busy_cores
 from tests.support import procs
+from tests.support.daemon import unread
 from tests.support.measure import WrkResult, run_wrk
 
 DROPPED = "sidecar_log_lines_dropped_total"
@@ -100,13 +99,6 @@ def dropped(url: str) -> float:
         if line.startswith(DROPPED + " "):
             return float(line.split()[1])
     raise RuntimeError(f"{DROPPED} is not on {url}/metrics")
-
-
-def unread(fd: int) -> int:
-    """Bytes waiting in the pipe whose read end is `fd`."""
-    size = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, size)
-    return size[0]
 
 
 def fill(url: str, port: int, read_end: int) -> None:
@@ -182,7 +174,7 @@ def measure(
     finally:
         for fd in sorted(open_fds):
             close(fd)
-    return [_median(rows) for rows in runs.values()]
+    return [median_run(rows, lambda r: r.result.rps) for rows in runs.values()]
 
 
 def once(proc: procs.Proc, mode: str, *, seconds: float, per_second: float) -> Row:
@@ -194,12 +186,6 @@ def once(proc: procs.Proc, mode: str, *, seconds: float, per_second: float) -> R
             proc.url + "/ready", connections=50, threads=1, seconds=seconds, cpu=LOAD_CPU
         )
     return Row(mode, result, lines.sent, dropped(proc.url) - before)
-
-
-def _median(rows: list[Row]) -> Row:
-    """The run with the median throughput (the lower middle one for an even count)."""
-    ordered = sorted(rows, key=lambda r: r.result.rps)
-    return ordered[(len(ordered) - 1) // 2]
 
 
 def table(rows: list[Row]) -> str:

@@ -27,6 +27,7 @@ from bench.common import (
     daemon,
     daemon_env,
     fetch,
+    median_run,
     server,
     stand_ins,
     stop_on_sigterm,
@@ -99,13 +100,10 @@ def measure(
         ) as probe:
             for path in PATHS:
                 bench("probe per request", probe.url, path)
-    return [Row(target, path, _median(results)) for (target, path), results in runs.items()]
-
-
-def _median(results: list[WrkResult]) -> WrkResult:
-    """The run with the median throughput (the lower middle one for an even count)."""
-    ordered = sorted(results, key=lambda r: r.rps)
-    return ordered[(len(ordered) - 1) // 2]
+    return [
+        Row(target, path, median_run(results, lambda r: r.rps))
+        for (target, path), results in runs.items()
+    ]
 
 
 def _health_body(url: str) -> bytes:

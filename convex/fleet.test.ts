@@ -3,15 +3,15 @@
  * counts (panic), shared checks, drains and their audit trail, the fleet listing, the purge of
  * what they leave behind, and what they cost.
  */
-import { convexTest } from "convex-test";
-import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
+import type { WithoutSystemFields } from "convex/server";
+import { describe, expect, test, vi } from "vitest";
 import { api, internal } from "./_generated/api";
-import type { Id } from "./_generated/dataModel";
+import type { Doc, Id } from "./_generated/dataModel";
 import { COUNTS } from "./healthCounts";
 import { FLEET } from "./healthFleet";
 import { FIELD_LIMITS, LIMITS } from "./healthProtocol";
-import schema from "./schema";
 import {
+  atNow,
   HOUR,
   MINUTE,
   NOW,
@@ -22,7 +22,6 @@ import {
   plantToken,
   storedRow,
   hello,
-  modules,
   payload,
   refusal,
   result,
@@ -35,18 +34,22 @@ import {
   type T,
 } from "./test.setup";
 
-beforeEach(() => {
-  vi.useFakeTimers();
-  vi.setSystemTime(NOW);
-  vi.stubEnv("HEALTH_SIDECAR_SECRET", SECRET);
-});
-afterEach(() => {
-  vi.useRealTimers();
-  vi.unstubAllEnvs();
-});
+atNow();
 
 const DAY = 24 * HOUR;
 const HOLD = 25 * SECOND;
+
+/** A heartbeat of `instance` live for the next hour, as a hello at NOW leaves it (its token kept for `signed`). */
+const liveHeartbeat = (t: T, instance: string, extra: Partial<WithoutSystemFields<Doc<"sidecarHeartbeats">>> = {}) =>
+  t.run((ctx) =>
+    ctx.db.insert("sidecarHeartbeats", {
+      seenAt: NOW,
+      expiresAt: NOW + HOUR,
+      liveUntil: NOW + HOUR,
+      tokenHash: plantToken(instance),
+      ...extra,
+    }),
+  );
 
 /** Registers each instance with a hello at the current time; returns their heartbeat ids. */
 async function register(t: T, instances: string[], ttlMs = 5 * MINUTE): Promise<Record<string, string>> {
@@ -96,15 +99,8 @@ describe("summary", () => {
 
   test("is written only when it changed: the same summary costs no registry write", async () => {
     // One document written per transaction at most: the heartbeat's patch.
-    const tight = convexTest({ schema, modules, transactionLimits: { documentsWritten: 1 } });
-    const heartbeat = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", {
-        seenAt: NOW,
-        expiresAt: NOW + HOUR,
-        liveUntil: NOW + HOUR,
-        tokenHash: plantToken("i1"),
-      }),
-    );
+    const tight = setup({ documentsWritten: 1 });
+    const heartbeat = await liveHeartbeat(tight, "i1");
     await tight.run((ctx) =>
       ctx.db.insert("sidecarInstances", { instance: "i1", version: "0.2.0", heartbeat, ...summary }),
     );
@@ -267,25 +263,14 @@ describe("counting: failing rows, sharded counters, the recount, liveness", () =
   });
 
   test("panic with nothing failing and no rows reads one empty index range and writes nothing more", async () => {
-    const tight = convexTest({
-      schema,
-      modules,
-      transactionLimits: {
-        documentsRead: 2,
-        databaseQueries: 4,
-        documentsWritten: 1,
-        bytesRead: 2 * 161,
-        bytesWritten: 161,
-      },
+    const tight = setup({
+      documentsRead: 2,
+      databaseQueries: 4,
+      documentsWritten: 1,
+      bytesRead: 2 * 161,
+      bytesWritten: 161,
     });
-    const id = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", {
-        seenAt: NOW,
-        expiresAt: NOW + HOUR,
-        liveUntil: NOW + HOUR,
-        tokenHash: plantToken("i1"),
-      }),
-    );
+    const id = await liveHeartbeat(tight, "i1");
     const answer = await panic(tight, { i1: id }, "i1", []);
     expect(answer).toMatchObject({ resend: false, outages: [], shared: [], drain: null });
   });
@@ -524,16 +509,10 @@ describe("drain and undrain", () => {
 
   test("the mailbox costs a drained instance's steady sync no extra read", async () => {
     // The queries: the get, the (empty) range of dead heartbeats, the live count.
-    const tight = convexTest({ schema, modules, transactionLimits: { documentsRead: 2, databaseQueries: 3 } });
-    const heartbeat = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", {
-        seenAt: NOW,
-        expiresAt: NOW + HOUR,
-        liveUntil: NOW + HOUR,
-        tokenHash: plantToken("i1"),
-        drain: { reason: "r", by: "b", key: "operator", at: NOW, until: null },
-      }),
-    );
+    const tight = setup({ documentsRead: 2, databaseQueries: 3 });
+    const heartbeat = await liveHeartbeat(tight, "i1", {
+      drain: { reason: "r", by: "b", key: "operator", at: NOW, until: null },
+    });
     expect((await steady(tight, { i1: heartbeat }, "i1")).drain).toEqual({
       reason: "r",
       by: "b",

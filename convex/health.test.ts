@@ -1,13 +1,12 @@
-import { convexTest } from "convex-test";
 import { getDocumentSize } from "convex/values";
-import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
+import { describe, expect, test, vi } from "vitest";
 import { api, internal } from "./_generated/api";
 import type { Id } from "./_generated/dataModel";
 import crons from "./crons";
 import { purgeExpired } from "./health";
 import { LIMITS } from "./healthProtocol";
-import schema from "./schema";
 import {
+  atNow,
   EMPTY,
   HOUR,
   MINUTE,
@@ -18,7 +17,6 @@ import {
   hashToken,
   heartbeatOf,
   hello,
-  modules,
   payload,
   refusal,
   setup,
@@ -32,15 +30,7 @@ import {
   type T,
 } from "./test.setup";
 
-beforeEach(() => {
-  vi.useFakeTimers();
-  vi.setSystemTime(NOW);
-  vi.stubEnv("HEALTH_SIDECAR_SECRET", SECRET);
-});
-afterEach(() => {
-  vi.useRealTimers();
-  vi.unstubAllEnvs();
-});
+atNow();
 
 const rowsOf = async (t: T, instance: string) => (await snapshot(t)).results.filter((r) => r.instance === instance);
 
@@ -240,7 +230,7 @@ describe("sync", () => {
 
   test("a hello of a counted instance that changes neither version nor heartbeat writes the heartbeat and mailbox only", async () => {
     // Two documents written per transaction at most: the heartbeat and the mailbox's new token.
-    const tight = convexTest({ schema, modules, transactionLimits: { documentsWritten: 2 } });
+    const tight = setup({ documentsWritten: 2 });
     const heartbeat = await tight.run((ctx) =>
       ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW + MINUTE, liveUntil: NOW + MINUTE }),
     );
@@ -437,7 +427,7 @@ describe("sync", () => {
       bytesWritten: size,
       documentsWritten: 1,
     };
-    const tight = convexTest({ schema, modules, transactionLimits: limits });
+    const tight = setup(limits);
     const name = "a-kubernetes-pod-name-of-the-longest-kind-0123456789abcdef012345";
     const token = "7".repeat(64);
     const { _id, _creationTime, ...fields } = beat;
@@ -889,7 +879,7 @@ describe("purgeExpired", () => {
 
 describe("ping and limits", () => {
   test("ping takes no arguments, reads nothing and returns null, even without the secret", async () => {
-    const t = convexTest({ schema, modules, transactionLimits: { documentsRead: 0, databaseQueries: 0 } });
+    const t = setup({ documentsRead: 0, databaseQueries: 0 });
     await t.run((ctx) => ctx.db.insert("sidecarHeartbeats", { seenAt: NOW, expiresAt: NOW }));
     vi.stubEnv("HEALTH_SIDECAR_SECRET", undefined);
     expect(await t.query(api.health.ping, {})).toBeNull();

@@ -1,12 +1,12 @@
-import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
+import { describe, expect, test, vi } from "vitest";
 import { internal } from "./_generated/api";
 import { MAX_PEERS, PEER_REFRESH_MS, PEER_SLOTS } from "./healthPeers";
 import { shardOf } from "./healthCounts";
 import {
+  atNow,
   HOUR,
   MINUTE,
   NOW,
-  SECRET,
   heartbeatOf,
   hello,
   payload,
@@ -17,15 +17,7 @@ import {
   type T,
 } from "./test.setup";
 
-beforeEach(() => {
-  vi.useFakeTimers();
-  vi.setSystemTime(NOW);
-  vi.stubEnv("HEALTH_SIDECAR_SECRET", SECRET);
-});
-afterEach(() => {
-  vi.useRealTimers();
-  vi.unstubAllEnvs();
-});
+atNow();
 
 const url = (instance: string) => `http://${instance}:8099`;
 

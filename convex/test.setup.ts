@@ -9,7 +9,7 @@ import { createHash, createHmac, randomBytes } from "node:crypto";
 import { convexTest } from "convex-test";
 import { ConvexError } from "convex/values";
 import type { WithoutSystemFields } from "convex/server";
-import { beforeEach, expect, vi } from "vitest";
+import { afterEach, beforeEach, expect, vi } from "vitest";
 import { api } from "./_generated/api";
 import type { Doc, Id } from "./_generated/dataModel";
 import type { MutationCtx } from "./_generated/server";
@@ -30,8 +30,23 @@ export const SECOND = 1000;
 export const MINUTE = 60 * SECOND;
 export const HOUR = 60 * MINUTE;
 
+/** Each test of the calling file runs at NOW (fake timers) with the sidecars' secret set; both undone after. */
+export function atNow(): void {
+  beforeEach(() => {
+    vi.useFakeTimers();
+    vi.setSystemTime(NOW);
+    vi.stubEnv("HEALTH_SIDECAR_SECRET", SECRET);
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+    vi.unstubAllEnvs();
+  });
+}
+
 export type T = ReturnType<typeof setup>;
-export const setup = () => convexTest({ schema, modules, transactionLimits: true });
+/** convex-test with this schema and these functions, under Convex's transaction limits (or tighter ones). */
+export const setup = (transactionLimits: Parameters<typeof convexTest>[0]["transactionLimits"] = true) =>
+  convexTest({ schema, modules, transactionLimits });
 
 // ---------------------------------------------------------------------------------------------
 // Calls, signed as the sidecar (and its CLI) signs them.

@@ -15,6 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from sidecar.monitor import Monitor
 from sidecar.peers import Network, client_address
+from sidecar.probes.common import read_at_most
 from sidecar.snapshot import dumps
 from sidecar.witness import HEADER, MAX_BODY, Desk, Refused, answer
 from sidecar.witness import PATH as WITNESS_PATH
@@ -147,10 +148,10 @@ async def witness(request: web.Request) -> web.Response:
             raise Refused(413, f"a question is at most {MAX_BODY} bytes")
         try:
             async with asyncio.timeout(WITNESS_READ_TIMEOUT):
-                body = await _read_bounded(request, MAX_BODY)
+                body, more = await read_at_most(request.content, MAX_BODY)
         except TimeoutError:
             raise Refused(408, "the question's body came too slowly") from None
-        if body is None:
+        if more:
             raise Refused(413, f"a question is at most {MAX_BODY} bytes")
         asked = desk.door.verify(signed=request.headers.get(HEADER), body=body)
     except Refused as refused:
@@ -166,17 +167,6 @@ async def witness(request: web.Request) -> web.Response:
         if name in snap.statuses:
             desk.hurry(name)
     return _json(dumps(answer(snap, asked)), True)
-
-
-async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None when it is longer than `limit` (read no further)."""
-    body = b""
-    while len(body) <= limit:
-        chunk = await request.content.read(limit + 1 - len(body))
-        if not chunk:
-            return body
-        body += chunk
-    return None
 
 
 def _refusal(status: int, reason: str) -> web.Response:

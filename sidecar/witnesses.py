@@ -20,6 +20,7 @@ import aiohttp
 from sidecar import logs
 from sidecar.monitor import Monitor
 from sidecar.peers import Peer
+from sidecar.probes.common import read_bounded
 from sidecar.snapshot import Snapshot
 from sidecar.state import CheckState
 from sidecar.witness import PATH, UNREACHABLE, Account, parse_account, question, tally
@@ -123,24 +124,13 @@ class Witnesses:
                 async with self._session.post(
                     peer.url + PATH, data=body, headers=headers, allow_redirects=False
                 ) as response:
-                    raw = await _read_bounded(response.content, MAX_ANSWER)
-                    if response.status != 200 or raw is None:
+                    raw, truncated = await read_bounded(response, MAX_ANSWER)
+                    if response.status != 200 or truncated:
                         return None
                     return parse_account(json.loads(raw), checks)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self._log.debug("a peer did not answer", peer=peer.instance, error=type(exc).__name__)
             return None
-
-
-async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """The whole body, or None when it is longer than `limit`."""
-    body = b""
-    while len(body) <= limit:
-        chunk = await stream.read(limit + 1 - len(body))
-        if not chunk:
-            return body
-        body += chunk
-    return None
 
 
 def asking(snap: Snapshot) -> list[CheckState]:

@@ -83,14 +83,21 @@ async def read_bounded(
     resp: aiohttp.ClientResponse, max_body: int = MAX_BODY
 ) -> tuple[bytes, bool]:
     """Read at most `max_body` bytes; (body, True) and the connection closed if there was more."""
+    body, more = await read_at_most(resp.content, max_body)
+    if more:
+        resp.close()  # drop the connection instead of draining the rest
+    return body, more
+
+
+async def read_at_most(stream: aiohttp.StreamReader, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of `stream`, and whether there was more (read no further)."""
     body = bytearray()
-    while len(body) <= max_body:
-        chunk = await resp.content.read(max_body + 1 - len(body))
+    while len(body) <= limit:
+        chunk = await stream.read(limit + 1 - len(body))
         if not chunk:
             return bytes(body), False
         body += chunk
-    resp.close()  # drop the connection instead of draining the rest
-    return bytes(body[:max_body]), True
+    return bytes(body[:limit]), True
 
 
 def _same_origin(current: URL, location: str) -> URL:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import faults, procs
-from tests.support.daemon import get, start_daemon
+from tests.support.daemon import get, running_daemon_async
 from tests.support.procs import SECRET
 from tests.support.switch import SwitchServer, switch_server
 
@@ -67,8 +67,7 @@ async def test_a_failing_check_turns_fail_after_its_fast_interval(
             "SIDECAR_DRAIN_SECONDS": "0",
             "SIDECAR_CHECKS": json.dumps([check]),
         }
-        daemon = await asyncio.to_thread(start_daemon, env, tmp_path / "daemon.log")
-        try:
+        async with running_daemon_async(env, tmp_path / "daemon.log") as daemon:
             await until_status(daemon, "payments", "ok", within=5)
             target.inject(faults.respond(503, b"down"))
             first = await first_fault_hit(target, within=INTERVAL + 2)
@@ -76,8 +75,6 @@ async def test_a_failing_check_turns_fail_after_its_fast_interval(
             probes = target.fault_hits
             await asyncio.sleep(2.0)
             settled = target.fault_hits - probes
-        finally:
-            await asyncio.to_thread(daemon.stop)
     took = failed - first
     print(f"fast_interval {FAST}s: fail {took:.2f}s after the first failed probe")
     assert took < INTERVAL, took  # at the interval's pace: (FAILURES - 1) x 5 s = 10 s

@@ -5,21 +5,28 @@ with a closed stdout ends quietly with 0."""
 
 from __future__ import annotations
 
-import array
 import asyncio
 import fcntl
 import os
 import signal
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import procs
-from tests.support.daemon import cli, get, metric, metrics_text, spawn_daemon, wait_for, wait_up
+from tests.support.daemon import (
+    cli,
+    get,
+    metric,
+    metrics_text,
+    spawn_daemon,
+    unread,
+    wait_for,
+    wait_up,
+)
 from tests.support.procs import SECRET
 
 INTERVAL = 1.0
@@ -55,13 +62,6 @@ async def bad_requests(port: int, count: int) -> None:
         finally:
             writer.close()
             await writer.wait_closed()
-
-
-def unread(fd: int) -> int:
-    """Bytes waiting in the pipe whose read end is `fd`."""
-    size = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, size)
-    return size[0]
 
 
 async def settled(fd: int) -> int:

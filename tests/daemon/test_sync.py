@@ -17,7 +17,7 @@ import pytest
 from sidecar.store import ConvexClient, HealthStore
 from sidecar.store.messages import SyncRequest
 from tests.support import convex, faults, procs
-from tests.support.daemon import get, start_daemon, wait_for
+from tests.support.daemon import get, running_daemon_async, wait_for
 from tests.support.procs import SECRET
 
 OK = faults.respond(200, b'{"ok":true}')
@@ -64,19 +64,15 @@ async def test_steady_state_is_one_small_write_per_store_period(
 
 
 async def steady_state(convex_local: procs.Proc, app: faults.FaultServer, tmp_path: Path) -> None:
-    daemon = await asyncio.to_thread(
-        start_daemon,
+    async with running_daemon_async(
         env(convex_local, app, "sync-steady", SIDECAR_STORE_INTERVAL="2"),
         tmp_path / "daemon.log",
-    )
-    try:
+    ) as daemon:
         await wait_for(daemon.url + "/ready", 200, within=5)
         await asyncio.sleep(1.5)  # the first round's syncs are done
         await convex.reset_stats(convex_local.url)
         await asyncio.sleep(6.2)
         counted = (await convex.stats(convex_local.url))["health:sync"]
-    finally:
-        await asyncio.to_thread(daemon.stop)
     assert 3 <= counted["calls"] <= 4, counted
     assert counted["documentsWritten"] == counted["calls"], counted
     assert counted["errors"] == 0, counted
@@ -87,10 +83,9 @@ async def test_a_status_change_reaches_convex_within_a_second(
 ) -> None:
     """With the default store period (60 s), the app failing is in Convex about a second
     after the daemon serves it, and so is its recovery."""
-    daemon = await asyncio.to_thread(
-        start_daemon, env(convex_local, app, "sync-change"), tmp_path / "daemon.log"
-    )
-    try:
+    async with running_daemon_async(
+        env(convex_local, app, "sync-change"), tmp_path / "daemon.log"
+    ) as daemon:
         await wait_for(daemon.url + "/ready", 200, within=5)
         lags = []
         for behaviour, status in ((DOWN, "fail"), (OK, "pass")):
@@ -104,8 +99,6 @@ async def test_a_status_change_reaches_convex_within_a_second(
                 rows = await convex.instance_results(convex_local.url, "sync-change")
                 stored = [row["status"] for row in rows if row["check"] == "app"]
             lags.append(time.monotonic() - served)
-    finally:
-        await asyncio.to_thread(daemon.stop)
     assert max(lags) <= 1.5, lags
 
 
@@ -132,12 +125,10 @@ async def test_a_flapping_check_costs_at_most_one_call_a_second(
             "critical": False,
         },
     ]
-    daemon = await asyncio.to_thread(
-        start_daemon,
+    async with running_daemon_async(
         {**env(convex_local, app, "sync-flap"), "SIDECAR_CHECKS": json.dumps(checks)},
         tmp_path / "daemon.log",
-    )
-    try:
+    ) as daemon:
         await wait_for(daemon.url + "/ready", 200, within=5)
         await convex.reset_stats(convex_local.url)
         app.behaviour = flip
@@ -146,8 +137,6 @@ async def test_a_flapping_check_costs_at_most_one_call_a_second(
         calls = await sync_calls(convex_local.url)
         elapsed = time.monotonic() - started
         _, details = await get(daemon.url + "/health?verbose")
-    finally:
-        await asyncio.to_thread(daemon.stop)
     assert app.requests >= 20  # it really flapped
     assert calls <= elapsed + 1, (calls, elapsed)
     assert calls >= 3, calls  # and the changes did reach Convex
@@ -160,12 +149,10 @@ async def test_a_refused_token_makes_the_daemon_say_hello_again(
     """Another process says hello under the daemon's name (the name taken over: a new token):
     the daemon's next sync is refused `unauthorized`, its following one is a hello that gets
     its own token back, and its syncs are accepted again (its store status back to ok)."""
-    daemon = await asyncio.to_thread(
-        start_daemon,
+    async with running_daemon_async(
         env(convex_local, app, "sync-token", SIDECAR_STORE_INTERVAL="1"),
         tmp_path / "daemon.log",
-    )
-    try:
+    ) as daemon:
         await wait_for(daemon.url + "/ready", 200, within=5)
         await asyncio.sleep(1.5)
         async with aiohttp.ClientSession() as session:
@@ -188,8 +175,6 @@ async def test_a_refused_token_makes_the_daemon_say_hello_again(
             if m["instance"] == "sync-token"
         ]
         _, details = await get(daemon.url + "/health?verbose")
-    finally:
-        await asyncio.to_thread(daemon.stop)
     assert refused >= 1, (refused, accepted)
     assert accepted >= 2, (refused, accepted)
     assert taken is not None

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.support import faults, procs
-from tests.support.daemon import get, metric, metrics_text, start_daemon, wait_for
+from tests.support.daemon import get, metric, metrics_text, running_daemon_async, wait_for
 from tests.support.procs import SECRET
 from tests.support.switch import SwitchServer, switch_server
 
@@ -79,8 +79,9 @@ async def fleet_of(
             if mastra is not None:
                 to_mastra = await stack.enter_async_context(switch_server(upstream=mastra.url))
                 env["MASTRA_URL"] = to_mastra.url
-            daemon = await asyncio.to_thread(start_daemon, env, tmp / f"{name}.log", port=port)
-            stack.push_async_callback(asyncio.to_thread, daemon.stop)
+            daemon = await stack.enter_async_context(
+                running_daemon_async(env, tmp / f"{name}.log", port=port)
+            )
             members.append(Member(name, daemon, to_convex, witness, to_mastra))
         for member in members:
             await wait_for(member.daemon.url + "/ready", 200, within=10)

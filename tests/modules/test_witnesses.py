@@ -24,7 +24,7 @@ from sidecar.result import CheckResult
 from sidecar.server import create_app
 from sidecar.snapshot import StoreState
 from sidecar.witness import HEADER, MAX_BODY, PATH, Buckets, Desk, Door, question
-from sidecar.witnesses import Witnesses
+from sidecar.witnesses import MAX_ANSWER, Witnesses
 from tests.modules.test_app import closed_port
 from tests.modules.test_fleet import APP, GRACE, MASTRA, fleet
 
@@ -262,6 +262,35 @@ async def test_peers_that_do_not_answer_leave_it_a_local_fault(
     assert a.monitor.snapshot.fleet.witnessed["mastra"].answered == 1
     past_the_window(a)
     assert not a.monitor.snapshot.ready
+
+
+def witness_answering(doc: dict[str, Any]) -> web.Application:
+    """A witness endpoint that answers every question with `doc`."""
+
+    async def witness(_: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    app = web.Application()
+    app.router.add_post(PATH, witness)
+    return app
+
+
+async def test_an_answer_longer_than_the_bound_is_not_counted(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """Two witnesses give the same account; one pads it past MAX_ANSWER bytes: only the
+    other one counts."""
+    (a,), _ = await fleet_of(aiohttp_client, "a")
+    a.fail_mastra()
+    peers = []
+    for name, padding in (("b", "x" * MAX_ANSWER), ("c", "")):
+        account = {"instance": name, "reaches_convex": False, "checks": {"mastra": "fail"}}
+        client = await aiohttp_client(witness_answering({**account, "padding": padding}))
+        peers.append(Peer(instance=name, url=f"http://127.0.0.1:{client.port}"))
+    async with aiohttp.ClientSession() as session:
+        await asker(a, session, peers).step()
+    seen = a.monitor.snapshot.fleet.witnessed["mastra"]
+    assert (seen.answered, seen.peers) == (2, ("c",))
 
 
 async def test_the_second_question_catches_peers_that_had_not_probed_yet(

@@ -4,7 +4,8 @@ another command of the CLI) as a subprocess in a clean environment, stopped by i
 - `spawn_daemon` starts it on host:port and returns at once;
 - `start_daemon` also waits, for `/live` to answer (`wait="live"`, the default: listening) or
   for `/ready` to answer 200 (`wait="ready"`: the first round passed);
-- `running_daemon` is `start_daemon` for the duration of a block;
+- `running_daemon` is `start_daemon` for the duration of a block (`running_daemon_async`
+  from async code);
 - `stop_at_once` stops it without its drain; `Proc.stop` lets it drain;
 - `cli` runs one CLI command (`config`, `fleet`, `drain`, ...) to completion.
 
@@ -14,15 +15,18 @@ nothing leaks in from the shell that runs the tests.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import termios
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,6 +105,19 @@ def running_daemon(env: Mapping[str, str], log: Path, **options: Any) -> Iterato
         proc.stop()
 
 
+@contextlib.asynccontextmanager
+async def running_daemon_async(
+    env: Mapping[str, str], log: Path, **options: Any
+) -> AsyncIterator[procs.Proc]:
+    """`running_daemon` from async code: started and stopped in a thread, so that servers in
+    the caller's event loop (the proxies in front of its Convex or Mastra) keep answering."""
+    proc = await asyncio.to_thread(start_daemon, env, log, **options)
+    try:
+        yield proc
+    finally:
+        await asyncio.to_thread(proc.stop)
+
+
 def stop_at_once(proc: procs.Proc, timeout: float = 10.0) -> int:
     """Stop a daemon without waiting for its drain: SIGTERM, then the second signal, which
     makes it exit at once (SIGKILL after `timeout`)."""
@@ -136,6 +153,13 @@ def cli(
 async def cli_async(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     """`cli` without blocking the event loop (fault servers in the test's loop keep serving)."""
     return await asyncio.to_thread(cli, *args, env=env)
+
+
+def unread(fd: int) -> int:
+    """Bytes waiting in the pipe whose read end is `fd` (a daemon's stdout, given as `stdout`)."""
+    size = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, size)
+    return size[0]
 
 
 async def get(url: str, within: float = 5.0) -> tuple[int, Any]:

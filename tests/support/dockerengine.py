@@ -102,9 +102,6 @@ class Engine:
         while self.created:
             self.docker("rm", "--force", "--volumes", self.created.pop(), check=False)
 
-    def dockerd_output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log else ""
-
 
 def _cli() -> tuple[str, dict[str, str]]:
     """A docker CLI that builds with BuildKit: one with the buildx plugin, or one before

@@ -29,6 +29,13 @@ def with_file(env: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
     env.setenv("SIDECAR_CONFIG", str(path))
 
 
+def problems() -> list[str]:
+    """The problems load_settings() is refused with: its ConfigError's lines after the first."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    return str(caught.value).splitlines()[1:]
+
+
 def by_name(settings: Settings) -> dict[str, ConvexCheck | MastraCheck | HttpCheck | TcpCheck]:
     """The resolved checks by name."""
     return {check.name: check for check in settings.resolved_checks}
@@ -299,10 +306,8 @@ def test_a_bad_value_in_the_file_names_the_file_and_its_key(
     environment name the file never used."""
     seed_env(clean_env)
     with_file(clean_env, tmp_path, 'interval = "fast"\n')
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
     file = tmp_path / "sidecar.toml"
-    assert str(caught.value).splitlines()[1:] == [
+    assert problems() == [
         f"  {file}: interval: Input should be a valid number, unable to parse string as a number"
     ]
 
@@ -316,10 +321,8 @@ def test_a_bad_value_in_the_file_is_an_error_though_the_environment_sets_it(
     with_file(clean_env, tmp_path, 'interval = "fast"\nport = 8080\n')
     clean_env.setenv("SIDECAR_INTERVAL", "5")
     clean_env.setenv("SIDECAR_PORT", "0")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
     file = tmp_path / "sidecar.toml"
-    assert str(caught.value).splitlines()[1:] == [
+    assert problems() == [
         f"  {file}: interval: Input should be a valid number, unable to parse string as a number",
         "  SIDECAR_PORT (port): Input should be greater than or equal to 1",
     ]
@@ -336,20 +339,12 @@ def test_a_problem_across_sources_names_each_setting_where_it_was_set(
     seed_env(clean_env)
     with_file(clean_env, tmp_path, "interval = 5\n")
     clean_env.setenv("SIDECAR_TIMEOUT", "6")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    assert str(caught.value).splitlines()[1:] == [
-        "  SIDECAR_TIMEOUT (timeout): 6s exceeds interval (5s)"
-    ]
+    assert problems() == ["  SIDECAR_TIMEOUT (timeout): 6s exceeds interval (5s)"]
     with_file(clean_env, tmp_path, "timeout = 6\n")
     clean_env.delenv("SIDECAR_TIMEOUT")
     clean_env.setenv("SIDECAR_INTERVAL", "5")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
     file = tmp_path / "sidecar.toml"
-    assert str(caught.value).splitlines()[1:] == [
-        f"  {file}: timeout: 6s exceeds SIDECAR_INTERVAL (5s)"
-    ]
+    assert problems() == [f"  {file}: timeout: 6s exceeds SIDECAR_INTERVAL (5s)"]
 
 
 def test_a_relative_check_timeout_counts_against_the_default_interval(

@@ -6,6 +6,7 @@ server, a message it does not understand, a refused upgrade, a failed query."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.request
@@ -55,7 +56,8 @@ class Seen:
         self.states: list[State] = []
 
 
-def subscription(
+@contextlib.asynccontextmanager
+async def subscribed(
     session: aiohttp.ClientSession,
     url: str,
     name: str,
@@ -64,7 +66,8 @@ def subscription(
     extra: dict[str, Any] | None = None,
     timing: Timing = FAST,
     on_value: Callable[[Any], None] | None = None,
-) -> tuple[Subscription, Seen]:
+) -> AsyncIterator[tuple[Subscription, Seen]]:
+    """A started Subscription to `path` and what it hands over, for a block; stopped after."""
     seen = Seen()
 
     def value(v: Any) -> None:
@@ -82,7 +85,10 @@ def subscription(
         timing=timing,
     )
     sub.start()
-    return sub, seen
+    try:
+        yield sub, seen
+    finally:
+        await sub.stop()
 
 
 async def until(predicate: Callable[[], bool], what: str, within: float = WAIT) -> None:
@@ -104,16 +110,13 @@ async def bump(session: aiohttp.ClientSession, url: str, name: str) -> float:
 async def test_values_as_they_change_then_stopped(
     stand_in: Proc, session: aiohttp.ClientSession
 ) -> None:
-    sub, seen = subscription(session, stand_in.url, "values")
-    try:
+    async with subscribed(session, stand_in.url, "values") as (sub, seen):
         await until(lambda: seen.values == [0], "the first value")
         assert sub.state is State.READY
         await bump(session, stand_in.url, "values")
         await bump(session, stand_in.url, "values")
         await until(lambda: seen.values[-1:] == [2], "the value after two mutations")
         assert seen.values in ([0, 1, 2], [0, 2])
-    finally:
-        await sub.stop()
     assert seen.states == [State.READY, State.STOPPED]
     sockets = 1
     for _ in range(100):
@@ -127,8 +130,7 @@ async def test_values_as_they_change_then_stopped(
 async def test_a_socket_dropped_mid_transition_reconnects_and_replays_the_query(
     stand_in: Proc, session: aiohttp.ClientSession
 ) -> None:
-    sub, seen = subscription(session, stand_in.url, "cut")
-    try:
+    async with subscribed(session, stand_in.url, "cut") as (sub, seen):
         await until(lambda: sub.state is State.READY, "ready")
         answer = await convex.sync_fault(stand_in.url, "drop", {"how": "midTransition"})
         assert answer["dropped"] >= 1
@@ -137,8 +139,6 @@ async def test_a_socket_dropped_mid_transition_reconnects_and_replays_the_query(
         await bump(session, stand_in.url, "cut")
         await until(lambda: seen.values[-1:] == [1], "the value after the reconnect")
         assert seen.values == [0, 1]  # the same value again after the reconnect is not handed over
-    finally:
-        await sub.stop()
 
 
 async def test_a_server_restarted_with_no_data(
@@ -147,17 +147,16 @@ async def test_a_server_restarted_with_no_data(
     port = procs.free_port()
     first = procs.start_convex_local(tmp_path / "first.log", port=port, functions="test")
     second: Proc | None = None
-    sub, seen = subscription(session, first.url, "restart")
     try:
-        await until(lambda: seen.values == [0], "the first value")
-        await bump(session, first.url, "restart")
-        await until(lambda: seen.values == [0, 1], "the value 1")
-        first.stop()
-        second = procs.start_convex_local(tmp_path / "second.log", port=port, functions="test")
-        await until(lambda: seen.values == [0, 1, 0], "the empty server's value")
-        assert sub.state is State.READY
+        async with subscribed(session, first.url, "restart") as (sub, seen):
+            await until(lambda: seen.values == [0], "the first value")
+            await bump(session, first.url, "restart")
+            await until(lambda: seen.values == [0, 1], "the value 1")
+            first.stop()
+            second = procs.start_convex_local(tmp_path / "second.log", port=port, functions="test")
+            await until(lambda: seen.values == [0, 1, 0], "the empty server's value")
+            assert sub.state is State.READY
     finally:
-        await sub.stop()
         first.stop()
         if second is not None:
             second.stop()
@@ -186,38 +185,33 @@ async def test_a_slow_reader_gets_the_latest_value_in_order(
             writers.append(asyncio.get_running_loop().run_in_executor(None, bump_from_thread, 20))
             time.sleep(1.0)  # the loop reads nothing meanwhile
 
-    sub, seen = subscription(session, stand_in.url, "slow", on_value=slow)
-    try:
+    async with subscribed(session, stand_in.url, "slow", on_value=slow) as (sub, seen):
         await until(lambda: seen.values[-1:] == [20], "the latest value", within=20)
         await asyncio.wait_for(writers[0], WAIT)
         assert seen.values == sorted(seen.values)
         assert sub.state is State.READY
-    finally:
-        await sub.stop()
 
 
 async def test_a_silent_server_trips_the_inactivity_timer_then_polling(
     stand_in: Proc, session: aiohttp.ClientSession
 ) -> None:
-    sub, seen = subscription(session, stand_in.url, "silent")
-    try:
-        await until(lambda: sub.state is State.READY, "ready")
-        await convex.sync_fault(stand_in.url, "silence", {"silent": True})
-        await until(lambda: sub.state is State.POLLING, "polling")
-        await convex.sync_fault(stand_in.url, "silence", {"silent": False})
-        await until(lambda: sub.state is State.READY, "ready after the silence")
-        assert seen.states[:3] == [State.READY, State.CONNECTING, State.POLLING]
-    finally:
-        await convex.sync_fault(stand_in.url, "silence", {"silent": False})
-        await sub.stop()
+    async with subscribed(session, stand_in.url, "silent") as (sub, seen):
+        try:
+            await until(lambda: sub.state is State.READY, "ready")
+            await convex.sync_fault(stand_in.url, "silence", {"silent": True})
+            await until(lambda: sub.state is State.POLLING, "polling")
+            await convex.sync_fault(stand_in.url, "silence", {"silent": False})
+            await until(lambda: sub.state is State.READY, "ready after the silence")
+            assert seen.states[:3] == [State.READY, State.CONNECTING, State.POLLING]
+        finally:
+            await convex.sync_fault(stand_in.url, "silence", {"silent": False})
 
 
 async def test_a_message_it_does_not_understand_is_logged_once_then_polling(
     stand_in: Proc, session: aiohttp.ClientSession
 ) -> None:
     with capture_logs() as lines:
-        sub, seen = subscription(session, stand_in.url, "unknown")
-        try:
+        async with subscribed(session, stand_in.url, "unknown") as (sub, seen):
             for _ in range(2):
                 await until(lambda: sub.state is State.READY, "ready")
                 await convex.sync_fault(
@@ -225,8 +219,6 @@ async def test_a_message_it_does_not_understand_is_logged_once_then_polling(
                 )
                 await until(lambda: sub.state is State.POLLING, "polling")
             await until(lambda: sub.state is State.READY, "ready again")
-        finally:
-            await sub.stop()
     warned = [line for line in lines if "not understood" in line["event"]]
     assert len(warned) == 1
     assert warned[0]["what"] == "a message of type FromTheFuture"
@@ -243,38 +235,32 @@ async def test_a_refused_upgrade_falls_back_to_polling(
         f"{stand_in.url}/_dev/faults", json={"status": 503, "paths": ["/api/sync"]}
     ) as resp:
         assert resp.status == 200
-    sub, seen = subscription(session, stand_in.url, "refused")
-    try:
-        await until(lambda: sub.state is State.POLLING, "polling")
-        assert seen.states == [State.POLLING]
-        async with session.delete(f"{stand_in.url}/_dev/faults") as resp:
-            assert resp.status == 200
-        await until(lambda: sub.state is State.READY, "ready once upgrades pass")
-        assert seen.values == [0]
-    finally:
-        async with session.delete(f"{stand_in.url}/_dev/faults"):
-            pass
-        await sub.stop()
+    async with subscribed(session, stand_in.url, "refused") as (sub, seen):
+        try:
+            await until(lambda: sub.state is State.POLLING, "polling")
+            assert seen.states == [State.POLLING]
+            async with session.delete(f"{stand_in.url}/_dev/faults") as resp:
+                assert resp.status == 200
+            await until(lambda: sub.state is State.READY, "ready once upgrades pass")
+            assert seen.values == [0]
+        finally:
+            async with session.delete(f"{stand_in.url}/_dev/faults"):
+                pass
 
 
 async def test_a_failed_query_falls_back_to_polling_with_its_code(
     stand_in: Proc, session: aiohttp.ClientSession
 ) -> None:
-    sub, seen = subscription(
+    async with subscribed(
         session, stand_in.url, "guarded", path="tallies:guarded", extra={"token": "wrong"}
-    )
-    try:
+    ) as (sub, seen):
         await until(lambda: sub.state is State.POLLING, "polling")
         assert sub.last_error == "unauthorized"
         assert seen.values == []
-    finally:
-        await sub.stop()
 
 
 async def test_nothing_listening_falls_back_to_polling(session: aiohttp.ClientSession) -> None:
-    sub, seen = subscription(session, f"http://127.0.0.1:{procs.free_port()}", "nobody")
-    try:
+    nobody = f"http://127.0.0.1:{procs.free_port()}"
+    async with subscribed(session, nobody, "nobody") as (sub, seen):
         await until(lambda: sub.state is State.POLLING, "polling")
         assert seen.states == [State.POLLING]
-    finally:
-        await sub.stop()
