@@ -250,6 +250,23 @@ describe("counting: failing rows, sharded counters, the recount, liveness", () =
     expect(counters.reduce((sum, c) => sum + c.value, 0)).toBe(20);
   });
 
+  test("after a quiet spell the first change is recounted at once; a burst's next ones wait and share one", async () => {
+    const t = setup();
+    const beats = await register(t, ["i1", "i2", "i3"]);
+    await settle(t);
+    const since = async () => (await snapshot(t)).verdicts.map((v) => [v.failing, v.since]);
+    vi.setSystemTime(Date.now() + 10 * SECOND);
+    const first = Date.now();
+    await panic(t, beats, "i1", ["mastra"]);
+    await settle(t);
+    expect(await since()).toEqual([[1, first]]); // no RECOUNT_DELAY_MS on the way to the fleet
+    vi.setSystemTime(first + 100);
+    await panic(t, beats, "i2", ["mastra"]);
+    await panic(t, beats, "i3", ["mastra"]);
+    await settle(t);
+    expect(await since()).toEqual([[3, first + 100 + COUNTS.RECOUNT_DELAY_MS]]);
+  });
+
   test("a lost recount (its mark left pending) is asked for again after RECOUNT_STALE_MS", async () => {
     const t = setup();
     const beats = await register(t, ["i1"]);

@@ -8,8 +8,9 @@
  *   hash of the instance's name): they change only on join, leave, expiry and a change of an
  *   instance's set of failing panic checks, one shard per instance, so that concurrent syncs of
  *   a large fleet rarely write the same document.
- * - The numbers everyone reads are written by one writer: `health:recount`, scheduled
- *   RECOUNT_DELAY_MS after the first change that finds none pending, reads the counters and
+ * - The numbers everyone reads are written by one writer: `health:recount`, scheduled at once
+ *   by the first change after a quiet spell (else RECOUNT_DELAY_MS after the first change that
+ *   finds none pending), reads the counters and
  *   rewrites the verdicts (sidecarVerdicts, sidecarLive) only where a number changed. A
  *   fleet-wide outage is then a handful of verdict writes, however many instances fail.
  * - A dead instance (no sync before its liveUntil) is taken out by any later sync (at most one
@@ -26,7 +27,7 @@ import { LIMITS } from "./healthProtocol";
 
 export const COUNTS = {
   SHARDS: 16,
-  RECOUNT_DELAY_MS: 500, // a recount runs this long after the first change that asks for one
+  RECOUNT_DELAY_MS: 500, // a burst's changes share a recount this long after the first (at once after a quiet spell)
   RECOUNT_STALE_MS: 10_000, // a pending mark older than this was lost (the recount failed): ask again
   LIVENESS_GRACE_MS: 2_000, // liveUntil = the sync's time + 2 store periods + this
   UNCOUNT_PER_RECOUNT: 10, // dead instances a recount takes out, at most (each up to 2 x 200 writes)
@@ -95,15 +96,19 @@ export async function countFailing(
 /**
  * Schedules `health:recount` unless one is pending (the mark is one tiny document: the writers
  * of a burst read it, the first one writes it). A mark older than RECOUNT_STALE_MS is ignored:
- * its recount failed.
+ * its recount failed. After a quiet spell (the last recount, the mark's `at` once it is no
+ * longer pending, ran RECOUNT_DELAY_MS ago or more) the recount runs at once: the first failure
+ * of an outage, and the others' confirmations a fast interval later, reach the verdict without
+ * waiting; a burst's later changes wait RECOUNT_DELAY_MS and share one recount.
  */
 export async function requestRecount(ctx: MutationCtx): Promise<void> {
   const now = Date.now();
   const mark = await ctx.db.query("sidecarRecount").first();
   if (mark !== null && mark.pending && mark.at > now - COUNTS.RECOUNT_STALE_MS) return;
+  const quiet = mark === null || mark.pending || mark.at <= now - COUNTS.RECOUNT_DELAY_MS;
   if (mark === null) await ctx.db.insert("sidecarRecount", { pending: true, at: now });
   else await ctx.db.patch("sidecarRecount", mark._id, { pending: true, at: now });
-  await ctx.scheduler.runAfter(COUNTS.RECOUNT_DELAY_MS, internal.health.recount, {});
+  await ctx.scheduler.runAfter(quiet ? 0 : COUNTS.RECOUNT_DELAY_MS, internal.health.recount, {});
 }
 
 /** The failing rows of an instance (at most MAX_CHECKS). */
@@ -167,7 +172,8 @@ export function verdictOf(ctx: Reader, check: string) {
  */
 export async function recount(ctx: MutationCtx, now: number): Promise<{ changed: number; more: boolean }> {
   const mark = await ctx.db.query("sidecarRecount").first();
-  if (mark !== null && mark.pending) await ctx.db.patch("sidecarRecount", mark._id, { pending: false });
+  // Not pending any more; `at` now says when the last recount ran (requestRecount's quiet spell).
+  if (mark !== null) await ctx.db.patch("sidecarRecount", mark._id, { pending: false, at: now });
   const dead = await ctx.db
     .query("sidecarHeartbeats")
     .withIndex("by_liveUntil", (q) => q.gte("liveUntil", 0).lte("liveUntil", now))

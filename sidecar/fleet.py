@@ -16,9 +16,11 @@ from sidecar.state import STALE_INTERVALS, CheckState
 DRAINED = "drained: "
 
 # How long a failure takes to reach the fleet's verdict while subscribed, besides the probes: a
-# sync (0.2 s of coalescing and the call), Convex's debounced recount (0.5 s) and the
-# subscription's delivery, with a margin for a busy machine.
-REACTION = 2.0
+# sync (0.2 s of coalescing and the call), Convex's recount (at once after a quiet spell, as the
+# first failure of an outage and the others' confirmations a fast interval later find it; 0.5 s
+# within a burst) and the subscription's delivery, with a margin of about a second for a busy
+# machine.
+REACTION = 1.5
 
 # A failure seen by one instance alone is never a shared outage, whatever the fleet's size: a
 # fleet of one (or two, at a threshold of 0.5) cannot tell its own fault from everyone's.

@@ -457,6 +457,18 @@ def metrics_text(metrics: Metrics) -> str:
     return generate_latest(metrics.registry).decode()
 
 
+def test_subscribed_a_local_fault_at_the_defaults_leaves_within_5_s_of_its_first_failure() -> None:
+    """The issue's goal at the default check settings (fast interval 1 s, 2 failures): the
+    status turns fail one fast interval after the first failed probe, and the fleet's verdict
+    counts it within a second (coalescing, the sync's call, the recount at once, the push);
+    the wait then ends within 5 s of the first failed probe."""
+    state = failing()
+    first_failed_probe = T0 - state.check.fast_interval * (state.check.failures_before_fail - 1)
+    counted = watched(T0 + 1.0, verdicts={"mastra": Verdict(1, 5, since=T0 + 1.0)})
+    view = FleetView(threshold=0.5, grace=3.0, watched=counted)
+    assert view.pending_until(state) - first_failed_probe <= 5.0
+
+
 def test_subscribed_the_pending_window_ends_when_the_fleet_could_have_answered() -> None:
     """Subscribed: once a verdict counts this failure (its `since` at or after the failure),
     the wait ends `reaction` after it (the others' hurried probe, one more failure at the fast
