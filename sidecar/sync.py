@@ -195,6 +195,7 @@ class Syncer:
     def _fleet_view(self, answer: SyncAnswer) -> FleetView:
         now = time.time()
         drain = answer.drain
+        snap = self._monitor.snapshot
         return FleetView(
             live=_live(answer),
             threshold=self._threshold,
@@ -213,7 +214,9 @@ class Syncer:
                 until=None if drain.remaining_ms is None else now + drain.remaining_ms / 1000,
             ),
             holders=frozenset(a.check for a in answer.shared if a.holder),
-            peers=self._monitor.snapshot.fleet.peers if answer.peers is None else answer.peers,
+            peers=snap.fleet.peers if answer.peers is None else answer.peers,
+            # The peers' witness of an outage of Convex, while it counts: the hand-over.
+            witnessed=snap.fleet.witness_in_force(snap.states, now),
         )
 
     def _adopt(self, answer: SyncAnswer) -> None:

@@ -3,8 +3,9 @@ peers (the last sync answer's handful) what they see, and hand their tally to th
 
 Each failing check is asked about as soon as it fails, again once late in the window that keeps
 a just-failed check pending (the witnesses were hurried to probe it meanwhile), and then once
-per interval while it fails (a witness answer counts for two intervals: fleet.py). The next sync
-answer's FleetView has no witness: when Convex returns, its count takes over.
+per interval while it fails (a witness answer counts for two intervals: fleet.py). Once Convex
+answers again, nobody is asked any more: the last answers count out their two intervals (the sync
+answers carry them over) while Convex's count takes over.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from sidecar.fleet import Outage
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.peers import Peer
@@ -62,7 +63,7 @@ class Instance:
                 status=status,  # type: ignore[arg-type]
                 output=f"{check} said {status} at http://{check}.internal/?token=s3cret",
                 latency=0.01,
-                observed_at=self.now[0],
+                observed_at=self.now[0] - 0.01,  # it ended now: asked about, it has happened
             ),
         )
 
@@ -292,19 +293,39 @@ async def test_the_second_question_catches_peers_that_had_not_probed_yet(
     assert a.monitor.snapshot.ready
 
 
-async def test_when_convex_answers_the_witness_is_dropped(aiohttp_client: ClientFactory) -> None:
-    """A sync answer's view replaces the witnessed one, and the asker stops asking."""
+async def test_when_convex_answers_the_witness_hands_over_to_its_count(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """Convex back: its first answer still counts the failure on this instance alone (its
+    recount of the others comes later), and the check fails here until its next probe. The
+    sync answer's view carries the witness over (`witness_in_force`, as the Syncer builds it):
+    the instance stays ready; two intervals after the question, the witness counts no more
+    and Convex's count decides; the asker asks no more meanwhile."""
     (a, b), peers = await fleet_of(aiohttp_client, "a", "b")
     a.fail_mastra()
     b.fail_mastra()
     async with aiohttp.ClientSession() as session:
         witnesses = asker(a, session, peers)
         await witnesses.step()
+        asked = a.now[0]
         assert "mastra" in a.monitor.snapshot.shared_outages
         a.monitor.set_store(StoreState(status="ok"))
-        a.monitor.apply_fleet(fleet(at=a.now[0]))  # what the next sync answer brings
+        a.now[0] += 10 + GRACE + 1  # the next sync answer, past the pending window
+        snap = a.monitor.snapshot
+        a.monitor.apply_fleet(
+            fleet(
+                at=a.now[0],
+                outages={"mastra": Outage(failing=1, live=2)},  # before Convex's recount
+                witnessed=snap.fleet.witness_in_force(snap.states, a.now[0]),
+            )
+        )
         await witnesses.step()
-    assert a.monitor.snapshot.fleet.witnessed == {}
-    past_the_window(a)
-    assert not a.monitor.snapshot.ready
-    assert b.hurried == ["mastra"]
+    assert b.hurried == ["mastra"]  # asked once: Convex answers, nobody is asked again
+    assert a.monitor.snapshot.ready
+    assert a.monitor.snapshot.shared_outages["mastra"].witnesses == ("b",)
+    a.now[0] = asked + 2 * 10 + 0.5  # two intervals after the question: Convex's count decides
+    a.see("mastra", "fail")
+    a.see("app", "pass")
+    assert a.monitor.snapshot.reasons == ("mastra is fail",)
+    snap = a.monitor.snapshot
+    assert snap.fleet.witness_in_force(snap.states, a.now[0]) == {}
