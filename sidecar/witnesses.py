@@ -44,8 +44,10 @@ class Witnesses:
         timeout: float = ASK_TIMEOUT,
         tick: float = TICK,
         clock: Callable[[], float] = time.time,
+        hurry: Callable[[str], object] = lambda _: None,
     ) -> None:
         self._monitor = monitor
+        self._hurry = hurry  # probe a check soon (the Scheduler's)
         self._session = session
         self._secret = secret
         self._instance = instance
@@ -97,7 +99,18 @@ class Witnesses:
         if fleet.at != snap.fleet.at:
             return
         seen = tally((s.name for s in due), accounts, at=at)
-        self._monitor.apply_fleet(replace(fleet, witnessed={**fleet.witnessed, **seen}))
+        held = {}
+        for state in due:
+            if fleet.witnessed_outage(state, at) is None:
+                continue
+            if replace(fleet, witnessed=seen).witnessed_outage(state, at) is None:
+                # Shared a moment ago, the peers now see it pass: the outage is ending (they
+                # reached Convex first), or this is now a fault of this instance's own. The
+                # last shared answer counts out its two intervals, and the check is probed
+                # again soon: passing, it needs no excuse; failing still, it leaves then.
+                held[state.name] = fleet.witnessed[state.name]
+                self._hurry(state.name)
+        self._monitor.apply_fleet(replace(fleet, witnessed={**fleet.witnessed, **seen, **held}))
         for state in due:
             first = self._asked.get(state.name, (0.0, None))[1] != state.since
             self._asked[state.name] = (at, state.since)
