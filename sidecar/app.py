@@ -112,7 +112,11 @@ def build_app(settings: Settings) -> web.Application:
         )
         desk.hurry = scheduler.hurry  # a peer's question: probe the check soon (fast interval)
         witnesses = Witnesses(
-            monitor=monitor, session=witness_session, secret=secret, instance=settings.instance
+            monitor=monitor,
+            session=witness_session,
+            secret=secret,
+            instance=settings.instance,
+            hurry=scheduler.hurry,
         )
         tasks = [
             _task(scheduler.run(), "scheduler"),

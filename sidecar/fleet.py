@@ -6,7 +6,7 @@ reads it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sidecar.peers import Peer
@@ -166,15 +166,35 @@ class FleetView:
         return outage if outage.failing / outage.live >= self.threshold else None
 
     def witnessed_outage(self, state: CheckState, now: float) -> Outage | None:
-        """The peers' witness of this check, while it counts (two of its intervals): at least
-        MIN_SHARED_FAILING instances, and at least the threshold of those that answered, see
-        it fail. The next sync answer's view has none: Convex's count takes over."""
+        """The peers' witness of this check, while it counts: at least MIN_SHARED_FAILING
+        instances, and at least the threshold of those that answered, see it fail.
+
+        An answer counts for two of the check's intervals after it was asked, and only for
+        the failure it was asked about (not one that began later). It outlives Convex's return
+        (the sync answers carry it over, `witness_in_force`): the first answers after the
+        return still count the outage's failures as they were before it (the recount is
+        debounced, and the other instances report theirs with their next syncs), and the check
+        here still fails until its next probe; dropped then, the witness would turn a shared
+        outage into a local fault for every instance at once, just as it ends."""
         seen = self.witnessed.get(state.name)
-        if seen is None or now - seen.at > STALE_INTERVALS * state.check.interval:
+        if seen is None or not _in_force(seen, state, now):
+            return None
+        if state.since is not None and seen.at < state.since:
             return None
         if seen.failing < MIN_SHARED_FAILING or seen.failing / seen.answered < self.threshold:
             return None
         return Outage(failing=seen.failing, live=seen.answered, witnesses=seen.peers)
+
+    def witness_in_force(self, states: Iterable[CheckState], now: float) -> Mapping[str, Witnessed]:
+        """The peers' answers that still count at `now` (two intervals of their check): what a
+        sync answer's view carries over, so that Convex's return hands over to its count
+        without a gap."""
+        by_name = {s.name: s for s in states}
+        return {
+            name: seen
+            for name, seen in self.witnessed.items()
+            if name in by_name and _in_force(seen, by_name[name], now)
+        }
 
     def awaiting_witness(self, state: CheckState) -> bool:
         """While Convex cannot be reached: whether the peers may yet call this failure shared
@@ -256,6 +276,11 @@ class FleetView:
         if drain is None or (drain.until is not None and drain.until <= now):
             return None
         return drain
+
+
+def _in_force(seen: Witnessed, state: CheckState, now: float) -> bool:
+    """Whether a witness answer about `state`'s check still counts: two of its intervals."""
+    return now - seen.at <= STALE_INTERVALS * state.check.interval
 
 
 # No fleet to speak of (a monitor built without one): no failure is ever excused.

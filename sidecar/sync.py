@@ -1,7 +1,7 @@
 """Keeps this instance's results in Convex and brings the fleet's facts back: one signed
 `health:sync` per store period, one within about a second of a status change (at most one a
-second), one every check interval while a panic check fails or a shared check is configured,
-the warm start from the first answer, and a last sync on the way out."""
+second), one every check interval while a panic check fails, the store fails or a shared check
+is configured, the warm start from the first answer, and a last sync on the way out."""
 
 from __future__ import annotations
 
@@ -195,6 +195,7 @@ class Syncer:
     def _fleet_view(self, answer: SyncAnswer) -> FleetView:
         now = time.time()
         drain = answer.drain
+        snap = self._monitor.snapshot
         return FleetView(
             live=_live(answer),
             threshold=self._threshold,
@@ -213,7 +214,9 @@ class Syncer:
                 until=None if drain.remaining_ms is None else now + drain.remaining_ms / 1000,
             ),
             holders=frozenset(a.check for a in answer.shared if a.holder),
-            peers=self._monitor.snapshot.fleet.peers if answer.peers is None else answer.peers,
+            peers=snap.fleet.peers if answer.peers is None else answer.peers,
+            # The peers' witness of an outage of Convex, while it counts: the hand-over.
+            witnessed=snap.fleet.witness_in_force(snap.states, now),
         )
 
     def _adopt(self, answer: SyncAnswer) -> None:
@@ -238,15 +241,7 @@ class Syncer:
             )
 
     def _period(self, snap: Snapshot) -> float:
-        """The store period; a check's interval while it is a failing panic check (the
-        fleet's count converges fast) or a shared one (the holder's results stay fresh)."""
-        periods = [self._timing.period]
-        periods += [
-            s.check.interval
-            for s in snap.states
-            if s.check.shared or (s.check.panic and snap.statuses[s.name] == "fail")
-        ]
-        return max(MIN_GAP, min(periods))
+        return sync_period(snap, self._timing.period)
 
     def _due(self, snap: Snapshot) -> bool:
         request = self._request(snap, time.time())
@@ -300,6 +295,23 @@ class Syncer:
         self._evidence.answered()
         self._monitor.set_store(StoreState(status="ok"))
         return value
+
+
+def sync_period(snap: Snapshot, period: float) -> float:
+    """The time between two syncs: the store `period`; a check's interval while it is a
+    failing panic check (the fleet's count converges fast) or a shared one (the holder's
+    results stay fresh); and a panic check's interval while the store fails, so that the
+    first sync after Convex's return comes within an interval even when nothing changed
+    meanwhile (a `convex` check that passes again before it, say: the fleet would not hear
+    of this instance for up to a store period)."""
+    periods = [period]
+    periods += [
+        s.check.interval
+        for s in snap.states
+        if s.check.shared
+        or (s.check.panic and (snap.statuses[s.name] == "fail" or snap.store.status == "error"))
+    ]
+    return max(MIN_GAP, min(periods))
 
 
 def _live(answer: SyncAnswer) -> int | None:

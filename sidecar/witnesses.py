@@ -3,8 +3,9 @@ peers (the last sync answer's handful) what they see, and hand their tally to th
 
 Each failing check is asked about as soon as it fails, again once late in the window that keeps
 a just-failed check pending (the witnesses were hurried to probe it meanwhile), and then once
-per interval while it fails (a witness answer counts for two intervals: fleet.py). The next sync
-answer's FleetView has no witness: when Convex returns, its count takes over.
+per interval while it fails (a witness answer counts for two intervals: fleet.py). Once Convex
+answers again, nobody is asked any more: the last answers count out their two intervals (the sync
+answers carry them over) while Convex's count takes over.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class Witnesses:
         timeout: float = ASK_TIMEOUT,
         tick: float = TICK,
         clock: Callable[[], float] = time.time,
+        hurry: Callable[[str], object] = lambda _: None,
     ) -> None:
         self._monitor = monitor
+        self._hurry = hurry  # probe a check soon (the Scheduler's)
         self._session = session
         self._secret = secret
         self._instance = instance
@@ -97,7 +100,18 @@ class Witnesses:
         if fleet.at != snap.fleet.at:
             return
         seen = tally((s.name for s in due), accounts, at=at)
-        self._monitor.apply_fleet(replace(fleet, witnessed={**fleet.witnessed, **seen}))
+        held = {}
+        for state in due:
+            if fleet.witnessed_outage(state, at) is None:
+                continue
+            if replace(fleet, witnessed=seen).witnessed_outage(state, at) is None:
+                # Shared a moment ago, the peers now see it pass: the outage is ending (they
+                # reached Convex first), or this is now a fault of this instance's own. The
+                # last shared answer counts out its two intervals, and the check is probed
+                # again soon: passing, it needs no excuse; failing still, it leaves then.
+                held[state.name] = fleet.witnessed[state.name]
+                self._hurry(state.name)
+        self._monitor.apply_fleet(replace(fleet, witnessed={**fleet.witnessed, **seen, **held}))
         for state in due:
             first = self._asked.get(state.name, (0.0, None))[1] != state.since
             self._asked[state.name] = (at, state.since)

@@ -2,8 +2,8 @@
 dev/convex-local through a proxy of its own that the test cuts (a real socket refusing), and
 each reached by its peers through a witness proxy (its SIDECAR_ADVERTISE_URL) that the test
 can cut too. Convex cut for all: nobody leaves (a shared outage, named by the peers); Convex
-back: the fleet view returns and the witness is dropped; one instance cut off alone: only it
-leaves; cut off from Convex and from its peers: it leaves."""
+back: the fleet view returns and the witness hands over to it, nobody leaving meanwhile; one
+instance cut off alone: only it leaves; cut off from Convex and from its peers: it leaves."""
 
 from __future__ import annotations
 
@@ -144,15 +144,20 @@ async def test_convex_down_for_all_is_a_shared_outage_witnessed_by_the_peers(
         assert "w-c" in shared
         text = await metrics_text(members[0].daemon.url)
         assert metric(text, 'sidecar_shared_outage{check="convex"}') == 1.0
-        # Convex back: the next sync brings the fleet view back, the witness is dropped.
+        # Convex back: the next sync brings the fleet view back, and the witness hands over
+        # to Convex's count without a gap (its first answers still count the failures as they
+        # were, and `convex` fails here until its next probe): nobody leaves meanwhile.
         for member in members:
             await member.convex.accept()
+        back = asyncio.create_task(watch(members, 4 * WINDOW))
         for member in members:
             await until(
                 lambda m=member: verbose(m),
                 lambda d: d["store"]["status"] == "ok" and not d["fleet"]["shared_outages"],
                 10,
             )
+        after = await back
+        assert all(s == [200, 200, 200] for s in after), [s for s in after if 503 in s]
         assert await readiness(members) == [200, 200, 200]
 
 

@@ -11,7 +11,16 @@ import pytest
 from prometheus_client import generate_latest
 
 from sidecar.checks import Check, HttpCheck, MastraCheck
-from sidecar.fleet import NO_FLEET, REACTION, Drain, FleetView, Outage, Verdict, Watched
+from sidecar.fleet import (
+    NO_FLEET,
+    REACTION,
+    Drain,
+    FleetView,
+    Outage,
+    Verdict,
+    Watched,
+    Witnessed,
+)
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult
@@ -498,3 +507,23 @@ def test_subscribed_the_pending_window_ends_when_the_fleet_could_have_answered()
     slow = MastraCheck(name="mastra", target="http://m:4111", interval=3, timeout=2, panic=True)
     capped = replace(view, watched=watched(T0, verdicts={"mastra": Verdict(1, 5, since=T0 + 5)}))
     assert capped.pending_until(failing(slow)) == T0 + 3 + 3.0
+
+
+def test_a_witness_counts_two_intervals_and_only_for_the_failure_it_was_asked_about() -> None:
+    """The peers' answer about a failure excuses it for two intervals after the question,
+    Convex answering meanwhile or not (its first count, before the recount, says 1 of 3: the
+    hand-over); never a failure that began after the question; `witness_in_force` (what a
+    sync answer's view carries over) keeps only what still counts."""
+    seen = Witnessed(failing=3, answered=3, peers=("b", "c"), at=T0 + 1)
+    count = {"mastra": Outage(failing=1, live=3)}
+    back = fleet(at=T0 + 15, live=3, outages=count, witnessed={"mastra": seen})
+    snap = failing_mastra(back, failed_at=T0, now=T0 + 15)  # past the pending window
+    assert snap.ready
+    assert snap.shared_outages["mastra"].witnesses == ("b", "c")
+    assert snap.fleet.witness_in_force(snap.states, T0 + 21) == {"mastra": seen}
+    assert snap.fleet.witness_in_force(snap.states, T0 + 21.1) == {}
+    later = failing_mastra(back, failed_at=T0, now=T0 + 21.5)  # Convex's count decides
+    assert later.reasons == ("mastra is fail",)
+    anew = failing_mastra(back, failed_at=T0 + 5, now=T0 + 5 + SETTLED)  # asked before it began
+    assert anew.reasons == ("mastra is fail",)
+    assert anew.shared_outages == {}

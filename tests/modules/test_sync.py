@@ -1,14 +1,16 @@
-"""sidecar/sync.py's pure pieces: the grace after a change, the bounds of a lease, and the
-live count of an answer."""
+"""sidecar/sync.py's pure pieces: the grace after a change, the bounds of a lease, the live
+count of an answer, and the time between syncs."""
 
 from __future__ import annotations
 
 import pytest
 
 from sidecar.limits import MAX_HOLD_MS, MIN_HOLD_MS
+from sidecar.snapshot import StoreState
 from sidecar.store.errors import BadResponse
 from sidecar.store.messages import sync_answer
-from sidecar.sync import COALESCE, MIN_GAP, SyncTiming, _lease_ms, _live
+from sidecar.sync import COALESCE, MIN_GAP, SyncTiming, _lease_ms, _live, sync_period
+from tests.modules.test_fleet import T0, fleet, monitor, result
 
 
 def test_sync_grace_and_leases() -> None:
@@ -49,3 +51,20 @@ def test_the_live_count_comes_from_the_answer_or_its_outages() -> None:
     assert _live(sync_answer(answer(outages=[outage], live=4.0))) == 4
     with pytest.raises(BadResponse):
         sync_answer(answer(live="1"))
+
+
+def test_while_the_store_fails_it_is_retried_every_panic_check_interval() -> None:
+    """Steady state: the store period. A failing panic check: its interval. The store failing
+    while every check passes (the `convex` check passed again before the first sync after
+    Convex's return): still the panic check's interval, not a whole store period."""
+    now = [T0]
+    m = monitor(now, fleet())
+    m.record("mastra", result("pass", T0))
+    m.record("app", result("pass", T0))
+    assert sync_period(m.snapshot, 60.0) == 60.0
+    m.set_store(StoreState(status="error", kind="unavailable", message="cannot reach"))
+    assert sync_period(m.snapshot, 60.0) == 10.0
+    m.set_store(StoreState(status="ok"))
+    m.record("mastra", result("fail", T0 + 1))
+    m.record("mastra", result("fail", T0 + 2))
+    assert sync_period(m.snapshot, 60.0) == 10.0

@@ -17,13 +17,26 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from sidecar.fleet import Outage, Watched
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.peers import Peer
 from sidecar.result import CheckResult
 from sidecar.server import create_app
 from sidecar.snapshot import StoreState
-from sidecar.witness import HEADER, MAX_BODY, PATH, Buckets, Desk, Door, question
+from sidecar.witness import (
+    HEADER,
+    MAX_BODY,
+    PATH,
+    Buckets,
+    Desk,
+    Door,
+    Question,
+    answer,
+    parse_account,
+    question,
+    tally,
+)
 from sidecar.witnesses import MAX_ANSWER, Witnesses
 from tests.modules.test_app import closed_port
 from tests.modules.test_fleet import APP, GRACE, MASTRA, fleet
@@ -62,7 +75,7 @@ class Instance:
                 status=status,  # type: ignore[arg-type]
                 output=f"{check} said {status} at http://{check}.internal/?token=s3cret",
                 latency=0.01,
-                observed_at=self.now[0],
+                observed_at=self.now[0] - 0.01,  # it ended now: asked about, it has happened
             ),
         )
 
@@ -106,6 +119,25 @@ async def test_a_signed_question_is_answered_with_statuses_only(
     for leak in ("http", "token", "s3cret", "said", SECRET):
         assert leak not in raw
     assert one.hurried == ["mastra", "app"]  # the checks it has: probe them soon
+
+
+def test_a_witness_whose_subscription_dropped_cannot_tell_whether_it_reaches_convex() -> None:
+    """Its last sync said ok, but the subscription it held has dropped since (Convex may be
+    gone for it too): `reaches_convex` None, and the asker counts it among those that may yet
+    see the failure, so a failure just noticed here stays pending (the second question);
+    subscribed, or never subscribing: a "yes"."""
+    one = Instance("web-1", time.time())
+    one.monitor.set_store(StoreState(status="ok"))
+    asked = Question(instance="web-2", ts=0, checks=("mastra",), nonce="n")
+    assert answer(one.monitor.snapshot, asked)["reaches_convex"] is True
+    watched = Watched(at=one.now[0], subscribed=True)
+    one.monitor.apply_watch(watched)
+    assert answer(one.monitor.snapshot, asked)["reaches_convex"] is True
+    one.monitor.apply_watch(replace(watched, subscribed=False))
+    doc = answer(one.monitor.snapshot, asked)
+    assert doc["reaches_convex"] is None
+    seen = tally(["mastra"], [parse_account(doc, ["mastra"])], at=one.now[0])["mastra"]
+    assert (seen.possible, seen.answered) == (2, 2)
 
 
 async def test_refusals_come_before_any_work(
@@ -321,19 +353,79 @@ async def test_the_second_question_catches_peers_that_had_not_probed_yet(
     assert a.monitor.snapshot.ready
 
 
-async def test_when_convex_answers_the_witness_is_dropped(aiohttp_client: ClientFactory) -> None:
-    """A sync answer's view replaces the witnessed one, and the asker stops asking."""
+async def test_when_convex_answers_the_witness_hands_over_to_its_count(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """Convex back: its first answer still counts the failure on this instance alone (its
+    recount of the others comes later), and the check fails here until its next probe. The
+    sync answer's view carries the witness over (`witness_in_force`, as the Syncer builds it):
+    the instance stays ready; two intervals after the question, the witness counts no more
+    and Convex's count decides; the asker asks no more meanwhile."""
     (a, b), peers = await fleet_of(aiohttp_client, "a", "b")
     a.fail_mastra()
     b.fail_mastra()
     async with aiohttp.ClientSession() as session:
         witnesses = asker(a, session, peers)
         await witnesses.step()
+        asked = a.now[0]
         assert "mastra" in a.monitor.snapshot.shared_outages
         a.monitor.set_store(StoreState(status="ok"))
-        a.monitor.apply_fleet(fleet(at=a.now[0]))  # what the next sync answer brings
+        a.now[0] += 10 + GRACE + 1  # the next sync answer, past the pending window
+        snap = a.monitor.snapshot
+        a.monitor.apply_fleet(
+            fleet(
+                at=a.now[0],
+                outages={"mastra": Outage(failing=1, live=2)},  # before Convex's recount
+                witnessed=snap.fleet.witness_in_force(snap.states, a.now[0]),
+            )
+        )
         await witnesses.step()
-    assert a.monitor.snapshot.fleet.witnessed == {}
-    past_the_window(a)
-    assert not a.monitor.snapshot.ready
-    assert b.hurried == ["mastra"]
+    assert b.hurried == ["mastra"]  # asked once: Convex answers, nobody is asked again
+    assert a.monitor.snapshot.ready
+    assert a.monitor.snapshot.shared_outages["mastra"].witnesses == ("b",)
+    a.now[0] = asked + 2 * 10 + 0.5  # two intervals after the question: Convex's count decides
+    a.see("mastra", "fail")
+    a.see("app", "pass")
+    assert a.monitor.snapshot.reasons == ("mastra is fail",)
+    snap = a.monitor.snapshot
+    assert snap.fleet.witness_in_force(snap.states, a.now[0]) == {}
+
+
+async def test_peers_that_recover_first_do_not_withdraw_a_shared_verdict_at_once(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """Convex returns for the peers first: asked again, they pass and reach it. The last
+    shared answer counts out its two intervals (no instance leaves because the others noticed
+    the return sooner), and the check is probed again soon (hurried); after that, failing
+    still, it is a fault of this instance's own."""
+    (a, b, c), peers = await fleet_of(aiohttp_client, "a", "b", "c")
+    for one in (a, b, c):
+        one.fail_mastra()
+    hurried: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        a.monitor.apply_fleet(replace(a.monitor.snapshot.fleet, peers=tuple(peers)))
+        witnesses = Witnesses(
+            monitor=a.monitor,
+            session=session,
+            secret=SECRET,
+            instance="a",
+            clock=lambda: a.now[0],
+            hurry=hurried.append,
+        )
+        await witnesses.step()
+        asked = a.now[0]
+        assert a.monitor.snapshot.shared_outages["mastra"].witnesses == ("b", "c")
+        for one in (b, c):  # Convex is back for them, and Mastra passes there
+            one.see("mastra", "pass")
+            one.monitor.set_store(StoreState(status="ok"))
+        a.now[0] += 10 + GRACE + 1  # past the pending window; asked again (once an interval)
+        a.see("mastra", "fail")
+        await witnesses.step()
+    assert b.hurried == ["mastra", "mastra"]  # asked twice
+    assert hurried == ["mastra"]
+    assert a.monitor.snapshot.ready
+    assert a.monitor.snapshot.shared_outages["mastra"].witnesses == ("b", "c")
+    a.now[0] = asked + 2 * 10 + 0.5  # the last shared answer has run out
+    a.see("mastra", "fail")
+    a.see("app", "pass")
+    assert a.monitor.snapshot.reasons == ("mastra is fail",)
