@@ -1034,7 +1034,7 @@ async def run(options: Options) -> int:
         for k in options.panic_checks or (1,):
             rows.append(await run_size(n, options, out, k))
             if options.panic_checks:  # each row as soon as it is measured
-                out(concurrency(rows[-1:], options).splitlines()[-1])
+                out(concurrency(rows[-1:], options).splitlines()[2])
     took = time.monotonic() - started
     out("")
     out(header(options, sample))
