@@ -4,10 +4,10 @@
  * convex-test 0.0.60 answers every query, index range or not, by walking every document of the
  * whole database (`DatabaseFake._iterateDocs`: `Object.keys(this._documents).filter(isInTable)`,
  * each id's table parsed by a regular expression), then filtering and sorting. One `.unique()`
- * by index therefore costs O(all documents): with 1,000 instances failing 16 panic checks (about
- * 40,000 documents) a sync's few dozen index lookups took hundreds of milliseconds of this one
- * Node thread, the stand-in's serial queue grew past the sidecar's 2 s timeout and the 30 s
- * timestamp window, and every sync failed (docs/benchmarks.md, "Fleet"). Convex reads an index
+ * by index therefore costs O(all documents): with 200 instances failing 16 panic checks a sync
+ * took 38.8 ms of this one Node thread, the stand-in's serial queue grew past the sidecar's 2 s
+ * timeout and the 30 s timestamp window, and nearly every sync failed (docs/benchmarks.md,
+ * "Fleet"). Convex reads an index
  * range as a range of its index (crates/database/src/index_registry.rs, `IndexReader`: a
  * B-tree range over the index key), at a cost that grows with the documents in the range.
  *
