@@ -889,6 +889,20 @@ def concurrency(rows: Sequence[Row], options: Options) -> str:
             f"| {docs_written:.0f} / {bytes_written:.0f} ({docs_written_fn}) "
             f"| {ms:.1f} ({ms_fn}) |"
         )
+    lines.append("")
+    for r in rows:
+        window = (r.onset, r.outage) if r.outage is not r.onset else (r.onset,)
+        by_fn: Counter[str] = Counter()
+        for p in window:
+            for fn, counts in p.transactions.get("byFunction", {}).items():
+                by_fn[f"{fn} conflicts"] += int(counts.get("conflicts", 0))
+                by_fn[f"{fn} failed after retries"] += int(counts.get("failedAfterRetries", 0))
+        background = sum(int(p.transactions.get("backgroundConflicts", 0)) for p in window)
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(by_fn.items())) or "no conflict"
+        lines.append(
+            f"- N={r.n}, K={r.k}: in the outage, {detail}; background (scheduled) conflicts "
+            f"{background}"
+        )
     return "\n".join(lines)
 
 
@@ -1020,7 +1034,7 @@ async def run(options: Options) -> int:
         for k in options.panic_checks or (1,):
             rows.append(await run_size(n, options, out, k))
             if options.panic_checks:  # each row as soon as it is measured
-                out(concurrency(rows[-1:], options).splitlines()[-1])
+                out(concurrency(rows[-1:], options).splitlines()[2])
     took = time.monotonic() - started
     out("")
     out(header(options, sample))

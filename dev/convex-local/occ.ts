@@ -133,6 +133,8 @@ export class ConcurrencyModel {
   readonly #random: () => number;
   readonly #sleep: (ms: number) => Promise<void>;
   #log: Commit[] = [];
+  /** Snapshots of HTTP mutation attempts submitted and not yet finished (queued or running). */
+  #pending: number[] = [];
   #report: ConcurrencyReport;
 
   constructor(
@@ -167,12 +169,14 @@ export class ConcurrencyModel {
   async run<T>(fn: string, kind: string, attempt: (observer: TransactionRecorder) => Promise<T>): Promise<T> {
     for (let failures = 0; ; failures++) {
       const snapshot = this.#now();
+      const http = kind === "mutation";
+      if (http) this.#pending.push(snapshot);
       let conflict: { conflict: Conflict; writer: string } | null = null;
       let first = true;
       const recorder = new TransactionRecorder(this.catalog, {
         committing: (record) => {
           const mine = first && kind === "mutation";
-          const found = this.#check(record, mine ? snapshot : this.#now() - this.#duration(record));
+          const found = this.#check(record, mine ? snapshot : this.#backgroundAt() - this.#duration(record));
           if (found === null) return;
           if (!mine || !this.enabled) {
             this.#report.backgroundConflicts += 1;
@@ -187,13 +191,16 @@ export class ConcurrencyModel {
           this.#note(record);
           if (!committed || record.writeSet.writes.length === 0) return;
           const duration = this.#duration(record);
-          const start = mine && kind === "mutation" ? snapshot : this.#now() - duration;
+          const start = mine && kind === "mutation" ? snapshot : this.#backgroundAt() - duration;
           this.#append({ fn: record.fn, writeSet: record.writeSet, at: start + duration });
         },
       });
       try {
-        return await attempt(recorder);
+        const value = await attempt(recorder);
+        if (http) this.#settle(snapshot);
+        return value;
       } catch (error) {
+        if (http) this.#settle(snapshot);
         const found = conflict as { conflict: Conflict; writer: string } | null;
         if (found === null || !(error instanceof ConflictSignal)) throw error;
         const counts = this.#byFunction(fn);
@@ -209,6 +216,24 @@ export class ConcurrencyModel {
         await this.#sleep(this.#backoff(failures));
       }
     }
+  }
+
+  /**
+   * Convex's time for a transaction that is not an HTTP mutation's attempt (a scheduled
+   * mutation, an action's runMutation), run now by the serial executor: just before the earliest
+   * HTTP attempt still waiting (whose snapshot is its arrival), or now when none waits. With a
+   * backlog, the executor runs behind Convex's clock; placing such a commit at this process's
+   * now would put it after every queued call's snapshot and fail them all against it.
+   */
+  #backgroundAt(): number {
+    let earliest = this.#now();
+    for (const snapshot of this.#pending) if (snapshot < earliest) earliest = snapshot;
+    return earliest;
+  }
+
+  #settle(snapshot: number): void {
+    const i = this.#pending.indexOf(snapshot);
+    if (i >= 0) this.#pending.splice(i, 1);
   }
 
   /** `Backoff::fail`: min(initial x 2^failures, max) x jitter. */

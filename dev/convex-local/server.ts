@@ -39,6 +39,7 @@ import {
 } from "./failures.js";
 import { indexCatalog } from "./bandwidth.js";
 import { FaultInjector } from "./faults.js";
+import { installIndexes } from "./indexes.js";
 import { CLOUD_LIMITS } from "./limits.js";
 import { ConcurrencyModel, type ConcurrencyReport, type OccOptions } from "./occ.js";
 import type { ReadSet } from "./readsets.js";
@@ -129,6 +130,7 @@ class Backend {
     this.#tables = new Set(Object.keys(schema.tables));
     this.#t = convexTest({ schema, modules, transactionLimits: CLOUD_LIMITS });
     installDatabaseObserver();
+    installIndexes(this.#t, schema);
     this.meter = new UsageMeter(schema);
     this.occ = new ConcurrencyModel(indexCatalog(schema), occ);
   }
