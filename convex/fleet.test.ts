@@ -274,8 +274,8 @@ describe("counting: failing rows, sharded counters, the recount, liveness", () =
         documentsRead: 2,
         databaseQueries: 4,
         documentsWritten: 1,
-        bytesRead: 2 * 161,
-        bytesWritten: 161,
+        bytesRead: 2 * 149,
+        bytesWritten: 149,
       },
     });
     const id = await tight.run((ctx) =>
