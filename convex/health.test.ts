@@ -410,7 +410,7 @@ describe("sync", () => {
     // 9): 3 x 149 + 85 = 532 bytes a sync, whatever the instance's name, plus the live count
     // (sidecarLive, 77 bytes once recounted). At one sync a minute (43,200 in 30 days) that is
     // 26.3 MB a month, under the budget of 30 (DESIGN.md) before the peers' ring (read once per
-    // 30 minutes: convex/peers.test.ts).
+    // 60 minutes: convex/peers.test.ts).
     expect((3 * size + 85 + 77) * 43_200).toBe(26_308_800);
     expect((3 * size + 85 + 77) * 43_200).toBeLessThanOrEqual(30_000_000);
 
