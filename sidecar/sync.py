@@ -29,7 +29,7 @@ from sidecar.store import (
     Unauthorized,
 )
 from sidecar.store.evidence import RuntimeEvidence
-from sidecar.store.messages import SharedAsk, Summary, SyncAnswer, SyncRequest, Warm
+from sidecar.store.messages import MAX_PEERS, SharedAsk, Summary, SyncAnswer, SyncRequest, Warm
 
 T = TypeVar("T")
 MIN_GAP = 1.0  # seconds between the starts of two calls, at least
@@ -167,12 +167,13 @@ class Syncer:
         )
 
     def _wants_peers(self, snap: Snapshot) -> bool:
-        """Whether to ask Convex for peers now: it knows none while the count says others
-        live (or is unknown). Asking reads the peers' ring (about 2.6 KB of Convex bandwidth);
-        fewer than MAX_PEERS known are topped up by the periodic refresh, not on every sync."""
-        if self._advertise is None or snap.fleet.peers:
+        """Whether to ask Convex for peers now: it knows fewer than the fleet has (at most
+        MAX_PEERS; while the count is unknown, at least one). Not while the count says it is
+        alone: each ask reads the peers' ring (up to about 2.5 KB of Convex bandwidth)."""
+        if self._advertise is None:
             return False
-        return self._live is None or self._live > 1
+        others = 1 if self._live is None else min(MAX_PEERS, self._live - 1)
+        return len(snap.fleet.peers) < others
 
     def _ask(self, snap: Snapshot, check: Check, now: float) -> SharedAsk:
         """The lease request of a shared check, with this holder's newest own result."""
