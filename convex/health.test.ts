@@ -14,7 +14,7 @@ import {
   SECOND,
   SECRET,
   enroll,
-  hashToken,
+  beatToken,
   heartbeatOf,
   hello,
   payload,
@@ -137,7 +137,7 @@ describe("sync", () => {
         seenAt: later,
         expiresAt: later + 5 * MINUTE,
         liveUntil: later + 5 * MINUTE, // no periodMs (a sidecar before v3): its TTL
-        lastTs: later,
+        ts: later,
       },
     ]);
     // The registry (and its version) is written on hello and re-registration only: a new version
@@ -393,14 +393,16 @@ describe("sync", () => {
     const before = await snapshot(t);
     const [beat] = before.heartbeats;
     const size = getDocumentSize(beat);
-    // 63 (_id, _creationTime, braces) + seenAt 16 + expiresAt 19 + liveUntil 19 + lastTs 16
-    // + tokenHash 28
-    expect(size).toBe(161);
+    // 63 (_id, _creationTime, braces) + seenAt 16 + expiresAt 19 + liveUntil 19 + ts 12
+    // + tokenHash 20 (8 bytes)
+    expect(size).toBe(149);
     // The get, the patch's read and the patch's write, and the write's by_liveUntil entry (76 +
-    // 9): 3 x 161 + 85 = 568 bytes a sync, whatever the instance's name, plus the live count
+    // 9): 3 x 149 + 85 = 532 bytes a sync, whatever the instance's name, plus the live count
     // (sidecarLive, 77 bytes once recounted). At one sync a minute (43,200 in 30 days) that is
-    // 27.9 MB a month.
-    expect((3 * size + 85 + 77) * 43_200).toBe(27_864_000);
+    // 26.3 MB a month, under the budget of 30 (DESIGN.md) before the peers' ring (read once per
+    // 60 minutes: convex/peers.test.ts).
+    expect((3 * size + 85 + 77) * 43_200).toBe(26_308_800);
+    expect((3 * size + 85 + 77) * 43_200).toBeLessThanOrEqual(30_000_000);
 
     const answer = await sync(t, signed("i1", payload({ heartbeat: beat._id })));
     expect(answer).toMatchObject({ heartbeat: beat._id, written: 0, resend: false });
@@ -413,7 +415,7 @@ describe("sync", () => {
         seenAt: NOW + 30 * SECOND,
         expiresAt: NOW + 30 * SECOND + 5 * MINUTE,
         liveUntil: NOW + 30 * SECOND + 5 * MINUTE,
-        lastTs: NOW + 30 * SECOND,
+        ts: NOW + 30 * SECOND,
       },
     ]);
 
@@ -432,7 +434,7 @@ describe("sync", () => {
     const token = "7".repeat(64);
     const { _id, _creationTime, ...fields } = beat;
     const id = await tight.run((ctx) =>
-      ctx.db.insert("sidecarHeartbeats", { ...fields, tokenHash: hashToken(name, token) }),
+      ctx.db.insert("sidecarHeartbeats", { ...fields, tokenHash: beatToken(name, token) }),
     );
     await expect(sync(tight, signed(name, payload({ heartbeat: id, token })))).resolves.toMatchObject({
       heartbeat: id,

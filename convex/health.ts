@@ -118,7 +118,7 @@ async function applySync(ctx: MutationCtx, call: SignedCall, payload: SyncPayloa
     expiresAt,
     liveUntil: payload.leaving ? undefined : liveUntilOf(now, payload.periodMs, expiresAt),
     left: undefined,
-    lastTs: call.ts,
+    ts: call.ts,
   };
   const synced =
     payload.hello === null
@@ -142,19 +142,22 @@ async function applySync(ctx: MutationCtx, call: SignedCall, payload: SyncPayloa
   const dead = await firstDead(ctx, now);
   if (dead !== null) await uncount(ctx, dead);
   // As last recounted; at least this instance while it is counted (a fleet of one knows it).
-  const live = isCounted ? Math.max(await liveCount(ctx), 1) : await liveCount(ctx);
+  const recounted = await liveCount(ctx);
+  const live = isCounted ? Math.max(recounted, 1) : recounted;
   const outages = payload.panic === null || payload.leaving ? [] : await outagesOf(ctx, failing, live);
   const shared = await applyShared(ctx, instance, payload.shared, now);
-  const peers = await applyPeers(ctx, instance, payload, synced, now);
+  const alone = wasCounted && recounted === 1; // the one counted instance is this one: no peer to name
+  const peers = await applyPeers(ctx, instance, payload, synced, now, alone);
   const { before: _, failingBefore: __, ...answer } = synced;
   return { now, expiresAt, written: payload.results.length, ...answer, outages, shared, live, ...peers };
 }
 
 /**
  * A hello's `advertise` into the peers' ring, a last sync out of it. The others' handful is read
- * on a hello, on a sync that asks (`wantPeers`: the instance knows none yet) and once per
- * PEER_REFRESH_MS window of the server's clock (the first sync of the instance in a new window),
- * not on every sync: a steady-state sync reads its heartbeat only.
+ * on a hello, on a sync that asks (`wantPeers`: the instance knows none yet) unless the live
+ * count says it is `alone` (there is no one to name; an instance alone would otherwise ask on
+ * every sync), and once per PEER_REFRESH_MS window of the server's clock (the first sync of the
+ * instance in a new window), not on every sync: a steady-state sync reads its heartbeat only.
  * Answered only when read and not empty; absent, the instance keeps the handful it has.
  */
 async function applyPeers(
@@ -163,6 +166,7 @@ async function applyPeers(
   payload: SyncPayload,
   synced: Synced,
   now: number,
+  alone: boolean,
 ): Promise<{ peers?: PeerAnswer[] }> {
   if (payload.leaving) {
     await forgetPeer(ctx, instance);
@@ -174,7 +178,7 @@ async function applyPeers(
   const before = synced.before?.seenAt;
   const due =
     payload.hello !== null ||
-    payload.wantPeers ||
+    (payload.wantPeers && !alone) ||
     before === undefined ||
     Math.floor(before / PEER_REFRESH_MS) !== Math.floor(now / PEER_REFRESH_MS);
   const peers = due ? await peersFor(ctx, instance, now) : [];
@@ -199,7 +203,8 @@ async function steadyState(
     beat === null ||
     !isLive(beat, renewed.seenAt) ||
     payload.token === null ||
-    beat.tokenHash !== (await tokenHash(instance, payload.token))
+    beat.tokenHash === undefined ||
+    toHex(new Uint8Array(beat.tokenHash)) !== (await tokenHash(instance, payload.token))
   ) {
     refuse("unauthorized", TOKEN_MISMATCH);
   }
@@ -247,7 +252,7 @@ async function registration(
   await writeResults(ctx, instance, payload.results, now, kept?.length ?? null);
   const token = newToken();
   const hash = await tokenHash(instance, token);
-  const beat = { ...renewed, tokenHash: hash };
+  const beat = { ...renewed, tokenHash: fromHex(hash) };
   const heartbeat =
     previous === null ? await ctx.db.insert("sidecarHeartbeats", beat) : await renew(ctx, previous, beat);
   await register(ctx, registry, { instance, version: payload.version, heartbeat }, payload.summary);
@@ -263,13 +268,13 @@ type Renewal = {
   expiresAt: number;
   liveUntil: number | undefined;
   left: undefined;
-  lastTs: number;
-  tokenHash?: string;
+  ts: number;
+  tokenHash?: ArrayBuffer;
 };
 
 /** Refuses a sync whose `ts` is not newer than the last one accepted for the instance: a replay. */
 function checkNewer(beat: Heartbeat, ts: number): void {
-  if (beat.lastTs !== undefined && ts <= beat.lastTs) {
+  if (beat.ts !== undefined && ts <= beat.ts) {
     refuse(
       "replayed",
       "ts is not newer than this instance's last accepted sync: a replay, or two sidecars under one name",
@@ -290,6 +295,11 @@ export async function tokenHash(instance: string, token: string): Promise<string
 
 function toHex(bytes: Uint8Array): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The heartbeat's form of a token hash: its 16 hex characters as 8 bytes. */
+function fromHex(hex: string): ArrayBuffer {
+  return new Uint8Array(hex.match(/../g)!.map((pair) => parseInt(pair, 16))).buffer;
 }
 
 /**
@@ -322,7 +332,7 @@ function joinsPerMinute(): number {
   return Number.isSafeInteger(set) && set > 0 ? set : LIMITS.JOINS_PER_MINUTE;
 }
 
-/** Patches a heartbeat's seenAt, expiresAt and lastTs; a drain that ended leaves the mailbox in the same patch. */
+/** Patches a heartbeat's seenAt, expiresAt and ts; a drain that ended leaves the mailbox in the same patch. */
 async function renew(ctx: MutationCtx, beat: Heartbeat, renewed: Renewal): Promise<Id<"sidecarHeartbeats">> {
   const ended = beat.drain !== undefined && drainOf(beat, renewed.seenAt) === null;
   await ctx.db.patch("sidecarHeartbeats", beat._id, ended ? { ...renewed, drain: undefined } : renewed);

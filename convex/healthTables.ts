@@ -53,7 +53,7 @@ export const healthTables = {
   /**
    * Liveness: one document per instance, read and patched by every sync (by id: the caller sends
    * the id and token its hello gave). One index, by_liveUntil, so that dead instances are found
-   * without a scan: a write costs the document (161 bytes) and that entry (85). It also carries
+   * without a scan: a write costs the document (149 bytes) and that entry (85). It also carries
    * the drain in force (mirrored from the mailbox): the steady-state read delivers it for free,
    * and a sync's patch (a merge) leaves it in place.
    */
@@ -67,10 +67,12 @@ export const healthTables = {
     // Set by the instance's last sync before it stopped: no longer counted in the fleet (its
     // results stay, for the warm start of its next start); cleared by its next sync.
     left: v.optional(v.literal(true)),
-    // The holder's proof: the first 16 hex of SHA-256(instance + "\n" + token), the token its
+    // The holder's proof: the first 8 bytes of SHA-256(instance + "\n" + token), the token its
     // hello answered; later syncs must present the token (so a heartbeat is bound to one name).
-    tokenHash: v.optional(v.string()),
-    lastTs: v.optional(v.number()), // the `ts` of the last accepted sync: a later one must be newer
+    // Bytes, not hex, and `ts` not `lastTs`: every sync reads this document twice and writes it
+    // once, so each byte here costs 3 bytes of bandwidth a sync (docs/convex.md, "Budget").
+    tokenHash: v.optional(v.bytes()),
+    ts: v.optional(v.number()), // the `ts` of the last accepted sync: a later one must be newer
   }).index("by_liveUntil", ["liveUntil"]),
 
   /** One row per (instance, check), written only when the result changes; lives as long as its instance. */

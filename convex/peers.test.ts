@@ -30,11 +30,22 @@ async function join(t: T, names: string[]) {
   return answer;
 }
 
-/** The next refresh window of the ring. */
-const nextWindow = () => vi.setSystemTime(Date.now() + PEER_REFRESH_MS);
 const steady = async (t: T, name: string) =>
   await sync(t, signed(name, payload({ heartbeat: await heartbeatOf(t, name), ttlMs: TTL, periodMs: MINUTE })));
-const TTL = 15 * MINUTE; // longer than a window: a steady sync a window later is still the instance's
+const TTL = 15 * MINUTE; // the longest kept (TTL_CLAMP_MS): shorter than a window of the ring
+
+/**
+ * One second into the ring's next refresh window; on the way, `alive` sync every 10 minutes
+ * (in the current window: none of them reads the ring) so that their heartbeats outlive the TTL.
+ */
+async function nextWindow(t: T, alive: string[]) {
+  const boundary = (Math.floor(Date.now() / PEER_REFRESH_MS) + 1) * PEER_REFRESH_MS;
+  while (Date.now() + 10 * MINUTE < boundary) {
+    vi.setSystemTime(Date.now() + 10 * MINUTE);
+    for (const name of alive) expect((await steady(t, name)).peers).toBeUndefined();
+  }
+  vi.setSystemTime(boundary + 1000);
+}
 
 const ring = (t: T) => t.run(async (ctx) => await ctx.db.query("sidecarPeers").collect());
 
@@ -59,7 +70,7 @@ describe("peers", () => {
     expect((await join(t, [a]))!.peers).toBeUndefined(); // a hello's answer reads the ring: none yet
     expect((await join(t, [b]))!.peers).toEqual([{ instance: a, url: url(a) }]);
     await join(t, [c]);
-    nextWindow();
+    await nextWindow(t, [a, b, c]);
     await steady(t, b); // still live a window later
     await steady(t, c);
     const answer = await steady(t, a);
@@ -114,12 +125,13 @@ describe("peers", () => {
     const t = setup();
     const [a, b] = distinctNames(2);
     await join(t, [a, b]);
-    vi.setSystemTime(Math.ceil(Date.now() / PEER_REFRESH_MS) * PEER_REFRESH_MS + PEER_REFRESH_MS - 1000);
+    await nextWindow(t, [a, b]); // every sync on the way: same window, not read
     await steady(t, b);
-    expect((await steady(t, a)).peers).toEqual([{ instance: b, url: url(b) }]); // a new window since the hello
+    expect((await steady(t, a)).peers).toEqual([{ instance: b, url: url(b) }]); // a new window
     vi.setSystemTime(Date.now() + 500);
     expect((await steady(t, a)).peers).toBeUndefined(); // same window: not read
-    vi.setSystemTime(Date.now() + 1000);
+    await nextWindow(t, [a, b]);
+    await steady(t, b);
     expect((await steady(t, a)).peers).toEqual([{ instance: b, url: url(b) }]);
   });
 
@@ -137,6 +149,32 @@ describe("peers", () => {
       sync(t, signed(a, payload({ heartbeat: await heartbeatOf(t, a), ttlMs: TTL, wantPeers: "yes" }))),
     );
     expect(error.data.message).toContain("body.wantPeers");
+  });
+
+  test("an instance the live count says is alone asks in vain: the ring is not read (the bandwidth budget)", async () => {
+    const t = setup();
+    const [a] = distinctNames(1);
+    await join(t, [a]);
+    await t.finishAllScheduledFunctions(vi.runAllTimers); // the recount: live 1, this instance
+    const readsOfRing = async () => {
+      const answer = await sync(
+        t,
+        signed(a, payload({ heartbeat: await heartbeatOf(t, a), ttlMs: TTL, periodMs: MINUTE, wantPeers: true })),
+      );
+      return answer;
+    };
+    const peersRead = vi.spyOn(Math, "random"); // peersFor draws its starting slot: one draw per ring read
+    const asked = await readsOfRing();
+    expect(asked).toMatchObject({ live: 1 });
+    expect(asked.peers).toBeUndefined();
+    expect(peersRead).not.toHaveBeenCalled();
+    // Once another instance is counted, asking reads the ring again.
+    const [, b] = distinctNames(2);
+    await join(t, [b]);
+    await t.finishAllScheduledFunctions(vi.runAllTimers);
+    expect((await readsOfRing()).peers).toEqual([{ instance: b, url: url(b) }]);
+    expect(peersRead).toHaveBeenCalled();
+    peersRead.mockRestore();
   });
 
   test("without advertise nothing joins the ring (an older sidecar)", async () => {

@@ -13,7 +13,7 @@ import type { Id } from "./_generated/dataModel";
 import { COUNTS, shardOf } from "./healthCounts";
 import { LIMITS } from "./healthProtocol";
 import schema from "./schema";
-import { MINUTE, NOW, SECOND, SECRET, hashToken, payload, result, setup, signed, sync, type T } from "./test.setup";
+import { MINUTE, NOW, SECOND, SECRET, beatToken, payload, result, setup, signed, sync, type T } from "./test.setup";
 
 const N = 1000; // 999 planted, the 1,000th joins
 const TOKEN = "5".repeat(64); // every planted instance's token
@@ -67,8 +67,8 @@ beforeAll(async () => {
           seenAt: NOW,
           expiresAt: NOW + 5 * MINUTE,
           liveUntil: NOW + 2 * MINUTE,
-          lastTs: NOW - 1,
-          tokenHash: hashToken(instance, TOKEN),
+          ts: NOW - 1,
+          tokenHash: beatToken(instance, TOKEN),
         });
         beats[instance] = heartbeat;
         await ctx.db.insert("sidecarInstances", { instance, version: "0.3.0", heartbeat, ...summary });

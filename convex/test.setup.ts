@@ -179,11 +179,15 @@ export async function heartbeatOf(t: T, instance: string): Promise<string> {
 export const hashToken = (instance: string, token: string): string =>
   createHash("sha256").update(`${instance}\n${token}`, "utf8").digest("hex").slice(0, 16);
 
+/** The heartbeat's form of the hash: its 8 bytes (the mailbox keeps the 16 hex of `hashToken`). */
+export const beatToken = (instance: string, token: string): ArrayBuffer =>
+  new Uint8Array(Buffer.from(hashToken(instance, token), "hex")).buffer;
+
 /** A new token for `instance`, kept for `signed`; returns its stored form (for a planted heartbeat). */
-export function plantToken(instance: string): string {
+export function plantToken(instance: string): ArrayBuffer {
   const token = randomBytes(32).toString("hex");
   tokens.set(instance, token);
-  return hashToken(instance, token);
+  return beatToken(instance, token);
 }
 
 /**

@@ -76,6 +76,13 @@ async def steady_state(convex_local: procs.Proc, app: faults.FaultServer, tmp_pa
     assert 3 <= counted["calls"] <= 4, counted
     assert counted["documentsWritten"] == counted["calls"], counted
     assert counted["errors"] == 0, counted
+    # Read: the heartbeat (by id, and again by its patch) and the live count. An instance
+    # alone does not read the peers' ring on every sync (it did, asking for peers in vain);
+    # at most once in the run should its hourly refresh fall here.
+    assert counted["documentsRead"] <= 3 * counted["calls"] + 1, counted
+    # The budget (DESIGN.md): 30 MB a month at one sync a minute (43,200 in 30 days).
+    per_sync = (counted["bytesRead"] + counted["bytesWritten"]) / counted["calls"]
+    assert per_sync <= 30e6 / 43_200, counted
 
 
 async def test_a_status_change_reaches_convex_within_a_second(
