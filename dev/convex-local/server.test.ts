@@ -559,7 +559,7 @@ describe("usage stats: database bandwidth as Convex bills it (test functions, in
 });
 
 describe("usage stats of the store protocol (the repo's functions, in process)", () => {
-  test("a hello registers the instance and its heartbeat; a steady-state sync gets and patches the heartbeat only", async () => {
+  test("a hello registers the instance and its heartbeat; a steady-state sync gets and patches the heartbeat and reads the live count", async () => {
     process.env.HEALTH_SIDECAR_SECRET = SECRET;
     const local = await startServer(0, { log: () => {} });
     try {
@@ -578,8 +578,8 @@ describe("usage stats of the store protocol (the repo's functions, in process)",
       // The steady state, whatever the instance's name (here 7 and 64 characters): the heartbeat
       // {seenAt, expiresAt, liveUntil, ts, tokenHash (8 bytes)}: 63 + 16 + 19 + 19 + 12 + 20 = 149
       // bytes, read by id (no index key), read again by the patch and written with its
-      // by_liveUntil entry (76 + 9): 298 bytes read, 234 written, 532 bytes a sync (the live
-      // count is not there yet: no recount ran; once it is, 77 bytes more).
+      // by_liveUntil entry (76 + 9), and the live count (77 bytes: the hellos' recount ran at
+      // once): 375 bytes read, 234 written, 609 bytes a sync.
       const pod = `web-${"7c9f8d6b5".repeat(6)}-x4k2p`;
       expect(pod).toHaveLength(64);
       const second = keep(pod, await store.mutation(api.health.sync, signed(pod, payload({ hello: {} }))));
@@ -590,7 +590,9 @@ describe("usage stats of the store protocol (the repo's functions, in process)",
         local.resetStats();
         const answer = await store.mutation(api.health.sync, signed(instance, payload({ heartbeat })));
         expect(answer).toMatchObject({ heartbeat, resend: false });
-        expect(sync()).toEqual(usage({ documentsRead: 2, bytesRead: 149 + 149, documentsWritten: 1, bytesWritten: 149 + 85 }));
+        expect(sync()).toEqual(
+          usage({ documentsRead: 3, bytesRead: 149 + 149 + 77, documentsWritten: 1, bytesWritten: 149 + 85 }),
+        );
       }
     } finally {
       local.server.close();
@@ -640,9 +642,10 @@ describe("usage stats of the fleet additions (the repo's functions, in process, 
     vi.useRealTimers();
   });
 
-  test("(a) a steady sync, and one with panic while nothing fails, get and patch the heartbeat only", async () => {
+  test("(a) a steady sync, and one with panic while nothing fails, get and patch the heartbeat and read the live count", async () => {
     const steady = await measured(() => send("stats-1", {}));
-    expect(steady).toMatchObject({ documentsRead: 2, documentsWritten: 1, bytesWritten: BEAT_WRITE });
+    // The heartbeat twice (the get and the patch's read) and the live count.
+    expect(steady).toMatchObject({ documentsRead: 3, documentsWritten: 1, bytesWritten: BEAT_WRITE });
     // panic.failing [] with no rows: one more index range, empty: no byte.
     expect(await measured(() => panic("stats-1", []))).toEqual(steady);
   });
