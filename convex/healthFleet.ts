@@ -365,9 +365,6 @@ async function joinsSince(ctx: Reader, since: number): Promise<number> {
 // ---------------------------------------------------------------------------------------------
 // The purge's sweep (convex/health.ts's purgeExpired): every row of every table, page by page.
 
-/** Whether a row of a swept table is left over (never the drain log, never a live instance's). */
-export type Sweeper = (ctx: MutationCtx, doc: never, now: number) => Promise<boolean>;
-
 /** A registry, mailbox or result row whose instance is gone (no heartbeat, or it expired). */
 async function instanceGone(ctx: MutationCtx, heartbeat: Id<"sidecarHeartbeats"> | null, now: number) {
   const beat = heartbeat === null ? null : await ctx.db.get("sidecarHeartbeats", heartbeat);
