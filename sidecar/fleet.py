@@ -22,6 +22,12 @@ DRAINED = "drained: "
 # machine.
 REACTION = 1.5
 
+# How long this instance's own failure takes to reach Convex's verdict and the others, while
+# subscribed: the sync (0.2 s of coalescing and the call), the recount at once, the push; about
+# 0.3 s on a quiet machine, so a margin of 0.7 s. A count that comes later ends the wait as
+# if it had come then: a slow Convex does not keep a local fault in the pool longer.
+COUNTED = 1.0
+
 # A failure seen by one instance alone is never a shared outage, whatever the fleet's size: a
 # fleet of one (or two, at a threshold of 0.5) cannot tell its own fault from everyone's.
 MIN_SHARED_FAILING = 2
@@ -233,20 +239,20 @@ class FleetView:
         instance's failure (its `since` at or after the failure), the others hear of it at once,
         re-probe within their fast interval and report; if the count is still not a shared
         outage by then, the fault is local. So the wait ends `reaction(state)` after the
-        verdict that counted this failure, or REACTION + `reaction` after the failure while no
-        verdict has counted it yet (this instance's count reaches the others first); never
-        later than `pending_window`.
+        verdict that counted this failure, and at the latest COUNTED + `reaction` after the
+        failure (a count that has not come by then is late, or lost); never later than
+        `pending_window`.
         """
         since = state.since if state.since is not None else 0.0
         until = since + self.pending_window(state)
         watched = self.watched
         if watched is None or not watched.subscribed:
             return until
-        reaction = self.reaction(state)
+        counted = since + COUNTED
         verdict = watched.verdicts.get(state.name)
         if verdict is not None and verdict.failing >= 1 and verdict.since >= since - 1.0:
-            return min(until, verdict.since + reaction)
-        return min(until, since + REACTION + reaction)
+            counted = min(counted, verdict.since)
+        return min(until, counted + self.reaction(state))
 
     @staticmethod
     def reaction(state: CheckState) -> float:

@@ -16,6 +16,9 @@ from sidecar.snapshot import Snapshot, StoreState
 from sidecar.state import CheckState
 
 HEARTBEAT_MAX_AGE = 5.0
+# A Snapshot whose verdict turns by the clock alone is built again this long after that moment
+# (its wait ends just after `changes_at`), not at the next heartbeat up to a second later.
+TURN_MARGIN = 0.005
 
 
 class Monitor:
@@ -49,6 +52,7 @@ class Monitor:
             fleet=fleet,
         )
         self._metrics = metrics
+        self._turn: asyncio.TimerHandle | None = None  # the rebuild at snapshot.changes_at
         # Each check's place in the states (every Snapshot keeps the checks' order).
         self._index = {c.name: i for i, c in enumerate(checks)}
         metrics.watch(self)
@@ -121,9 +125,30 @@ class Monitor:
         """Start draining: `/ready` answers 503 from now on."""
         self._publish(replace(self.snapshot, draining=True, built_at=self._clock()))
 
+    def _rebuild(self) -> None:
+        """Build the Snapshot again as it is now: a wait or a drain ended by the clock."""
+        self._turn = None
+        self._publish(replace(self.snapshot, built_at=self._clock()))
+
+    def _schedule_turn(self, new: Snapshot) -> None:
+        """Rebuild the Snapshot just after its verdict turns by the clock alone (when a
+        running loop is there to do it; the heartbeat's rebuild is the backstop)."""
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
+        if new.changes_at is None or new.changes_at <= new.built_at:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        delay = new.changes_at - new.built_at + TURN_MARGIN
+        self._turn = loop.call_later(delay, self._rebuild)
+
     def _publish(self, new: Snapshot) -> None:
         old = self.snapshot
         self.snapshot = new
+        self._schedule_turn(new)
         if (old.statuses, old.ready, old.draining) != (new.statuses, new.ready, new.draining):
             self.changed.set()
         if old.ready != new.ready:

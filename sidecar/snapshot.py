@@ -63,6 +63,9 @@ class Snapshot:
     statuses: Mapping[str, Status] = field(init=False)
     shared_outages: Mapping[str, Outage] = field(init=False)
     awaiting_count: tuple[str, ...] = field(init=False)
+    # When this Snapshot's verdict turns by the clock alone (epoch seconds; None: it does not):
+    # a wait for the fleet's count ends, or a central drain reaches its end.
+    changes_at: float | None = field(init=False)
     central_drain: Drain | None = field(init=False)
     drain_sources: tuple[DrainSource, ...] = field(init=False)
     ready: bool = field(init=False)
@@ -116,6 +119,10 @@ class Snapshot:
         setattr_(self, "statuses", statuses)
         setattr_(self, "shared_outages", shared)
         setattr_(self, "awaiting_count", awaiting)
+        ends = [self.fleet.pending_until(s) for s in self.states if s.name in awaiting]
+        if drain is not None and drain.until is not None:
+            ends.append(drain.until)
+        setattr_(self, "changes_at", min(ends, default=None))
         setattr_(self, "central_drain", drain)
         setattr_(self, "drain_sources", sources)
         setattr_(self, "ready", not reasons)
