@@ -96,20 +96,21 @@ class Scheduler:
         return self._start(name)
 
     def hurry(self, name: str) -> bool:
-        """Run check `name` soon (another instance reports it failing): within its jitter
-        times its fast interval, so that a fleet told at once does not probe in lock step.
-        Refused (False) for a check this instance does not have, while its probe runs, and
-        within one fast interval of its last start: a check never runs more often than its
-        fast interval allows, the pace the probe-rate bound counts."""
+        """Run check `name` soon (another instance reports it failing, or recovering): within
+        its jitter times its fast interval, so that a fleet told at once does not probe in lock
+        step; and never sooner than one fast interval after its last start, the pace the
+        probe-rate bound counts: a hurry within that (or while its probe runs) is kept for
+        then, not dropped, for the news it brings is newer than the probe. False for a check
+        this instance does not have, or one already hurried as soon."""
         check = self._checks.get(name)
-        if check is None or name in self._running:
+        if check is None:
             return False
         fast = min(check.fast_interval, check.interval)
-        now = time.monotonic()
-        if now - self._started.get(name, float("-inf")) < fast:
+        earliest = max(time.monotonic(), self._started.get(name, float("-inf")) + fast)
+        at = earliest + self._rng.uniform(0, check.jitter * fast)
+        if self._hurried.get(name, float("inf")) <= at:
             return False
-        at = now + self._rng.uniform(0, check.jitter * fast)
-        self._hurried[name] = min(at, self._hurried.get(name, at))
+        self._hurried[name] = at
         self._wakes[name].set()
         return True
 

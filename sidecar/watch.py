@@ -70,14 +70,21 @@ def watched_of(
 
 def to_hurry(before: Mapping[str, Verdict], after: Watched, snap: Snapshot) -> tuple[str, ...]:
     """The panic checks of this instance to probe at once: a verdict that changed and counts
-    another instance failing it, while it does not fail here (yet)."""
+    another instance failing it, while it does not fail here (yet); or, while it fails here,
+    counts fewer failing than before (the others recover: so may this one, and a failure
+    left behind as the count falls under the threshold would look local, though it was the
+    shared outage's until the next probe says otherwise)."""
     names = []
     for state in snap.states:
         verdict = after.verdicts.get(state.name)
         if not state.check.panic or verdict is None or verdict == before.get(state.name):
             continue
-        failing_here = snap.statuses[state.name] == "fail"
-        if not failing_here and verdict.failing >= 1:
+        if snap.statuses[state.name] != "fail":
+            hurry = verdict.failing >= 1
+        else:
+            was = before.get(state.name)
+            hurry = was is not None and verdict.failing < was.failing
+        if hurry:
             names.append(state.name)
     return tuple(names)
 

@@ -77,7 +77,8 @@ def test_a_value_of_another_shape_is_refused(value: object) -> None:
 def test_a_changed_verdict_of_another_instance_hurries_a_passing_panic_check() -> None:
     """Verdict mastra 1 of 5 (another instance), mastra passing here: hurried; the same
     verdict again (a drain re-ran the query): not; failing here already, or a non-panic
-    check, or a verdict of no one failing: not."""
+    check, or a verdict of no one failing: not. Failing here, a count that falls (the others
+    recover): hurried."""
     metrics = Metrics(checks=["mastra", "app"], version="0")
     m = Monitor(
         instance="i",
@@ -101,3 +102,7 @@ def test_a_changed_verdict_of_another_instance_hurries_a_passing_panic_check() -
         m.record("mastra", CheckResult(status="fail", output="", latency=0.01, observed_at=T0))
     assert m.snapshot.statuses["mastra"] == "fail"
     assert to_hurry({}, two, m.snapshot) == ()
+    assert to_hurry(one.verdicts, two, m.snapshot) == ()  # more fail: nothing new here
+    # Failing here, the count falls (the others recover): probe again at once.
+    assert to_hurry(two.verdicts, one, m.snapshot) == ("mastra",)
+    assert to_hurry(two.verdicts, nobody, m.snapshot) == ("mastra",)
