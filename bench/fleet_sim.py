@@ -57,7 +57,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ from sidecar.fleet import FleetView
 from sidecar.metrics import Metrics
 from sidecar.monitor import Monitor
 from sidecar.result import CheckResult
+from sidecar.scheduler import Scheduler
 from sidecar.snapshot import Snapshot
 from sidecar.state import Record
 from sidecar.store import ConvexClient, HealthStore, StoreError
@@ -80,10 +81,12 @@ from sidecar.store.messages import SyncAnswer, SyncRequest
 from sidecar.store.signing import fingerprint
 from sidecar.sync import Syncer, SyncTiming
 from sidecar.warmstart import WarmStart
+from sidecar.watch import Watch
 from tests.support import procs
+from tests.support.procs import OPERATOR_SECRET
 
 MASTRA_URL = "http://127.0.0.1:4111"  # resolved into the `mastra` check, never contacted
-TICK = 1.0  # the scheduler's heartbeat
+WATCH = "health:watch"  # the subscribed query: each run and re-run is a call in /_dev/stats
 SAMPLE = 0.05  # every instance's Snapshot is read this often during the outage and recovery
 PROBE_LATENCY = 0.002  # what a simulated probe says it took
 FAIL_OUTPUT = "HTTP 503 from /health"
@@ -127,6 +130,7 @@ class Options:
     seed: int
     logs: Path
     panic_checks: tuple[int, ...] = ()
+    subscribe: bool = True
 
     def env(self, convex_url: str, instance: str, k: int = 1) -> dict[str, str]:
         """The environment a daemon of this simulated fleet would get."""
@@ -182,17 +186,17 @@ def settings_for(options: Options, convex_url: str, instance: str, k: int = 1) -
 
 async def dev_stats(
     session: aiohttp.ClientSession, url: str
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """`/_dev/stats` summed over every function: calls, errors, documents and bytes; and its
+) -> tuple[dict[str, float], dict[str, Any], dict[str, dict[str, float]]]:
+    """`/_dev/stats` summed over every function: calls, errors, documents and bytes; its
     `transactions` (OCC conflicts, retries, the largest transaction; empty from a stand-in
-    without them)."""
+    without them); and the counts of each function."""
     async with session.get(f"{url}/_dev/stats") as resp:
         body = await resp.json()
     functions: dict[str, dict[str, float]] = body["functions"]
     keys = ("calls", "errors", "documentsRead", "bytesRead", "documentsWritten", "bytesWritten")
     sums = {k: sum(f.get(k, 0.0) for f in functions.values()) for k in keys}
     transactions: dict[str, Any] = body.get("transactions", {})
-    return sums, transactions
+    return sums, transactions, functions
 
 
 async def dev_reset(session: aiohttp.ClientSession, url: str) -> None:
@@ -248,12 +252,13 @@ class Meter:
         self.mark = len(self.calls.log)
 
     async def read(self, session: aiohttp.ClientSession) -> Phase:
-        counted, transactions = await dev_stats(session, self.url)
+        counted, transactions, functions = await dev_stats(session, self.url)
         seconds = time.monotonic() - self.started
         return Phase(
             seconds=seconds,
             stats=counted,
             transactions=transactions,
+            functions=functions,
             cpu_convex=(group_cpu(self.pgid) - self.cpu_convex) / seconds,
             cpu_self=(time.process_time() - self.cpu_self) / seconds,
             syncs=self.calls.log[self.mark :],
@@ -263,7 +268,8 @@ class Meter:
 @dataclass(frozen=True)
 class Phase:
     """What one phase cost: the stand-in's counters over `seconds`, the CPU (in cores) of the
-    stand-in and of this process, and the syncs this process made (end, duration, outcome)."""
+    stand-in and of this process, the syncs this process made (end, duration, outcome), and
+    the stand-in's counts per function."""
 
     seconds: float
     stats: Mapping[str, float]
@@ -271,6 +277,11 @@ class Phase:
     cpu_convex: float
     cpu_self: float
     syncs: Sequence[tuple[float, float, str]]
+    functions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def of(self, fn: str, key: str) -> float:
+        """Function `fn`'s count of `key` (`calls`, `bytesRead`, ...) over the phase."""
+        return float(self.functions.get(fn, {}).get(key, 0.0))
 
     @property
     def calls(self) -> float:
@@ -338,8 +349,8 @@ class Weather:
 
 
 class Instance:
-    """One sidecar without probes or HTTP server: Monitor + Syncer as sidecar/app.py wires
-    them, fed by a loop per check instead of the scheduler."""
+    """One sidecar without HTTP server: Monitor, Scheduler, Syncer and (subscribed) Watch as
+    sidecar/app.py wires them, the Scheduler's probe simulated (what `weather` says)."""
 
     def __init__(
         self,
@@ -349,6 +360,7 @@ class Instance:
         calls: Calls,
         weather: Weather,
         rng: random.Random,
+        watch_session: aiohttp.ClientSession | None,
     ) -> None:
         self.name = settings.instance
         self.checks = settings.resolved_checks
@@ -368,6 +380,7 @@ class Instance:
             instance=settings.instance,
             version=__version__,
             ttl_seconds=settings.ttl,
+            period_seconds=settings.store_interval,
         )
         self.store.calls = calls
         evidence = RuntimeEvidence(
@@ -375,6 +388,27 @@ class Instance:
             window=2 * settings.store_interval + settings.store_timeout,
         )
         self.fingerprints = {c.name: fingerprint(secret, c.definition()) for c in self.checks}
+        self._weather = weather
+        self.scheduler = Scheduler(
+            monitor=self.monitor,
+            metrics=metrics,
+            session=session,
+            checks=self.checks,
+            probe=self._probe,
+            rng=rng,
+        )
+        # The fleet's facts as they change, as the daemon subscribes (None: polling only).
+        self.watch = (
+            None
+            if watch_session is None
+            else Watch(
+                monitor=self.monitor,
+                session=watch_session,
+                url=settings.convex_url,
+                instance=settings.instance,
+                hurry=self.scheduler.hurry,
+            )
+        )
         self.syncer = Syncer(
             monitor=self.monitor,
             store=self.store,
@@ -384,46 +418,29 @@ class Instance:
             timing=timing,
             threshold=settings.panic_threshold,
             warm_start=WarmStart(monitor=self.monitor, fingerprints=self.fingerprints),
+            on_answer=None if self.watch is None else self.watch.answered,
         )
-        self._weather = weather
-        self._rng = rng
 
     async def run(self, delay: float, deadline: float) -> None:
-        """Start after `delay`; feed the checks and sync until cancelled or `deadline`
-        (event-loop time)."""
+        """Start after `delay`; probe and sync until cancelled or `deadline` (event-loop
+        time)."""
         await asyncio.sleep(delay)
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as group:
-            group.create_task(self._heartbeat(loop))
-            for check in self.checks:
-                group.create_task(self._feed(check, loop))
+            group.create_task(self.scheduler.run())
             group.create_task(self.syncer.run())
+            if self.watch is not None:
+                group.create_task(self.watch.run())
 
-    async def _heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
-        while True:
-            self.monitor.heartbeat()
-            await asyncio.sleep(TICK)
-
-    async def _feed(self, check: Check, loop: asyncio.AbstractEventLoop) -> None:
-        """The scheduler's loop for one check, with a simulated probe: a result every interval
-        (jittered as the scheduler jitters it), from a random phase."""
-        next_at = loop.time() + self._rng.uniform(0, min(check.interval, 0.2))
-        while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            jitter = check.interval * check.jitter
-            next_at += check.interval + self._rng.uniform(-jitter, jitter)
-            if self.monitor.snapshot.probes(check):
-                failing = self._weather.mastra_failing and check.name in self._weather.checks
-                self.monitor.record(
-                    check.name,
-                    CheckResult(
-                        status="fail" if failing else "pass",
-                        output=FAIL_OUTPUT if failing else "",
-                        latency=PROBE_LATENCY,
-                        observed_at=time.time() - PROBE_LATENCY,
-                    ),
-                )
-            next_at = max(next_at, loop.time())
+    async def _probe(self, session: aiohttp.ClientSession, check: Check) -> CheckResult:
+        """The simulated probe: the outage's checks fail while it lasts, everything else
+        passes; Mastra itself is never contacted."""
+        failing = self._weather.mastra_failing and check.name in self._weather.checks
+        return CheckResult(
+            status="fail" if failing else "pass",
+            output=FAIL_OUTPUT if failing else "",
+            latency=PROBE_LATENCY,
+            observed_at=time.time() - PROBE_LATENCY,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,11 +464,14 @@ class Row:
     recovered: float | None  # s after t1: every instance ready, healthy, no shared outage
     convex_clean: float | None  # ... no sidecarFailing row left in Convex
     recovery_unready: int
+    recovery_unready_seconds: float  # instance-seconds unready during the recovery
     steady_unready: int
     loop_lag: float  # the sampler's worst lateness (s): how busy this process was
     warmup: float
     warm: Phase  # from the stand-in's start until every instance is ready: the hellos
     capacity: dict[str, Phase]
+    subscribed: int  # instances subscribed at the end of the steady state
+    drains: dict[str, Drained]  # "one": one instance drained, then undrained; "all": every one
 
 
 def sessions_for(
@@ -503,6 +523,10 @@ async def run_size(n: int, options: Options, out: Callable[[str], None], k: int 
             connector=aiohttp.TCPConnector(force_close=True),
         )
         owned, session_of = sessions_for(options, n)
+        # Each instance holds its own WebSocket, as a daemon does; one session (without a
+        # connection limit, which a socket would hold for good) opens them all.
+        watch_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        owned.append(watch_session)
         fleet = [
             Instance(
                 settings_for(options, url, f"sim-{i:04d}", k),
@@ -510,6 +534,7 @@ async def run_size(n: int, options: Options, out: Callable[[str], None], k: int 
                 calls=calls,
                 weather=weather,
                 rng=random.Random(options.seed * 100_003 + i),
+                watch_session=watch_session if options.subscribe else None,
             )
             for i in range(n)
         ]
@@ -589,6 +614,7 @@ async def measure(
         steady_unready = max(steady_unready, sum(not s.ready for s in snaps()))
         await asyncio.sleep(0.25)
     steady = await meter.read(admin)
+    subscribed = sum(s.fleet.subscribed for s in snaps())
 
     # 2. The shared outage.
     out(f"  N={n}: mastra fails everywhere")
@@ -641,13 +667,15 @@ async def measure(
     t1 = time.monotonic()
     weather.mastra_failing = False
     recovered = convex_clean = None
-    recovery_unready = 0
+    recovery_unready, recovery_samples = 0, 0
     next_sample, next_table = t1, t1
     while time.monotonic() - t1 < options.recovery_limit:
         now = time.monotonic()
         lag = max(lag, now - next_sample)
         current = snaps()
-        recovery_unready = max(recovery_unready, sum(not s.ready for s in current))
+        unready = sum(not s.ready for s in current)
+        recovery_unready = max(recovery_unready, unready)
+        recovery_samples += unready
         if recovered is None and all(
             s.ready and s.health == "ok" and not s.shared_outages for s in current
         ):
@@ -663,6 +691,13 @@ async def measure(
     # Count the recovery's syncs up to a store period past it (the panic list's last send).
     await asyncio.sleep(max(0.0, t1 + (recovered or 0) + 2 * options.interval - time.monotonic()))
     recovery = await meter.read(admin)
+
+    # 4. Drains: one instance, then every one; each undrained again.
+    out(f"  N={n}: drain and undrain one instance, then all")
+    drains = {
+        "one": await drain_cycle(fleet[:1], meter, admin),
+        "all": await drain_cycle(fleet, meter, admin, every=True),
+    }
 
     # The stand-in's capacity, with the fleet stopped (its documents stay).
     for task in tasks:
@@ -691,12 +726,68 @@ async def measure(
         recovered=recovered,
         convex_clean=convex_clean,
         recovery_unready=recovery_unready,
+        recovery_unready_seconds=recovery_samples * SAMPLE,
         steady_unready=steady_unready,
         loop_lag=lag,
         warmup=warmup,
         warm=warm,
         capacity=capacity,
+        subscribed=subscribed,
+        drains=drains,
     )
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A drain and its undrain: seconds from the call until every target's Snapshot shows
+    it (None: not within DRAIN_LIMIT), and what each cost (the call, the re-runs it caused)."""
+
+    targets: int
+    drain_s: float | None
+    undrain_s: float | None
+    drain: Phase
+    undrain: Phase
+
+
+DRAIN_LIMIT = 10.0  # seconds a drain or undrain may take to show, at most
+SETTLE = 2.0  # seconds the counters run on after it showed (late re-runs, syncs it caused)
+
+
+async def drain_cycle(
+    targets: Sequence[Instance],
+    meter: Meter,
+    admin: aiohttp.ClientSession,
+    *,
+    every: bool = False,
+) -> Drained:
+    """`health-sidecar drain` of `targets` (or `--all`), then `undrain`, as the CLI signs
+    them (the operator's key): each measured from the call until every target shows it, plus
+    SETTLE seconds."""
+    operator = HealthStore(
+        ConvexClient(admin, url=meter.url, timeout=10),
+        secret=SECRET,
+        instance="fleet-sim-operator",
+        version=__version__,
+        ttl_seconds=60,
+        operator_secret=OPERATOR_SECRET,
+    )
+    names = None if every else [t.name for t in targets]
+    results: list[tuple[float | None, Phase]] = []
+    for drain in (True, False):
+        await meter.start(admin)
+        reason = "sim" if drain else None  # an undrain has none
+        await operator.drain(
+            drain=drain, instances=names, reason=reason, by="fleet-sim", for_ms=None
+        )
+
+        def shown(drain: bool = drain) -> bool:
+            return all((t.monitor.snapshot.central_drain is not None) == drain for t in targets)
+
+        took = await wait_for(shown, within=DRAIN_LIMIT, step=0.02)
+        await asyncio.sleep(SETTLE)
+        results.append((took, await meter.read(admin)))
+    (drain_s, drained), (undrain_s, undrained) = results
+    return Drained(len(targets), drain_s, undrain_s, drained, undrained)
 
 
 async def stand_in_capacity(
@@ -749,14 +840,7 @@ async def stand_in_capacity(
         await asyncio.gather(*(client(s) for s in stores))
         phase = await meter.read(admin)
         syncs = [entry for s in stores for entry in s.calls.log[1:]]
-        return Phase(
-            seconds=phase.seconds,
-            stats=phase.stats,
-            transactions=phase.transactions,
-            cpu_convex=phase.cpu_convex,
-            cpu_self=phase.cpu_self,
-            syncs=syncs,
-        )
+        return replace(phase, syncs=syncs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -795,6 +879,47 @@ def table(rows: Sequence[Row], options: Options) -> str:
     return "\n".join(lines)
 
 
+def subscriptions(rows: Sequence[Row], options: Options) -> str:
+    """The subscriptions' cost: `health:watch` runs (each a function call, as Convex bills a
+    query re-run) per instance, in steady state (an hour's worth), over one shared outage
+    (onset and held; recovery) and over one drain and undrain (of one instance; of all)."""
+    lines = [
+        "| N | subscribed | steady: calls per instance per hour (watch re-runs) "
+        "| outage onset + held: watch re-runs per instance (bytes read) "
+        "| recovery: re-runs per instance (bytes read) "
+        "| drain + undrain of one: shown after s, re-runs (all instances) "
+        "| drain + undrain of all: shown after s, re-runs per instance |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        hour = 3600 / r.steady.seconds / r.n
+        held = (r.onset, r.outage) if r.outage is not r.onset else (r.onset,)
+        outage_runs = sum(p.of(WATCH, "calls") for p in held) / r.n
+        outage_bytes = sum(p.of(WATCH, "bytesRead") for p in held) / r.n
+        one, every = r.drains["one"], r.drains["all"]
+        limit = DRAIN_LIMIT
+        lines.append(
+            f"| {r.n} | {r.subscribed} of {r.n} "
+            f"| {r.steady.calls * hour:.1f} ({r.steady.of(WATCH, 'calls') * hour:.1f}) "
+            f"| {outage_runs:.2f} ({outage_bytes:.0f} B) "
+            f"| {r.recovery.of(WATCH, 'calls') / r.n:.2f} "
+            f"({r.recovery.of(WATCH, 'bytesRead') / r.n:.0f} B) "
+            f"| {seconds(one.drain_s, limit)} / {seconds(one.undrain_s, limit)}, "
+            f"{one.drain.of(WATCH, 'calls'):.0f} / {one.undrain.of(WATCH, 'calls'):.0f} "
+            f"| {seconds(every.drain_s, limit)} / {seconds(every.undrain_s, limit)}, "
+            f"{every.drain.of(WATCH, 'calls') / r.n:.2f} / "
+            f"{every.undrain.of(WATCH, 'calls') / r.n:.2f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"- Steady state over {options.steady:g} s, scaled to an hour; the store interval is "
+        f"{options.store_interval:g} s (the daemon's default, 60 s, makes 60 calls an hour). "
+        f"Outage and recovery as in the table above; a drain is counted from its call until "
+        f"{SETTLE:g} s after every target showed it."
+    )
+    return "\n".join(lines)
+
+
 def diagnostics(rows: Sequence[Row], options: Options) -> str:
     lines = [
         "| N | phase | calls/s | docs read / written per call | sync p50 / p99 ms (client) "
@@ -822,7 +947,8 @@ def diagnostics(rows: Sequence[Row], options: Options) -> str:
             )
     notes = [
         f"- N={r.n}: warm-up {r.warmup:.1f} s; unready at most {r.steady_unready} in steady "
-        f"state, {r.recovery_unready} during recovery; first mastra fail "
+        f"state, {r.recovery_unready} during recovery ({r.recovery_unready_seconds:.2f} "
+        f"instance-s); first mastra fail "
         f"{seconds(r.first_fail, options.outage_limit)} s after t0; {r.relapses} samples after "
         f"recognition where some instance was unready or without the outage; sampler's "
         f"worst lateness {1000 * r.loop_lag:.0f} ms"
@@ -962,6 +1088,8 @@ def command_line(options: Options) -> str:
         argv += ["--threshold", f"{options.threshold:g}"]
     if options.panic_checks:
         argv += ["--panic-checks", ",".join(map(str, options.panic_checks))]
+    if not options.subscribe:
+        argv += ["--no-subscribe"]
     return shlex.join(argv)
 
 
@@ -985,6 +1113,11 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--session", choices=("per-instance", "shared"), default="per-instance")
     parser.add_argument("--connections", type=int, default=64, help="shared session's limit")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--no-subscribe",
+        action="store_true",
+        help="no health:watch subscription: the instances poll, as before v3",
+    )
     parser.add_argument("--logs", type=Path, help="where the logs go (default: a temp folder)")
     parser.add_argument(
         "--panic-checks",
@@ -1014,6 +1147,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         seed=args.seed,
         logs=workdir(args.logs),
         panic_checks=panic_checks,
+        subscribe=not args.no_subscribe,
     )
 
 
@@ -1045,6 +1179,10 @@ async def run(options: Options) -> int:
         out(concurrency(rows, options))
         out("")
     out(table(rows, options))
+    out("")
+    out("The subscriptions (health:watch):" if options.subscribe else "Not subscribed:")
+    out("")
+    out(subscriptions(rows, options))
     out("")
     out("Where the time and the calls went:")
     out("")
