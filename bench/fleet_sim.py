@@ -2,15 +2,16 @@
 
     .venv/bin/python bench/fleet_sim.py [--sizes 10,50,200] [--interval 1] [--store-interval 5]
         [--store-timeout 2] [--steady 20] [--session per-instance|shared] [--connections 64]
-        [--panic-checks 1,16]
+        [--panic-checks 1,16] [--no-subscribe]
 
 Each simulated instance is the sidecar's own objects, wired as sidecar/app.py wires them: its
 Settings (sidecar.config, from the environment a daemon would get: CONVEX_URL, MASTRA_URL, the
 secret, SIDECAR_INSTANCE and the timings), so the `convex` and `mastra` checks are resolved
-(interval, thresholds, `panic`) by the real code; a Monitor; and a Syncer with a HealthStore and
-ConvexClient against the stand-in. There are no probes and no HTTP servers: a small loop per
-check feeds Monitor.record() a result every check interval (with the scheduler's jitter) and
-one per instance beats the heartbeat every second, standing in for the scheduler. `mastra`
+(interval, thresholds, `panic`) by the real code; a Monitor; the Scheduler (its pace, jitter,
+fast re-probe in transition and hurry), whose probe is simulated; a Syncer with a HealthStore
+and ConvexClient against the stand-in; and a Watch holding its own `health:watch` subscription
+over the stand-in's WebSocket sync protocol (not with `--no-subscribe`: the instances poll).
+There are no HTTP servers, and the probe only says what the simulated weather is: `mastra`
 passes, or fails for every instance during the simulated outage; Mastra itself is never
 contacted. The Syncer runs unchanged: one sync per store period, one soon after a change, one
 every check interval while a panic check fails.
@@ -25,7 +26,13 @@ bytes as Convex bills them):
    and is ready (the fleet recognised it), the most instances unready at once meanwhile, and
    the cost per sync while the outage lasts (instances then sync every check interval);
 3. recovery: `mastra` passes again; the time until every instance is ready and healthy with
-   no shared outage, and until Convex holds no failing rows.
+   no shared outage, and until Convex holds no failing rows;
+4. drains: `health:drain` of one instance, then its undrain, then of every instance and the
+   undrain of all, signed with the operator's key as the CLI signs them: the time until every
+   target shows it, and what it cost.
+
+In every phase the `health:watch` runs (each run and re-run of a subscribed query is a call in
+`/_dev/stats`, as Convex bills it) are reported per instance.
 
 Then, with the simulated instances stopped, the stand-in's own capacity: syncs a second it
 serves to 8 closed-loop clients, for a steady-state sync and for an outage-time sync (a
@@ -885,7 +892,7 @@ def subscriptions(rows: Sequence[Row], options: Options) -> str:
     (onset and held; recovery) and over one drain and undrain (of one instance; of all)."""
     lines = [
         "| N | subscribed | steady: calls per instance per hour (watch re-runs) "
-        "| outage onset + held: watch re-runs per instance (bytes read) "
+        "| outage onset + held: watch re-runs per instance (bytes read; onset / held) "
         "| recovery: re-runs per instance (bytes read) "
         "| drain + undrain of one: shown after s, re-runs (all instances) "
         "| drain + undrain of all: shown after s, re-runs per instance |",
@@ -896,12 +903,13 @@ def subscriptions(rows: Sequence[Row], options: Options) -> str:
         held = (r.onset, r.outage) if r.outage is not r.onset else (r.onset,)
         outage_runs = sum(p.of(WATCH, "calls") for p in held) / r.n
         outage_bytes = sum(p.of(WATCH, "bytesRead") for p in held) / r.n
+        split = " / ".join(f"{p.of(WATCH, 'calls') / r.n:.2f}" for p in held)
         one, every = r.drains["one"], r.drains["all"]
         limit = DRAIN_LIMIT
         lines.append(
             f"| {r.n} | {r.subscribed} of {r.n} "
             f"| {r.steady.calls * hour:.1f} ({r.steady.of(WATCH, 'calls') * hour:.1f}) "
-            f"| {outage_runs:.2f} ({outage_bytes:.0f} B) "
+            f"| {outage_runs:.2f} ({outage_bytes:.0f} B; {split}) "
             f"| {r.recovery.of(WATCH, 'calls') / r.n:.2f} "
             f"({r.recovery.of(WATCH, 'bytesRead') / r.n:.0f} B) "
             f"| {seconds(one.drain_s, limit)} / {seconds(one.undrain_s, limit)}, "
