@@ -3,7 +3,8 @@ one daemon per target kind with one check per fault, each on its own switchable 
 
 A cell: the check passes; the fault is injected at runtime; within (thresholds x interval) +
 timeout the check serves its expected state while `/live`, `/ready` and `/health` answer in
-under 50 ms at p99 (>= 200 requests each, from a separate process); the fault is cleared and the
+under 150 ms (half the probe timeout) at p99 (>= 200 requests each, from a separate process);
+the fault is cleared and the
 check passes again within one interval + timeout; the daemon logged exactly one line per
 state change, its memory and file descriptors stayed flat, and no background task died.
 
@@ -72,7 +73,11 @@ STORE_BUDGET = STORE_PERIOD + STORE_TIMEOUT
 # A panic check (convex, mastra) that just failed keeps the instance ready for one interval
 # plus the sync's grace, while the fleet's count catches up.
 PENDING = INTERVAL + SyncTiming(period=STORE_PERIOD, timeout=STORE_TIMEOUT).grace
-P99_LIMIT = 0.050
+# The endpoints never wait for a dependency: a loop that waited for the fault would stall for
+# up to the probe's TIMEOUT every INTERVAL, putting far more than 1% of the requests (200 over
+# about 1.5 s) above half of it. Half the timeout, not a tighter figure: with three test
+# workers and the measuring process on two cores, scheduling alone has put a p99 at 65 ms.
+P99_LIMIT = TIMEOUT / 2
 ROUNDS = 200
 RSS_GROWTH_LIMIT = 20 * 1024 * 1024
 # A snapshot of a daemon's descriptors catches every probe socket in flight at that moment
@@ -423,7 +428,7 @@ async def endpoint_latency(group: Group) -> dict[str, Latencies]:
 
 
 def assert_fast(latencies: Mapping[str, Latencies], where: str) -> None:
-    """Every endpoint answered >= ROUNDS times with p99 < 50 ms; /live always 200."""
+    """Every endpoint answered >= ROUNDS times with p99 < P99_LIMIT; /live always 200."""
     for path, lat in latencies.items():
         assert len(lat.samples) >= ROUNDS, (where, path, len(lat.samples))
         assert lat.p99 < P99_LIMIT, (

@@ -136,7 +136,7 @@ async def group(
 async def test_store_fault(group: Group, fault: StoreFault) -> None:
     """The store API fails at runtime: within one store period + the store timeout
     `services.store` is "error" (/health 200 "degraded"), /ready stays 200 and every endpoint
-    fast (p99 < 50 ms), the checks keep running and passing, the failure is counted under its
+    fast (p99 < P99_LIMIT), the checks keep running and passing, the failure is counted under its
     result label, one "store failing" line is logged however many calls fail, and one
     "store recovered" line when the fault clears."""
     assert group.store is not None
