@@ -24,6 +24,7 @@ from tests.support.daemon import (
     cli_async,
     get,
     log_lines,
+    member_env,
     metric,
     metrics_text,
     start_daemon,
@@ -58,17 +59,9 @@ class Member:
 
 
 def env(convex_url: str, name: str, mastra: str, **extra: str) -> dict[str, str]:
-    return {
-        "CONVEX_URL": convex_url,
-        "MASTRA_URL": mastra,
-        "HEALTH_SIDECAR_SECRET": SECRET,
-        "SIDECAR_INSTANCE": name,
-        "SIDECAR_INTERVAL": str(INTERVAL),
-        "SIDECAR_TIMEOUT": str(TIMEOUT),
-        "SIDECAR_STORE_INTERVAL": "1",
-        "SIDECAR_DRAIN_SECONDS": "0",
-        **extra,
-    }
+    return member_env(
+        convex_url, name, mastra, interval=INTERVAL, timeout=TIMEOUT, store_interval=1, **extra
+    )
 
 
 @contextlib.asynccontextmanager

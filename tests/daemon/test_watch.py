@@ -18,7 +18,14 @@ import pytest
 
 from tests.support import convex, faults, procs
 from tests.support.daemon import cli as daemon_cli
-from tests.support.daemon import get, log_lines, metrics_text, start_daemon, wait_for
+from tests.support.daemon import (
+    get,
+    log_lines,
+    member_env,
+    metrics_text,
+    start_daemon,
+    wait_for,
+)
 from tests.support.procs import OPERATOR_SECRET, SECRET
 from tests.support.switch import SwitchServer, switch_server
 
@@ -36,18 +43,8 @@ def watch_convex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Pro
 
 
 def env(convex_url: str, name: str, mastra: str, **extra: str) -> dict[str, str]:
-    return {
-        "CONVEX_URL": convex_url,
-        "MASTRA_URL": mastra,
-        "HEALTH_SIDECAR_SECRET": SECRET,
-        "SIDECAR_INSTANCE": name,
-        "SIDECAR_INTERVAL": "1",
-        "SIDECAR_TIMEOUT": "0.5",
-        # A long store period: what happens within a second came by the subscription.
-        "SIDECAR_STORE_INTERVAL": "30",
-        "SIDECAR_DRAIN_SECONDS": "0",
-        **extra,
-    }
+    # A long store period: what happens within a second came by the subscription.
+    return member_env(convex_url, name, mastra, interval=1, timeout=0.5, store_interval=30, **extra)
 
 
 def cli(convex_url: str, *args: str) -> Any:

@@ -44,6 +44,31 @@ def clean_env(env: Mapping[str, str]) -> dict[str, str]:
     return {**base, **env}
 
 
+def member_env(
+    convex_url: str,
+    name: str,
+    mastra: str,
+    *,
+    interval: float,
+    timeout: float,
+    store_interval: float,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of one daemon of a test fleet: its Convex (the stand-ins' secret), its
+    Mastra, its name, the checks' and the store's pace and no drain wait; `extra` on top."""
+    return {
+        "CONVEX_URL": convex_url,
+        "MASTRA_URL": mastra,
+        "HEALTH_SIDECAR_SECRET": procs.SECRET,
+        "SIDECAR_INSTANCE": name,
+        "SIDECAR_INTERVAL": f"{interval:g}",
+        "SIDECAR_TIMEOUT": f"{timeout:g}",
+        "SIDECAR_STORE_INTERVAL": f"{store_interval:g}",
+        "SIDECAR_DRAIN_SECONDS": "0",
+        **extra,
+    }
+
+
 def spawn_daemon(
     env: Mapping[str, str],
     log: Path,
